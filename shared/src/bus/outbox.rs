@@ -1,0 +1,278 @@
+//! The transactional outbox.
+//!
+//! A state change and the events it causes commit together: handlers and gRPC
+//! calls write events with [`Outbox::enqueue`] in their own transaction. The
+//! [`Relay`] publishes committed rows to JetStream with `Nats-Msg-Id` = event
+//! id, waits for the PubAcks, and marks the rows sent in one statement.
+//!
+//! Several relays (one per service instance) share the table: each claims a
+//! batch with `FOR UPDATE SKIP LOCKED` and a short lease, so no transaction is
+//! held open while publishing. A relay that dies leaves its claim to expire;
+//! the rows are published again and JetStream's duplicate window (then the
+//! consumers' inbox) drops the second copy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{EventMeta, EventType, Namespace, SagaEvent};
+use crate::config::BusConfig;
+use crate::telemetry::TraceHeaders;
+
+/// Writes events in the caller's transaction and wakes this process's relay.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `event` in the caller's transaction. Call [`Outbox::wake`] after
+    /// the commit.
+    pub async fn enqueue(
+        conn: &mut PgConnection,
+        meta: &EventMeta,
+        event: &SagaEvent,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
+             traceparent, tracestate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(meta.event_id)
+        .bind(event.event_type().as_str())
+        .bind(event.encode())
+        .bind(meta.correlation_id)
+        .bind(meta.causation_id)
+        .bind(meta.trace.traceparent.as_deref())
+        .bind(meta.trace.tracestate.as_deref())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the relay that new rows are committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    event_id: Uuid,
+    event_type: String,
+    payload: Vec<u8>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// Publishes committed outbox rows.
+pub struct Relay {
+    pub(crate) service: &'static str,
+    pub(crate) pool: PgPool,
+    pub(crate) js: jetstream::Context,
+    pub(crate) ns: Namespace,
+    pub(crate) outbox: Outbox,
+    pub(crate) cfg: BusConfig,
+}
+
+impl Relay {
+    pub fn new(
+        service: &'static str,
+        pool: PgPool,
+        js: jetstream::Context,
+        ns: Namespace,
+        outbox: Outbox,
+        cfg: BusConfig,
+    ) -> Self {
+        Self {
+            service,
+            pool,
+            js,
+            ns,
+            outbox,
+            cfg,
+        }
+    }
+
+    /// Publishes until `shutdown`; then one last round for what was committed
+    /// before it.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.cfg.relay_poll_ms.max(1));
+        let mut failures: u32 = 0;
+        let mut last_cleanup = Instant::now();
+        while !shutdown.is_cancelled() {
+            match self.publish_pending().await {
+                Ok(n) => {
+                    failures = 0;
+                    if n as i64 >= self.cfg.relay_batch_size {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(service = self.service, error = %e, failures, "outbox relay round failed");
+                    let backoff = Duration::from_millis(100u64 << failures.min(6));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(300) {
+                last_cleanup = Instant::now();
+                if let Err(e) = self.delete_old().await {
+                    tracing::warn!(service = self.service, error = %e, "outbox cleanup failed");
+                }
+            }
+            tokio::select! {
+                _ = self.outbox.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), self.publish_pending()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(service = self.service, error = %e, "last outbox round failed");
+            }
+            Err(_) => tracing::warn!(service = self.service, "last outbox round timed out"),
+        }
+    }
+
+    /// One round: claims a batch, publishes it in order, awaits the acks and
+    /// marks what was acknowledged. Returns the number of rows claimed.
+    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+        let mut rows: Vec<Row> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2), \
+                 attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM outbox \
+                 WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now()) \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, event_id, event_type, payload, correlation_id, causation_id, \
+                 traceparent, tracestate, created_at",
+        )
+        .bind(self.cfg.relay_batch_size)
+        .bind(self.cfg.relay_lease_secs as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        rows.sort_by_key(|r| r.id);
+        let claimed = rows.len();
+
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        for row in rows {
+            let Some(event_type) = EventType::parse(&row.event_type) else {
+                failed.push((row.id, format!("unknown event type {:?}", row.event_type)));
+                continue;
+            };
+            let meta = EventMeta {
+                event_id: row.event_id,
+                correlation_id: row.correlation_id,
+                causation_id: row.causation_id,
+                trace: TraceHeaders {
+                    traceparent: row.traceparent,
+                    tracestate: row.tracestate,
+                },
+            };
+            let message = PublishMessage::build()
+                .payload(row.payload.into())
+                .headers(meta.to_headers(event_type));
+            match self
+                .js
+                .send_publish(self.ns.subject(event_type), message)
+                .await
+            {
+                Ok(ack) => pending.push((row.id, row.created_at, ack)),
+                Err(e) => failed.push((row.id, e.to_string())),
+            }
+        }
+
+        let acks = futures::future::join_all(
+            pending
+                .into_iter()
+                .map(|(id, created, ack)| async move { (id, created, ack.await) }),
+        )
+        .await;
+        let mut sent = Vec::with_capacity(acks.len());
+        let now = Utc::now();
+        for (id, created, result) in acks {
+            match result {
+                Ok(_) => {
+                    sent.push(id);
+                    let lag = (now - created).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    metrics::histogram!("saga_outbox_lag_seconds", "service" => self.service)
+                        .record(lag);
+                }
+                Err(e) => failed.push((id, e.to_string())),
+            }
+        }
+
+        if !sent.is_empty() {
+            crate::faults::crash_point("relay.after_publish");
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL \
+                 WHERE id = ANY($1)",
+            )
+            .bind(&sent)
+            .execute(&self.pool)
+            .await?;
+            metrics::counter!("saga_outbox_published_total", "service" => self.service)
+                .increment(sent.len() as u64);
+        }
+        if !failed.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
+            tracing::warn!(service = self.service, count = ids.len(), first_error = %errors[0], "outbox publish failed; will retry");
+            metrics::counter!("saga_outbox_publish_errors_total", "service" => self.service)
+                .increment(ids.len() as u64);
+            sqlx::query(
+                "UPDATE outbox AS o SET claimed_until = NULL, last_error = f.error \
+                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(claimed)
+    }
+
+    async fn delete_old(&self) -> Result<u64, RelayError> {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)",
+        )
+        .bind(i32::try_from(self.cfg.outbox_retention_hours).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+}
+
+/// Rows written but not yet published (for readiness detail and audits).
+pub async fn unpublished(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,381 @@
+//! Typed configuration shared by the services.
+//!
+//! Each service has one settings struct built from these sections. Values come
+//! from, in order: the struct's defaults (which run against local NATS,
+//! Postgres and Redis with no configuration), an optional TOML file, then
+//! environment variables with the service's prefix and `__` between levels,
+//! e.g. `ORDER_SVC__DATABASE__URL` or `INVENTORY_SVC__GRPC__LISTEN`.
+//! Unknown keys are an error, so a misspelt variable does not pass silently.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("configuration: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// Loads `T` from its defaults, then `file` (TOML) if given, then environment
+/// variables starting with `env_prefix` (for example `ORDER_SVC__`).
+pub fn load<T>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment
+        .extract()
+        .map_err(|e| ConfigError::Figment(Box::new(e)))
+}
+
+/// Postgres connection for one service. Every service keeps its tables in its
+/// own schema; they may share one database.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL. The database is created if it does not exist and
+    /// `create_database` is set.
+    pub url: String,
+    /// Schema holding this service's tables (created by the migrations).
+    pub schema: String,
+    /// Maximum connections in the pool.
+    pub max_connections: u32,
+    /// How long a caller waits for a pooled connection, in milliseconds.
+    pub acquire_timeout_ms: u64,
+    /// Create the database named in `url` when it is missing.
+    pub create_database: bool,
+}
+
+impl DatabaseConfig {
+    /// Defaults for a service whose tables live in `schema`.
+    pub fn with_schema(schema: &str) -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/saga".into(),
+            schema: schema.into(),
+            max_connections: 16,
+            acquire_timeout_ms: 10_000,
+            create_database: true,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self::with_schema("public")
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("create_database", &self.create_database)
+            .finish()
+    }
+}
+
+/// NATS connection.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Replicas for the streams this service creates (1 on a single server,
+    /// 3 on a cluster).
+    pub replicas: usize,
+    /// Publish duplicate window of the streams, in seconds.
+    pub duplicate_window_secs: u64,
+    /// How long an event is kept in the streams, in hours (0: forever).
+    pub max_age_hours: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            duplicate_window_secs: 120,
+            max_age_hours: 24 * 7,
+        }
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("replicas", &self.replicas)
+            .field("duplicate_window_secs", &self.duplicate_window_secs)
+            .field("max_age_hours", &self.max_age_hours)
+            .finish()
+    }
+}
+
+/// Redis connection.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (or `redis-cluster://...`).
+    pub url: String,
+    /// Per-command timeout in milliseconds (scripts included).
+    pub command_timeout_ms: u64,
+    /// Connections in the client pool.
+    pub pool_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            command_timeout_ms: 2_000,
+            pool_size: 4,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// A listening socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl ListenConfig {
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self::on_port(0)
+    }
+}
+
+/// How events are consumed and published.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Messages handled in one database transaction (1: one transaction per
+    /// event). A failed batch is retried one event at a time.
+    pub batch_size: usize,
+    /// Batches handled at once by one consumer.
+    pub concurrency: usize,
+    /// Messages a pull request asks the server for.
+    pub fetch_size: usize,
+    /// Deliveries of one message before it goes to the DLQ.
+    pub max_deliver: i64,
+    /// Seconds the server waits for an ack before redelivering.
+    pub ack_wait_secs: u64,
+    /// First delay before a message that failed transiently is redelivered,
+    /// in milliseconds; doubled each delivery up to `nak_max_delay_ms`.
+    pub nak_base_delay_ms: u64,
+    pub nak_max_delay_ms: u64,
+    /// Outbox rows the relay publishes per round.
+    pub relay_batch_size: i64,
+    /// How often the relay looks for rows written by other instances, in
+    /// milliseconds (rows written by this process wake it at once).
+    pub relay_poll_ms: u64,
+    /// How long a relay keeps its claim on rows it is publishing, in seconds.
+    pub relay_lease_secs: u64,
+    /// Published outbox rows older than this are deleted, in hours. The inbox
+    /// (`processed_events`) is kept: it is what makes a replay of the streams
+    /// harmless.
+    pub outbox_retention_hours: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1,
+            concurrency: 32,
+            fetch_size: 256,
+            max_deliver: 8,
+            ack_wait_secs: 30,
+            nak_base_delay_ms: 200,
+            nak_max_delay_ms: 10_000,
+            relay_batch_size: 256,
+            relay_poll_ms: 250,
+            relay_lease_secs: 30,
+            outbox_retention_hours: 24 * 7,
+        }
+    }
+}
+
+impl BusConfig {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// The delay before redelivery after the `delivered`-th failed attempt.
+    pub fn nak_delay(&self, delivered: i64) -> Duration {
+        let exp = delivered.clamp(1, 20) as u32 - 1;
+        let ms = self
+            .nak_base_delay_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.nak_max_delay_ms);
+        Duration::from_millis(ms)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("bus.batch_size", self.batch_size as i64),
+            ("bus.concurrency", self.concurrency as i64),
+            ("bus.fetch_size", self.fetch_size as i64),
+            ("bus.max_deliver", self.max_deliver),
+            ("bus.relay_batch_size", self.relay_batch_size),
+            ("bus.ack_wait_secs", self.ack_wait_secs as i64),
+        ];
+        for (field, value) in positive {
+            if value < 1 {
+                return Err(ConfigError::Invalid {
+                    field: field.into(),
+                    message: format!("must be at least 1, got {value}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Logs and traces.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `json` (default) or `pretty`.
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax; `RUST_LOG` overrides it.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://127.0.0.1:4317`). Off when
+    /// empty; `OTEL_EXPORTER_OTLP_ENDPOINT` also switches it on.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces sampled (0.0..=1.0); a sampled parent is followed.
+    pub sample_ratio: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Hides the password of a URL for logs and `Debug` output.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Checks a namespace: 1..=32 characters of `[a-z0-9_]`, starting with a letter.
+/// It prefixes stream names, subjects and Redis keys.
+pub fn validate_namespace(ns: &str) -> Result<(), ConfigError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 32
+        && ns.starts_with(|c: char| c.is_ascii_lowercase())
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "namespace".into(),
+            message: format!(
+                "{ns:?} must be 1..=32 characters of [a-z0-9_] starting with a letter"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/saga"),
+            "postgres://app:***@db:5432/saga"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/saga"),
+            "postgres://postgres@127.0.0.1/saga"
+        );
+        assert_eq!(redact_url("redis://:pw@r:6379"), "redis://:***@r:6379");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn nak_delay_doubles_up_to_the_cap() {
+        let bus = BusConfig::default();
+        assert_eq!(bus.nak_delay(1), Duration::from_millis(200));
+        assert_eq!(bus.nak_delay(2), Duration::from_millis(400));
+        assert_eq!(bus.nak_delay(30), Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert!(validate_namespace("saga").is_ok());
+        assert!(validate_namespace("t_0a1b").is_ok());
+        for bad in ["", "Saga", "1abc", "a.b", "a-b", &"x".repeat(33)] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

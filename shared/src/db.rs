@@ -1,0 +1,179 @@
+//! Postgres: one pool per service, its tables in the service's own schema.
+//!
+//! [`connect`] creates the database if asked to, pins `search_path` to the
+//! schema on every pooled connection, and runs the shared bus migrations
+//! (outbox, inbox, idempotency keys) and then the service's own, each tracked
+//! in its own table inside the schema so that services sharing a database
+//! never see each other's migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseConfig;
+
+/// The bus tables every service has (see `shared/migrations`).
+pub static BUS_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database.url is not a valid Postgres URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("database.schema {0:?} must be 1..=48 characters of [a-z0-9_] starting with a letter")]
+    Schema(String),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens the service's pool and brings its schema up to date.
+pub async fn connect(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool, DbError> {
+    if !valid_identifier(&cfg.schema) {
+        return Err(DbError::Schema(cfg.schema.clone()));
+    }
+    let options = PgConnectOptions::from_str(&cfg.url).map_err(DbError::Url)?;
+    if cfg.create_database {
+        create_database_if_missing(&options).await?;
+    }
+    let options = options
+        .options([("search_path", cfg.schema.as_str())])
+        .disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_with(options)
+        .await?;
+    migrate(&pool, &cfg.schema, service).await?;
+    Ok(pool)
+}
+
+async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> Result<(), DbError> {
+    for (migrator, table) in [
+        (&BUS_MIGRATIONS, "_sqlx_migrations_bus"),
+        (service, "_sqlx_migrations"),
+    ] {
+        let mut migrator = Migrator {
+            migrations: migrator.migrations.clone(),
+            ..Migrator::DEFAULT
+        };
+        migrator.create_schema(format!("\"{schema}\""));
+        migrator.dangerous_set_table_name(format!("\"{schema}\".{table}"));
+        migrator.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+    create_database_if_missing(&options).await
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    if !valid_database_name(&name) {
+        // Leave unusual names to the operator; connecting will say if it is missing.
+        return Ok(());
+    }
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{name}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another service created it at the same moment.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn valid_database_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Errors that may go away if the same work is tried again.
+pub trait Retryable {
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for sqlx::Error {
+    fn is_retryable(&self) -> bool {
+        is_retryable(self)
+    }
+}
+
+/// How many times [`retry`] tries.
+pub const RETRY_ATTEMPTS: u32 = 5;
+
+/// Runs `work` until it succeeds, fails for good, or has been tried
+/// [`RETRY_ATTEMPTS`] times; between tries it waits 10 ms, 20 ms, 40 ms...
+/// (each with up to as much again of random jitter, so that racing callers
+/// spread out). For internal conflicts: deadlocks, serialization failures,
+/// a hold fenced by a rebuild.
+pub async fn retry<T, E, F, Fut>(what: &str, mut work: F) -> Result<T, E>
+where
+    E: Retryable + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match work().await {
+            Err(e) if e.is_retryable() && attempt < RETRY_ATTEMPTS => {
+                let base = Duration::from_millis(10u64 << (attempt - 1));
+                let jitter = base.mul_f64(rand::random::<f64>());
+                tracing::debug!(what, attempt, error = %e, "retrying after a conflict");
+                metrics::counter!("saga_conflict_retries_total", "what" => what.to_owned())
+                    .increment(1);
+                tokio::time::sleep(base + jitter).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// True when `err` is a unique-constraint violation.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+}
+
+/// True when `err` is worth retrying as is: a serialization failure, a
+/// deadlock, or a lost connection.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(e) => {
+            matches!(e.code().as_deref(), Some("40001") | Some("40P01"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,142 @@
+//! Durable idempotency keys for mutating gRPC calls.
+//!
+//! A call carrying an `idempotency-key` metadata entry claims the key inside
+//! the same transaction as its effect, and stores its response there too:
+//!
+//! - same key, same request: the stored response, nothing done again;
+//! - same key, different request: `INVALID_ARGUMENT`;
+//! - same key while the first call's transaction is still open: the second
+//!   waits on the key's row lock and then gets the stored response (or, if the
+//!   first rolled back, does the work itself). No caller sees a half-done call.
+//!
+//! Keys live in Postgres, so a restart or a Redis flush forgets nothing.
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+/// The metadata entry clients set.
+pub const METADATA_KEY: &str = "idempotency-key";
+const MAX_KEY_LEN: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    #[error("idempotency-key: {0}")]
+    InvalidKey(String),
+    #[error(
+        "idempotency-key {0:?} was already used with a different request; use a new key for a new request"
+    )]
+    Mismatch(String),
+    #[error("idempotency-key {0:?}: the stored response is unreadable")]
+    Corrupt(String),
+    #[error("idempotency store: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+impl From<IdempotencyError> for tonic::Status {
+    fn from(e: IdempotencyError) -> Self {
+        match e {
+            IdempotencyError::InvalidKey(_) | IdempotencyError::Mismatch(_) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            IdempotencyError::Corrupt(_) | IdempotencyError::Sql(_) => {
+                tracing::error!(error = %e, "idempotency store failed");
+                tonic::Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// The key of a request, if it has one. A present but unusable key is an error.
+pub fn key_of<T>(request: &tonic::Request<T>) -> Result<Option<String>, IdempotencyError> {
+    let Some(value) = request.metadata().get(METADATA_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| IdempotencyError::InvalidKey("must be printable ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(IdempotencyError::InvalidKey(format!(
+            "must be 1..={MAX_KEY_LEN} characters, got {}",
+            key.len()
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// What a call that may carry a key does next.
+pub enum Begin<R> {
+    /// The key was used before with this request: answer this.
+    Replay(R),
+    /// Do the work, then store the answer with [`Ticket::complete`].
+    Proceed(Ticket),
+}
+
+/// A claimed key (or no key): stores the response in the caller's transaction.
+#[must_use = "complete the ticket in the same transaction as the work"]
+pub struct Ticket {
+    claimed: Option<(&'static str, String)>,
+}
+
+impl Ticket {
+    /// Stores `response` with the key, if there was one.
+    pub async fn complete<R: Message>(
+        self,
+        conn: &mut PgConnection,
+        response: &R,
+    ) -> Result<(), IdempotencyError> {
+        let Some((scope, key)) = self.claimed else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(&key)
+            .bind(response.encode_to_vec())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Claims `key` (if any) for `request` in the caller's transaction. `scope`
+/// names the method, so one key may be used with different methods.
+pub async fn begin<Q: Message, R: Message + Default>(
+    conn: &mut PgConnection,
+    scope: &'static str,
+    key: Option<String>,
+    request: &Q,
+) -> Result<Begin<R>, IdempotencyError> {
+    let Some(key) = key else {
+        return Ok(Begin::Proceed(Ticket { claimed: None }));
+    };
+    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(&key)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Begin::Proceed(Ticket {
+            claimed: Some((scope, key)),
+        }));
+    }
+    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(&key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if stored_hash != hash {
+        return Err(IdempotencyError::Mismatch(key));
+    }
+    let response = response.ok_or_else(|| IdempotencyError::Corrupt(key.clone()))?;
+    R::decode(response.as_slice())
+        .map(Begin::Replay)
+        .map_err(|_| IdempotencyError::Corrupt(key))
+}

@@ -1,0 +1,34 @@
+//! `saga-shared`: what every saga service uses the same way.
+//!
+//! - [`proto`]: code generated from `proto/` (events and the four gRPC APIs).
+//! - [`config`]: typed settings (defaults, optional TOML file, environment).
+//! - [`db`]: Postgres pools, one schema per service, migrations.
+//! - [`bus`]: the JetStream bus: namespaced streams, event envelope, the
+//!   transactional [`bus::outbox`] and its relay, durable pull
+//!   [`bus::consumer`]s with an inbox (`processed_events`) and a DLQ.
+//! - [`idempotency`]: durable `idempotency-key` handling for mutating gRPC calls.
+//! - [`telemetry`]: JSON logs, OpenTelemetry (OTLP off unless configured) and
+//!   W3C trace context across gRPC metadata and event headers.
+//! - [`grpc`], [`admin`]: the gRPC server (health, reflection, tracing) and the
+//!   admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
+//! - [`runtime`]: [`runtime::Platform`] wires the above for one service and
+//!   runs it until a shutdown future resolves.
+//! - [`validate`]: field-named validation errors for requests.
+//! - [`faults`]: crash points for drills and tests (off unless armed).
+
+pub mod admin;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod faults;
+pub mod grpc;
+pub mod idempotency;
+pub mod proto;
+pub mod redis;
+pub mod runtime;
+pub mod telemetry;
+pub mod time;
+pub mod validate;
+
+/// A boxed error for causes that cross a layer without being inspected.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

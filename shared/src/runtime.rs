@@ -1,0 +1,406 @@
+//! Wiring one service: [`Platform::connect`] opens Postgres (schema and
+//! migrations), NATS (streams), binds the gRPC and admin listeners (port 0
+//! allowed) and exposes the bound addresses; the service then registers its
+//! consumers and background tasks and calls [`Platform::into_app`] with its
+//! gRPC routes. [`App::run`] serves until the shutdown future resolves and
+//! then stops in order: readiness and gRPC health flip to not serving, the
+//! gRPC server stops taking calls and finishes those in hand, consumers finish
+//! the messages in hand, the outbox relay publishes what was committed, NATS
+//! is drained and the pool closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Readiness};
+use crate::bus::consumer::{BusContext, Consumer, Handler};
+use crate::bus::outbox::Relay;
+use crate::bus::streams::{StreamSetupError, ensure_streams};
+use crate::bus::{Namespace, Outbox, StreamKind};
+use crate::config::{BusConfig, ConfigError, DatabaseConfig, ListenConfig, NatsConfig};
+use crate::db::{self, DbError};
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("NATS at {url}: {source}")]
+    Nats {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Streams(#[from] StreamSetupError),
+    #[error("Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: fred::error::Error,
+    },
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// The sections of a service's configuration the platform uses.
+#[derive(Clone, Copy, Debug)]
+pub struct PlatformConfig<'a> {
+    pub service: &'static str,
+    /// The stream this service publishes to.
+    pub own_stream: StreamKind,
+    pub namespace: &'a str,
+    pub database: &'a DatabaseConfig,
+    pub nats: &'a NatsConfig,
+    pub bus: &'a BusConfig,
+    pub grpc: &'a ListenConfig,
+    pub admin: &'a ListenConfig,
+}
+
+type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// A service's connections and listeners, before it runs.
+pub struct Platform {
+    pub service: &'static str,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub ns: Namespace,
+    pub outbox: Outbox,
+    pub bus: BusConfig,
+    pub readiness: Readiness,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    consumers: Vec<Task>,
+    background: Vec<Task>,
+}
+
+impl Platform {
+    /// Connects to Postgres and NATS, applies migrations, creates the streams
+    /// and binds the listeners.
+    pub async fn connect(
+        cfg: PlatformConfig<'_>,
+        migrations: &Migrator,
+    ) -> Result<Self, PlatformError> {
+        let ns = Namespace::new(cfg.namespace)?;
+        cfg.bus.validate()?;
+        let pool = db::connect(cfg.database, migrations).await?;
+        let nats = async_nats::ConnectOptions::new()
+            .name(cfg.service)
+            .event_callback(move |event| async move {
+                tracing::info!(event = %event, "nats connection event");
+            })
+            .connect(cfg.nats.url.as_str())
+            .await
+            .map_err(|source| PlatformError::Nats {
+                url: crate::config::redact_url(&cfg.nats.url),
+                source,
+            })?;
+        let js = jetstream::new(nats.clone());
+        ensure_streams(&js, &ns, cfg.nats).await?;
+        let grpc_listener = bind("gRPC", cfg.grpc.listen).await?;
+        let admin_listener = bind("admin HTTP", cfg.admin.listen).await?;
+        let mut readiness = Readiness::default();
+        readiness.add("postgres", admin::postgres_check(pool.clone()));
+        readiness.add(
+            "nats",
+            admin::nats_check(js.clone(), ns.stream(cfg.own_stream)),
+        );
+        Ok(Self {
+            service: cfg.service,
+            pool,
+            nats,
+            js,
+            ns,
+            outbox: Outbox::new(),
+            bus: cfg.bus.clone(),
+            readiness,
+            grpc_listener,
+            admin_listener,
+            consumers: Vec::new(),
+            background: Vec::new(),
+        })
+    }
+
+    /// Connects to Redis, which this service can work without: waits a
+    /// moment for it, and otherwise starts anyway (the pool keeps trying).
+    /// Redis shows in `/readyz` as an optional dependency. The flag says
+    /// whether it answered at start.
+    pub async fn connect_redis(
+        &mut self,
+        cfg: &crate::config::RedisConfig,
+    ) -> Result<(fred::clients::Pool, bool), PlatformError> {
+        let wait = std::time::Duration::from_millis(cfg.command_timeout_ms.max(1));
+        let (pool, connected) = crate::redis::connect_or_keep_trying(cfg, wait)
+            .await
+            .map_err(|source| PlatformError::Redis {
+                url: crate::config::redact_url(&cfg.url),
+                source,
+            })?;
+        if !connected {
+            tracing::warn!(
+                service = self.service,
+                url = %crate::config::redact_url(&cfg.url),
+                "Redis does not answer; starting without it and retrying in the background"
+            );
+        }
+        self.readiness
+            .add_optional("redis", admin::redis_check(pool.clone()));
+        Ok((pool, connected))
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn bus_context(&self) -> BusContext {
+        BusContext {
+            service: self.service,
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            ns: self.ns.clone(),
+            outbox: self.outbox.clone(),
+            cfg: self.bus.clone(),
+        }
+    }
+
+    /// Consumes `stream` with `handler` while the service runs.
+    pub fn consume<H: Handler>(&mut self, stream: StreamKind, handler: Arc<H>) {
+        let consumer = Consumer::new(self.bus_context(), stream, handler);
+        self.consumers
+            .push(Box::new(move |token| Box::pin(consumer.run(token))));
+    }
+
+    /// Runs `task` in the background while the service runs; it must return
+    /// soon after its token is cancelled.
+    pub fn spawn_background<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background
+            .push(Box::new(move |token| Box::pin(task(token))));
+    }
+
+    /// Finishes the service with its gRPC routes. `services` are the fully
+    /// qualified names reported by `grpc.health.v1`.
+    pub fn into_app(
+        self,
+        routes: tonic::service::Routes,
+        services: &[&'static str],
+    ) -> Result<App, PlatformError> {
+        let reflection = crate::grpc::reflection()?;
+        Ok(App {
+            platform: self,
+            routes: routes.add_service(reflection),
+            services: services.to_vec(),
+        })
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, PlatformError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| PlatformError::Bind { what, addr, source })
+}
+
+/// A service ready to run.
+pub struct App {
+    platform: Platform,
+    routes: tonic::service::Routes,
+    services: Vec<&'static str>,
+}
+
+impl App {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.platform.grpc_addr()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.platform.admin_addr()
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.platform.service
+    }
+
+    /// Serves until `shutdown` resolves (or a server fails), then stops in
+    /// order. Returns the first server error, if any.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), PlatformError> {
+        let App {
+            platform,
+            routes,
+            services,
+        } = self;
+        let Platform {
+            service,
+            pool,
+            nats,
+            js,
+            ns,
+            outbox,
+            bus,
+            readiness,
+            grpc_listener,
+            admin_listener,
+            consumers,
+            background,
+        } = platform;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        for name in &services {
+            health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+
+        let consumer_token = CancellationToken::new();
+        let relay_token = CancellationToken::new();
+        let server_token = CancellationToken::new();
+
+        let mut workers = JoinSet::new();
+        for task in consumers.into_iter().chain(background) {
+            workers.spawn(task(consumer_token.clone()));
+        }
+        let relay = tokio::spawn(
+            Relay::new(service, pool.clone(), js.clone(), ns, outbox, bus).run(relay_token.clone()),
+        );
+        let admin_server = tokio::spawn(admin::serve(
+            service,
+            admin_listener,
+            readiness.clone(),
+            server_token.clone(),
+        ));
+        let grpc_token = CancellationToken::new();
+        let grpc_server = {
+            let token = grpc_token.clone();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .trace_fn(crate::grpc::request_span)
+                    .add_routes(routes.add_service(health_service))
+                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),
+            )
+        };
+        tracing::info!(service, "started");
+
+        let mut grpc_server = grpc_server;
+        let mut early: Option<PlatformError> = None;
+        tokio::select! {
+            () = shutdown => {}
+            res = &mut grpc_server => {
+                early = Some(match res {
+                    Ok(Ok(())) => PlatformError::Admin(std::io::Error::other("gRPC server stopped")),
+                    Ok(Err(e)) => PlatformError::Grpc(e),
+                    Err(e) => PlatformError::Admin(std::io::Error::other(e)),
+                });
+            }
+        }
+        tracing::info!(service, "shutting down");
+
+        readiness.drain();
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        for name in &services {
+            health
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        grpc_token.cancel();
+        if early.is_none() {
+            match grpc_server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => early = Some(PlatformError::Grpc(e)),
+                Err(e) => tracing::error!(service, error = %e, "gRPC server task failed"),
+            }
+        }
+
+        consumer_token.cancel();
+        while let Some(done) = workers.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(service, error = %e, "a background task failed");
+            }
+        }
+        relay_token.cancel();
+        if let Err(e) = relay.await {
+            tracing::error!(service, error = %e, "outbox relay failed");
+        }
+        if let Err(e) = nats.drain().await {
+            tracing::warn!(service, error = %e, "draining NATS failed");
+        }
+        server_token.cancel();
+        match admin_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if early.is_none() => early = Some(PlatformError::Admin(e)),
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(service, error = %e, "admin server task failed"),
+        }
+        pool.close().await;
+        tracing::info!(service, "stopped");
+        match early {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (for `main`).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
