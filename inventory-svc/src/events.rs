@@ -1,0 +1,175 @@
+//! Inventory's reactions to order events:
+//! - `orders.placed`: hold every line or none; `inventory.reserved` (with the
+//!   unit prices of this moment) or `inventory.rejected`.
+//! - `orders.cancelled`: give the holds back; if the placement has not been
+//!   seen yet, leave a tombstone (Redis marker and Postgres row) so that a
+//!   late placement holds nothing.
+//! - `orders.confirmed`: the holds become sales.
+//!
+//! Redis is touched in `prepare` (outside the transaction); Postgres, the
+//! inbox row and the outbox event in `apply`. When the breaker has sent
+//! reservations to Postgres, `prepare` only says so and `apply` does it all.
+
+use saga_shared::bus::consumer::event_uuid;
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
+use saga_shared::proto::events::v1 as pb;
+use sqlx::PgConnection;
+
+use crate::domain;
+use crate::service::{Closed, Inventory, InventoryError, RejectReason, ReserveStep, Reserved};
+
+pub struct OrderEvents {
+    inventory: Inventory,
+}
+
+impl OrderEvents {
+    pub fn new(inventory: Inventory) -> Self {
+        Self { inventory }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Prepared {
+    Reserve(ReserveStep),
+    /// Release or commit; whether Redis was told.
+    Close {
+        redis_told: bool,
+    },
+}
+
+impl From<InventoryError> for HandlerError {
+    fn from(e: InventoryError) -> Self {
+        match e {
+            InventoryError::Db(_) | InventoryError::Cache(_) | InventoryError::Fenced(_) => {
+                HandlerError::Transient(Box::new(e))
+            }
+            _ => HandlerError::Permanent(Box::new(e)),
+        }
+    }
+}
+
+/// SKUs named by an event's lines that could exist (others cannot be held).
+fn skus_of(lines: &[pb::OrderLine]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l.sku.as_str())
+        .filter(|s| saga_shared::validate::ident("sku", s, domain::MAX_SKU_LEN).is_ok())
+        .collect()
+}
+
+fn reject_reason(reason: RejectReason) -> pb::InventoryRejectReason {
+    match reason {
+        RejectReason::OutOfStock => pb::InventoryRejectReason::OutOfStock,
+        RejectReason::UnknownSku => pb::InventoryRejectReason::UnknownSku,
+        RejectReason::InvalidLines => pb::InventoryRejectReason::InvalidLines,
+    }
+}
+
+impl Handler for OrderEvents {
+    type Prepared = Prepared;
+
+    fn wants(&self, event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::OrderPlaced | EventType::OrderCancelled | EventType::OrderConfirmed
+        )
+    }
+
+    async fn prepare(&self, d: &Delivery) -> Result<Prepared, HandlerError> {
+        let order = event_uuid("order_id", d.event.order_id())?;
+        match &d.event {
+            SagaEvent::OrderPlaced(e) => {
+                let lines = domain::order_lines(
+                    e.lines.iter().map(|l| (l.sku.clone(), l.quantity)),
+                    self.inventory.settings().max_lines,
+                );
+                let step = match lines {
+                    Ok(lines) => self.inventory.reserve_step(order, lines).await?,
+                    Err(bad) => {
+                        tracing::warn!(%order, reason = %bad.reason, "order lines invalid");
+                        ReserveStep::Rejected {
+                            sku: bad.sku,
+                            reason: RejectReason::InvalidLines,
+                        }
+                    }
+                };
+                Ok(Prepared::Reserve(step))
+            }
+            SagaEvent::OrderCancelled(e) => Ok(Prepared::Close {
+                redis_told: self
+                    .inventory
+                    .close_step(order, &skus_of(&e.lines), false)
+                    .await?,
+            }),
+            SagaEvent::OrderConfirmed(e) => Ok(Prepared::Close {
+                redis_told: self
+                    .inventory
+                    .close_step(order, &skus_of(&e.lines), true)
+                    .await?,
+            }),
+            other => Err(HandlerError::permanent(format!(
+                "inventory does not handle {}",
+                other.event_type()
+            ))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        d: &Delivery,
+        prepared: Prepared,
+    ) -> Result<(), HandlerError> {
+        let order = event_uuid("order_id", d.event.order_id())?;
+        match (&d.event, prepared) {
+            (SagaEvent::OrderPlaced(_), Prepared::Reserve(step)) => {
+                let event = match self.inventory.apply_reserve(tx, order, step).await? {
+                    Reserved::Held(held) => SagaEvent::InventoryReserved(pb::InventoryReserved {
+                        order_id: order.to_string(),
+                        lines: held
+                            .into_iter()
+                            .map(|h| pb::PricedLine {
+                                sku: h.sku,
+                                quantity: h.quantity,
+                                unit_price_cents: h.unit_price_cents,
+                            })
+                            .collect(),
+                    }),
+                    Reserved::Rejected { sku, reason } => {
+                        SagaEvent::InventoryRejected(pb::InventoryRejected {
+                            order_id: order.to_string(),
+                            reason: reject_reason(reason) as i32,
+                            sku,
+                        })
+                    }
+                    Reserved::Unchanged(state) => {
+                        tracing::debug!(%order, %state, "placement already decided");
+                        return Ok(());
+                    }
+                };
+                Outbox::enqueue(tx, &d.follow_up(order), &event).await?;
+                Ok(())
+            }
+            (SagaEvent::OrderCancelled(_), Prepared::Close { redis_told }) => {
+                match self.inventory.apply_release(tx, order, redis_told).await? {
+                    Closed::Tombstone => {
+                        tracing::debug!(%order, "tombstone left for a late placement");
+                    }
+                    Closed::Unchanged(crate::domain::OrderHoldState::Committed) => {
+                        tracing::error!(%order, "cancellation of an order whose stock was already sold; ignored");
+                    }
+                    Closed::Done(_) | Closed::Unchanged(_) => {}
+                }
+                Ok(())
+            }
+            (SagaEvent::OrderConfirmed(_), Prepared::Close { redis_told }) => {
+                self.inventory.apply_commit(tx, order, redis_told).await?;
+                Ok(())
+            }
+            (event, prepared) => Err(HandlerError::permanent(format!(
+                "{} prepared as {prepared:?}",
+                event.event_type()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The gRPC boundary of inventory: proto <-> domain, and the one mapping of
+//! errors to status codes.
+
+use saga_shared::idempotency::{self, Begin};
+use saga_shared::proto::inventory::v1 as pb;
+use saga_shared::proto::inventory::v1::inventory_service_server::InventoryService;
+use saga_shared::validate;
+use tonic::{Request, Response, Status};
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use crate::domain::{self, AdjustError, Line, OrderHoldState, Product};
+use crate::service::{Inventory, InventoryError};
+use crate::store::StoredReservation;
+
+pub struct InventoryGrpc {
+    inventory: Inventory,
+}
+
+impl InventoryGrpc {
+    pub fn new(inventory: Inventory) -> Self {
+        Self { inventory }
+    }
+}
+
+impl From<Product> for pb::Stock {
+    fn from(p: Product) -> Self {
+        pb::Stock {
+            available: p.available(),
+            sku: p.sku,
+            name: p.name,
+            unit_price_cents: p.unit_price_cents,
+            on_hand: p.on_hand,
+            reserved: p.reserved,
+            sold: p.sold,
+            version: p.version,
+        }
+    }
+}
+
+impl From<InventoryError> for Status {
+    fn from(e: InventoryError) -> Self {
+        match e {
+            InventoryError::Invalid(fe) => fe.into(),
+            InventoryError::UnknownSku(_) => Status::not_found(e.to_string()),
+            InventoryError::Adjust(AdjustError::StaleVersion { .. })
+            | InventoryError::Adjust(AdjustError::BelowCommitted { .. })
+            | InventoryError::Adjust(AdjustError::OutOfRange { .. })
+            | InventoryError::Short { .. }
+            | InventoryError::ReservationConflict { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
+            InventoryError::UnknownReservation(_) => Status::not_found(e.to_string()),
+            InventoryError::Fenced(_) => Status::aborted(format!("{e}; retry")),
+            InventoryError::Cache(ref c) => {
+                saga_shared::grpc::unavailable("stock cache unavailable", c)
+            }
+            InventoryError::Db(ref db) => {
+                saga_shared::grpc::internal("inventory database error", db)
+            }
+        }
+    }
+}
+
+fn reservation(id: Uuid, r: StoredReservation) -> pb::StockReservation {
+    let state = match r.state {
+        OrderHoldState::Reserved => pb::ReservationState::Reserved,
+        OrderHoldState::Rejected => pb::ReservationState::Rejected,
+        OrderHoldState::Released => pb::ReservationState::Released,
+        OrderHoldState::Committed => pb::ReservationState::Committed,
+    };
+    let rejected = r.state == OrderHoldState::Rejected;
+    pb::StockReservation {
+        reservation_id: id.to_string(),
+        state: state as i32,
+        lines: r
+            .lines
+            .into_iter()
+            .map(|h| pb::HeldLine {
+                sku: h.sku,
+                quantity: h.quantity,
+                unit_price_cents: h.unit_price_cents,
+            })
+            .collect(),
+        rejected_sku: if rejected {
+            r.rejected_sku.unwrap_or_default()
+        } else {
+            String::new()
+        },
+        reject_reason: if rejected {
+            r.reason.unwrap_or_default()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// Checks a direct reservation's lines field by field; sorted by SKU.
+fn reservation_lines(
+    lines: &[pb::ReservationLine],
+    max: usize,
+) -> Result<Vec<Line>, validate::FieldError> {
+    if lines.is_empty() {
+        return Err(validate::FieldError::new(
+            "lines",
+            "at least one line is required",
+        ));
+    }
+    if lines.len() > max {
+        return Err(validate::FieldError::new(
+            "lines",
+            format!("at most {max} lines, got {}", lines.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        validate::ident(&format!("lines[{i}].sku"), &l.sku, domain::MAX_SKU_LEN)?;
+        validate::range(
+            &format!("lines[{i}].quantity"),
+            l.quantity,
+            1,
+            domain::MAX_ON_HAND,
+        )?;
+        if !seen.insert(l.sku.as_str()) {
+            return Err(validate::FieldError::new(
+                format!("lines[{i}].sku"),
+                format!("{:?} appears more than once", l.sku),
+            ));
+        }
+        out.push(Line {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        });
+    }
+    out.sort_by(|a, b| a.sku.cmp(&b.sku));
+    Ok(out)
+}
+
+const LIST_DEFAULT: i64 = 100;
+const LIST_MAX: i64 = 500;
+
+#[tonic::async_trait]
+impl InventoryService for InventoryGrpc {
+    async fn upsert_product(
+        &self,
+        request: Request<pb::UpsertProductRequest>,
+    ) -> Result<Response<pb::UpsertProductResponse>, Status> {
+        let r = request.into_inner();
+        let (product, created) = self
+            .inventory
+            .upsert_product(&r.sku, &r.name, r.unit_price_cents)
+            .await?;
+        Ok(Response::new(pb::UpsertProductResponse {
+            stock: Some(product.into()),
+            created,
+        }))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<pb::GetStockRequest>,
+    ) -> Result<Response<pb::GetStockResponse>, Status> {
+        let product = self.inventory.product(&request.into_inner().sku).await?;
+        Ok(Response::new(pb::GetStockResponse {
+            stock: Some(product.into()),
+        }))
+    }
+
+    async fn list_stock(
+        &self,
+        request: Request<pb::ListStockRequest>,
+    ) -> Result<Response<pb::ListStockResponse>, Status> {
+        let r = request.into_inner();
+        let store = self.inventory.store();
+        if !r.skus.is_empty() {
+            if r.skus.len() as i64 > LIST_MAX {
+                return Err(validate::FieldError::new(
+                    "skus",
+                    format!("at most {LIST_MAX} SKUs, got {}", r.skus.len()),
+                )
+                .into());
+            }
+            for (i, sku) in r.skus.iter().enumerate() {
+                validate::ident(&format!("skus[{i}]"), sku, domain::MAX_SKU_LEN)?;
+            }
+            let products = store
+                .products(&r.skus)
+                .await
+                .map_err(InventoryError::from)?;
+            return Ok(Response::new(pb::ListStockResponse {
+                stocks: products.into_iter().map(Into::into).collect(),
+                next_page_token: String::new(),
+            }));
+        }
+        let limit = validate::page_size("page_size", r.page_size, LIST_DEFAULT, LIST_MAX)?;
+        if !r.page_token.is_empty() {
+            validate::ident("page_token", &r.page_token, domain::MAX_SKU_LEN)?;
+        }
+        let products = store
+            .list(&r.page_token, limit + 1)
+            .await
+            .map_err(InventoryError::from)?;
+        let (products, next_page_token) =
+            saga_shared::grpc::page(products, limit, |p| p.sku.clone());
+        Ok(Response::new(pb::ListStockResponse {
+            stocks: products.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        // The key (if any) and the adjustment commit together: a retry of a
+        // request that succeeded gets its answer, not a stale-version error.
+        let mut tx = self
+            .inventory
+            .store()
+            .pool()
+            .begin()
+            .await
+            .map_err(InventoryError::from)?;
+        let ticket = match idempotency::begin(&mut tx, "inventory.AdjustStock", key, &r).await? {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Proceed(ticket) => ticket,
+        };
+        let product = self
+            .inventory
+            .adjust_in(&mut tx, &r.sku, r.delta, r.expected_version)
+            .await?;
+        let response = pb::AdjustStockResponse {
+            stock: Some(product.into()),
+        };
+        ticket.complete(&mut tx, &response).await?;
+        tx.commit().await.map_err(InventoryError::from)?;
+        Ok(Response::new(response))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let r = request.into_inner();
+        let id = validate::uuid("reservation_id", &r.reservation_id)?;
+        let lines = reservation_lines(&r.lines, self.inventory.settings().max_lines)?;
+        let stored = self.inventory.reserve_direct(id, lines).await?;
+        Ok(Response::new(pb::ReserveStockResponse {
+            reservation: Some(reservation(id, stored)),
+        }))
+    }
+
+    async fn release_stock(
+        &self,
+        request: Request<pb::ReleaseStockRequest>,
+    ) -> Result<Response<pb::ReleaseStockResponse>, Status> {
+        let id = validate::uuid("reservation_id", &request.into_inner().reservation_id)?;
+        let stored = self.inventory.release_direct(id).await?;
+        Ok(Response::new(pb::ReleaseStockResponse {
+            reservation: Some(reservation(id, stored)),
+        }))
+    }
+
+    async fn commit_stock(
+        &self,
+        request: Request<pb::CommitStockRequest>,
+    ) -> Result<Response<pb::CommitStockResponse>, Status> {
+        let id = validate::uuid("reservation_id", &request.into_inner().reservation_id)?;
+        let stored = self.inventory.commit_direct(id).await?;
+        Ok(Response::new(pb::CommitStockResponse {
+            reservation: Some(reservation(id, stored)),
+        }))
+    }
+}

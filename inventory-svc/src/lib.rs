@@ -1,0 +1,116 @@
+//! `inventory-svc`: the catalog (SKU, name, unit price) and its stock.
+//!
+//! Postgres is the source of truth (stock per SKU and a ledger of holds per
+//! order and SKU); reservations for orders go through a Redis Lua script that
+//! holds every line or none, idempotently per order, on a counter derived
+//! from Postgres and fenced by an epoch.
+//!
+//! When Redis fails, a circuit breaker ([`breaker`]) sends reservations
+//! through Postgres (`SELECT ... FOR UPDATE` in SKU order); the
+//! [`reconciler`] brings Redis back once its counters are rebuilt, and
+//! otherwise keeps comparing them with Postgres in the background.
+//!
+//! Layout: [`domain`] (rules, no I/O), [`store`] (SQL), [`cache`] (Redis
+//! scripts), [`breaker`], [`service`] (the operations), [`reconciler`],
+//! [`events`] (JetStream handlers), [`grpc`] (the API), [`config`].
+
+pub mod breaker;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod reconciler;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::bus::StreamKind;
+use saga_shared::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use saga_shared::runtime::{App, Platform, PlatformError};
+use sqlx::migrate::Migrator;
+use tonic::server::NamedService;
+
+pub use config::InventoryConfig;
+
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, migrates and binds; the returned app knows its addresses.
+pub async fn build(config: InventoryConfig) -> Result<App, PlatformError> {
+    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let (redis, connected) = platform.connect_redis(&config.redis).await?;
+    let inventory = inventory(&config, platform.pool.clone(), redis, connected);
+    let status = inventory.clone();
+    platform.readiness.add_optional(
+        "reserve_path",
+        Arc::new(move || {
+            let s = status.breaker().status();
+            Box::pin(async move {
+                match s.open_for {
+                    None => Ok("redis (fast path)".to_owned()),
+                    Some(_) if s.pinned => Ok("postgres (pinned by configuration)".to_owned()),
+                    Some(d) => Err(format!(
+                        "postgres: Redis breaker open for {:.1}s ({})",
+                        d.as_secs_f64(),
+                        s.last_error
+                    )),
+                }
+            })
+        }),
+    );
+    platform.consume(
+        StreamKind::Orders,
+        Arc::new(events::OrderEvents::new(inventory.clone())),
+    );
+    let background = inventory.clone();
+    platform.spawn_background(move |stop| reconciler::run(background, stop));
+    let routes = tonic::service::Routes::new(InventoryServiceServer::new(
+        grpc::InventoryGrpc::new(inventory),
+    ));
+    platform.into_app(
+        routes,
+        &[InventoryServiceServer::<grpc::InventoryGrpc>::NAME],
+    )
+}
+
+/// The inventory operations over a migrated pool and a Redis pool (also
+/// what `sagactl inventory reconcile` uses). `redis_up`: whether Redis
+/// answered; if not, reservations start on Postgres.
+pub fn inventory(
+    config: &InventoryConfig,
+    pool: sqlx::PgPool,
+    redis: fred::clients::Pool,
+    redis_up: bool,
+) -> service::Inventory {
+    let pinned = config.inventory.reserve_path == config::ReservePath::Postgres;
+    let breaker = Arc::new(breaker::Breaker::new(
+        config.inventory.breaker_threshold,
+        pinned,
+    ));
+    if !redis_up {
+        breaker.trip("Redis did not answer at start");
+    }
+    let cache = cache::StockCache::new(
+        redis,
+        &config.namespace,
+        Duration::from_millis(config.redis.command_timeout_ms),
+        Duration::from_secs(config.inventory.tombstone_ttl_secs),
+    );
+    service::Inventory::new(
+        store::Store::new(pool),
+        cache,
+        config.inventory.clone(),
+        breaker,
+    )
+}
+
+/// Builds and runs the service until `shutdown` resolves.
+pub async fn run(
+    config: InventoryConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), PlatformError> {
+    build(config).await?.run(shutdown).await
+}

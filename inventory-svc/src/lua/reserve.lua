@@ -1,0 +1,41 @@
+-- Holds every line of an order, or none. Idempotent per order.
+-- KEYS, two per line i (both with the line's SKU hash tag):
+--   [2i-1] the SKU's hash: '~avail', '~epoch', and one field per hold
+--          (order id -> "qty:granted_ms")
+--   [2i]   marker of this order ("R" released, "C" committed)
+-- ARGV: order_id, now_ms, qty_1 .. qty_n
+-- Returns {"GRANTED", epoch_1..epoch_n} | {"REJECTED", i, avail}
+--       | {"NOT_READY", i} | {"CLOSED", i, marker}
+local order = ARGV[1]
+local now = ARGV[2]
+local n = #KEYS / 2
+local avail, epoch, held = {}, {}, {}
+for i = 1, n do
+  local sku = redis.call('HMGET', KEYS[2 * i - 1], '~avail', '~epoch', order)
+  if not sku[1] then
+    return {'NOT_READY', i}
+  end
+  local marker = redis.call('GET', KEYS[2 * i])
+  if marker then
+    return {'CLOSED', i, marker}
+  end
+  avail[i] = tonumber(sku[1])
+  epoch[i] = tonumber(sku[2])
+  held[i] = sku[3]
+end
+for i = 1, n do
+  if not held[i] and avail[i] < tonumber(ARGV[2 + i]) then
+    return {'REJECTED', i, avail[i]}
+  end
+end
+for i = 1, n do
+  if not held[i] then
+    local qty = tonumber(ARGV[2 + i])
+    redis.call('HSET', KEYS[2 * i - 1], '~avail', avail[i] - qty, order, qty .. ':' .. now)
+  end
+end
+local out = {'GRANTED'}
+for i = 1, n do
+  out[#out + 1] = epoch[i]
+end
+return out

@@ -1,0 +1,91 @@
+//! The order's reactions to the participants' events: each one is an
+//! [`Input`] to the order's state machine, applied under the order's row lock;
+//! the event the order then owes goes out through the outbox.
+
+use std::sync::Arc;
+
+use saga_shared::bus::consumer::event_uuid;
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
+use saga_shared::proto::events::v1 as pb;
+use sqlx::PgConnection;
+
+use crate::domain::{CancelReason, Input, Refusal};
+use crate::service::{OrderError, Orders};
+
+pub struct ParticipantEvents {
+    orders: Arc<Orders>,
+}
+
+impl ParticipantEvents {
+    pub fn new(orders: Arc<Orders>) -> Self {
+        Self { orders }
+    }
+}
+
+/// What an event means to the order, if anything.
+fn input_of(event: &SagaEvent) -> Result<Input, HandlerError> {
+    Ok(match event {
+        SagaEvent::InventoryReserved(e) => Input::StockHeld(
+            e.lines
+                .iter()
+                .map(|l| (l.sku.clone(), l.quantity, l.unit_price_cents))
+                .collect(),
+        ),
+        SagaEvent::InventoryRejected(_) => Input::StockRejected,
+        SagaEvent::ReservationHeld(_) => Input::SlotHeld,
+        SagaEvent::ReservationRejected(_) => Input::SlotRejected,
+        SagaEvent::PaymentSucceeded(_) => Input::PaymentSucceeded,
+        SagaEvent::PaymentFailed(e) => {
+            Input::PaymentFailed(match pb::PaymentFailureReason::try_from(e.reason) {
+                Ok(pb::PaymentFailureReason::InsufficientFunds) => CancelReason::InsufficientFunds,
+                _ => CancelReason::PaymentDeclined,
+            })
+        }
+        other => {
+            return Err(HandlerError::permanent(format!(
+                "order does not handle {}",
+                other.event_type()
+            )));
+        }
+    })
+}
+
+impl Handler for ParticipantEvents {
+    type Prepared = ();
+
+    fn wants(&self, event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::InventoryReserved
+                | EventType::InventoryRejected
+                | EventType::ReservationHeld
+                | EventType::ReservationRejected
+                | EventType::PaymentSucceeded
+                | EventType::PaymentFailed
+        )
+    }
+
+    async fn prepare(&self, _d: &Delivery) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, d: &Delivery, (): ()) -> Result<(), HandlerError> {
+        let id = event_uuid("order_id", d.event.order_id())?;
+        let input = input_of(&d.event)?;
+        match self.orders.advance(tx, id, input, d.follow_up(id)).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                tracing::warn!(order_id = %id, event = %d.event_type(), "event for an unknown order ignored");
+                Ok(())
+            }
+            Err(OrderError::Refused(r @ (Refusal::LinesMismatch(_) | Refusal::TotalOverflow))) => {
+                Err(HandlerError::permanent(r.to_string()))
+            }
+            Err(OrderError::Refused(r @ Refusal::AlreadyConfirmed)) => {
+                Err(HandlerError::permanent(r.to_string()))
+            }
+            Err(OrderError::Db(e)) => Err(e.into()),
+            Err(e) => Err(HandlerError::Transient(Box::new(e))),
+        }
+    }
+}

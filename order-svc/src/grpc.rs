@@ -1,0 +1,199 @@
+//! The gRPC boundary of orders: proto <-> domain, and the one mapping of
+//! errors to status codes.
+
+use std::sync::Arc;
+
+use saga_shared::idempotency::{self, Begin};
+use saga_shared::proto::order::v1 as pb;
+use saga_shared::proto::order::v1::order_service_server::OrderService;
+use saga_shared::validate::{self, FieldError};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::CatalogError;
+use crate::domain::{self, CancelReason, Order, OrderState, Refusal};
+use crate::service::{OrderError, Orders};
+use crate::store::ListFilter;
+
+pub struct OrderGrpc {
+    orders: Arc<Orders>,
+}
+
+impl OrderGrpc {
+    pub fn new(orders: Arc<Orders>) -> Self {
+        Self { orders }
+    }
+}
+
+impl From<OrderState> for pb::OrderState {
+    fn from(s: OrderState) -> Self {
+        match s {
+            OrderState::Pending => pb::OrderState::Pending,
+            OrderState::Reserved => pb::OrderState::Reserved,
+            OrderState::Confirmed => pb::OrderState::Confirmed,
+            OrderState::Cancelled => pb::OrderState::Cancelled,
+        }
+    }
+}
+
+impl From<CancelReason> for pb::CancelReason {
+    fn from(r: CancelReason) -> Self {
+        match r {
+            CancelReason::OutOfStock => pb::CancelReason::OutOfStock,
+            CancelReason::SlotUnavailable => pb::CancelReason::SlotUnavailable,
+            CancelReason::PaymentDeclined => pb::CancelReason::PaymentDeclined,
+            CancelReason::InsufficientFunds => pb::CancelReason::InsufficientFunds,
+            CancelReason::Timeout => pb::CancelReason::Timeout,
+            CancelReason::CustomerCancelled => pb::CancelReason::CustomerCancelled,
+        }
+    }
+}
+
+impl From<Order> for pb::Order {
+    fn from(o: Order) -> Self {
+        pb::Order {
+            order_id: o.id.to_string(),
+            customer_id: o.customer_id,
+            state: pb::OrderState::from(o.state) as i32,
+            cancel_reason: o
+                .cancel_reason
+                .map_or(pb::CancelReason::Unspecified, Into::into)
+                as i32,
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| pb::OrderLine {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                })
+                .collect(),
+            slot_id: o.slot_id.map(|s| s.to_string()),
+            total_cents: o.total_cents,
+            created_at: Some(saga_shared::time::to_proto(o.created_at)),
+            updated_at: Some(saga_shared::time::to_proto(o.updated_at)),
+        }
+    }
+}
+
+impl From<OrderError> for Status {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Invalid(fe) => fe.into(),
+            OrderError::NotFound(msg) => Status::not_found(msg),
+            OrderError::Refused(Refusal::AlreadyConfirmed) => {
+                Status::failed_precondition(Refusal::AlreadyConfirmed.to_string())
+            }
+            OrderError::Refused(ref r) => saga_shared::grpc::internal("order refused an input", r),
+            OrderError::Catalog(c @ CatalogError::Unavailable { .. }) => {
+                tracing::warn!(error = %c, "catalog check failed");
+                Status::unavailable(c.to_string())
+            }
+            OrderError::Catalog(ref c) => saga_shared::grpc::internal("catalog misconfigured", c),
+            OrderError::Db(ref db) => saga_shared::grpc::internal("order database error", db),
+        }
+    }
+}
+
+fn db(e: sqlx::Error) -> Status {
+    OrderError::Db(e).into()
+}
+
+const LIST_DEFAULT: i64 = 50;
+const LIST_MAX: i64 = 500;
+
+#[tonic::async_trait]
+impl OrderService for OrderGrpc {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        let items: Vec<(String, i64)> = r
+            .items
+            .iter()
+            .map(|i| (i.sku.clone(), i.quantity))
+            .collect();
+        let slot = r.slot_id.as_deref().filter(|s| !s.is_empty());
+        let new = domain::validate_new_order(&r.customer_id, &items, slot, self.orders.limits())?;
+        self.orders.check_references(&new).await?;
+
+        let mut tx = self.orders.store().pool().begin().await.map_err(db)?;
+        let ticket = match idempotency::begin(&mut tx, "order.PlaceOrder", key, &r).await? {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Proceed(ticket) => ticket,
+        };
+        let order = self.orders.place_in(&mut tx, new).await?;
+        tracing::info!(order_id = %order.id, "order placed");
+        let response = pb::PlaceOrderResponse {
+            order: Some(order.into()),
+        };
+        ticket.complete(&mut tx, &response).await?;
+        tx.commit().await.map_err(db)?;
+        self.orders.outbox().wake();
+        Ok(Response::new(response))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let id = validate::uuid("order_id", &request.into_inner().order_id)?;
+        let order = self.orders.get(id).await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order.into()),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let r = request.into_inner();
+        let limit = validate::page_size("page_size", r.page_size, LIST_DEFAULT, LIST_MAX)?;
+        let mut filter = ListFilter::default();
+        if !r.page_token.is_empty() {
+            filter.before = Some(validate::uuid("page_token", &r.page_token)?);
+        }
+        if let Some(customer) = r.customer_id.filter(|c| !c.is_empty()) {
+            validate::ident("customer_id", &customer, domain::MAX_CUSTOMER_ID_LEN)?;
+            filter.customer_id = Some(customer);
+        }
+        if let Some(state) = r.state {
+            filter.state = Some(match pb::OrderState::try_from(state) {
+                Ok(pb::OrderState::Pending) => OrderState::Pending,
+                Ok(pb::OrderState::Reserved) => OrderState::Reserved,
+                Ok(pb::OrderState::Confirmed) => OrderState::Confirmed,
+                Ok(pb::OrderState::Cancelled) => OrderState::Cancelled,
+                _ => {
+                    return Err(
+                        FieldError::new("state", format!("unknown order state {state}")).into(),
+                    );
+                }
+            });
+        }
+        let orders = self
+            .orders
+            .store()
+            .list(&filter, limit + 1)
+            .await
+            .map_err(db)?;
+        let (orders, next_page_token) =
+            saga_shared::grpc::page(orders, limit, |o| o.id.to_string());
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let id = validate::uuid("order_id", &request.into_inner().order_id)?;
+        let order = self.orders.cancel(id).await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order.into()),
+        }))
+    }
+}

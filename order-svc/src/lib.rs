@@ -1,0 +1,77 @@
+//! `order-svc`: orders and the saga that carries them.
+//!
+//! `PlaceOrder` stores the order PENDING and its `orders.placed` event in one
+//! transaction. Inventory and reservation answer in parallel; when every hold
+//! is in, the order is RESERVED and owes `orders.reserved` (the amount, from
+//! the prices inventory held at); payment answers; the order ends CONFIRMED
+//! (`orders.confirmed`) or CANCELLED with a reason (`orders.cancelled`, which
+//! every participant compensates). Orders left open past their deadline are
+//! cancelled (`timeout`).
+//!
+//! Layout: [`domain`] (the state machine, no I/O), [`store`] (SQL),
+//! [`catalog`] (do the SKUs and slot exist?), [`service`], [`events`],
+//! [`grpc`], [`config`].
+
+pub mod catalog;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_shared::bus::StreamKind;
+use saga_shared::proto::order::v1::order_service_server::OrderServiceServer;
+use saga_shared::runtime::{App, Platform, PlatformError};
+use sqlx::migrate::Migrator;
+use tonic::server::NamedService;
+
+pub use config::OrderConfig;
+
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, migrates and binds; the returned app knows its addresses.
+pub async fn build(config: OrderConfig) -> Result<App, PlatformError> {
+    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let catalog = catalog::Catalog::new(
+        &config.order.inventory_url,
+        &config.order.reservation_url,
+        Duration::from_secs(config.order.catalog_cache_secs),
+    )
+    .map_err(|e| {
+        PlatformError::Config(saga_shared::config::ConfigError::Invalid {
+            field: "order".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let orders = Arc::new(service::Orders::new(
+        store::Store::new(platform.pool.clone()),
+        platform.outbox.clone(),
+        catalog,
+        config.order.clone(),
+    ));
+    let handler = Arc::new(events::ParticipantEvents::new(orders.clone()));
+    for stream in [
+        StreamKind::Inventory,
+        StreamKind::Reservations,
+        StreamKind::Payments,
+    ] {
+        platform.consume(stream, handler.clone());
+    }
+    let sweeper = orders.clone();
+    platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
+    let routes = tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc::new(orders)));
+    platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
+}
+
+/// Builds and runs the service until `shutdown` resolves.
+pub async fn run(
+    config: OrderConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), PlatformError> {
+    build(config).await?.run(shutdown).await
+}

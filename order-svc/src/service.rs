@@ -1,0 +1,264 @@
+//! The order application: placing, cancelling and advancing orders, with
+//! the events each change owes, written through the outbox in the same
+//! transaction.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
+use saga_shared::proto::events::v1 as pb;
+use saga_shared::validate::FieldError;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::OrderSettings;
+use crate::domain::{CancelReason, Effect, Input, Limits, NewOrder, Order, Refusal};
+use crate::store::{self, Store};
+
+/// Why an order operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// An id that names nothing: the message names the field.
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = OrderError> = std::result::Result<T, E>;
+
+pub struct Orders {
+    store: Store,
+    outbox: Outbox,
+    catalog: Catalog,
+    settings: OrderSettings,
+}
+
+impl Orders {
+    pub fn new(store: Store, outbox: Outbox, catalog: Catalog, settings: OrderSettings) -> Self {
+        Self {
+            store,
+            outbox,
+            catalog,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_lines: self.settings.max_lines,
+            max_quantity: self.settings.max_quantity,
+        }
+    }
+
+    /// Refuses an order that names a SKU or slot nobody knows.
+    pub async fn check_references(&self, new: &NewOrder) -> Result<()> {
+        let skus: Vec<&str> = new.items.iter().map(|(s, _)| s.as_str()).collect();
+        let unknown = self.catalog.unknown_skus(&skus).await?;
+        if let Some((i, (sku, _))) = new
+            .items
+            .iter()
+            .enumerate()
+            .find(|(_, (sku, _))| unknown.contains(sku))
+        {
+            return Err(OrderError::NotFound(format!(
+                "items[{i}].sku: no product {sku:?}"
+            )));
+        }
+        if let Some(slot) = new.slot_id
+            && !self.catalog.slot_exists(slot).await?
+        {
+            return Err(OrderError::NotFound(format!("slot_id: no slot {slot}")));
+        }
+        Ok(())
+    }
+
+    /// Stores a new PENDING order and its `orders.placed` event in `tx`.
+    pub async fn place_in(&self, tx: &mut PgConnection, new: NewOrder) -> Result<Order> {
+        let now = Utc::now();
+        let deadline = now + Duration::from_secs(self.settings.deadline_secs);
+        let order = Order::place(Uuid::now_v7(), new, now, deadline);
+        store::insert(tx, &order).await?;
+        let event = SagaEvent::OrderPlaced(pb::OrderPlaced {
+            order_id: order.id.to_string(),
+            customer_id: order.customer_id.clone(),
+            lines: order_lines(&order),
+            slot_id: order.slot_id.map(|s| s.to_string()),
+            placed_at: Some(saga_shared::time::to_proto(now)),
+        });
+        Outbox::enqueue(tx, &EventMeta::new(order.id, None), &event).await?;
+        metrics::counter!("orders_placed_total").increment(1);
+        Ok(order)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Order> {
+        self.store
+            .order(id)
+            .await?
+            .ok_or_else(|| OrderError::NotFound(format!("order_id: no order {id}")))
+    }
+
+    /// Cancels an order at the customer's request (FAILED_PRECONDITION once
+    /// CONFIRMED; a cancelled order is returned as it is).
+    pub async fn cancel(&self, id: Uuid) -> Result<Order> {
+        let mut tx = self.store.pool().begin().await?;
+        let order = self
+            .advance(
+                &mut tx,
+                id,
+                Input::Cancel(CancelReason::CustomerCancelled),
+                EventMeta::new(id, None),
+            )
+            .await?
+            .ok_or_else(|| OrderError::NotFound(format!("order_id: no order {id}")))?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Ok(order)
+    }
+
+    /// Applies `input` to the order (locked in `tx`), saves it, and writes
+    /// the event it owes with `meta`. `None` if there is no such order.
+    pub async fn advance(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        input: Input,
+        meta: EventMeta,
+    ) -> Result<Option<Order>> {
+        let Some(mut order) = store::load(tx, id, true).await? else {
+            return Ok(None);
+        };
+        let outcome = order.apply(input)?;
+        if outcome.changed {
+            order.updated_at = Utc::now();
+            store::save(tx, &order).await?;
+        }
+        if let Some(effect) = outcome.effect {
+            Outbox::enqueue(tx, &meta, &effect_event(&order, effect)).await?;
+            if order.state.is_terminal() {
+                let outcome = match order.cancel_reason {
+                    Some(r) => r.as_str(),
+                    None => "confirmed",
+                };
+                metrics::counter!("orders_finished_total", "outcome" => outcome).increment(1);
+                let took = (order.updated_at - order.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!("saga_order_duration_seconds", "state" => order.state.as_str())
+                    .record(took.as_secs_f64());
+            }
+        }
+        Ok(Some(order))
+    }
+
+    /// Cancels (reason `timeout`) up to one batch of orders past their
+    /// deadline. Instances share the work: rows another one has locked are
+    /// skipped. Returns how many were cancelled.
+    pub async fn cancel_overdue(&self) -> Result<usize> {
+        const BATCH: i64 = 100;
+        let mut tx = self.store.pool().begin().await?;
+        let ids = store::overdue(&mut tx, BATCH).await?;
+        for id in &ids {
+            let span = tracing::info_span!("deadline", order_id = %id);
+            let _entered = span.enter();
+            self.advance(
+                &mut tx,
+                *id,
+                Input::Cancel(CancelReason::Timeout),
+                EventMeta::new(*id, None),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if !ids.is_empty() {
+            self.outbox.wake();
+            tracing::info!(count = ids.len(), "cancelled orders past their deadline");
+        }
+        Ok(ids.len())
+    }
+
+    /// Runs [`Orders::cancel_overdue`] every `sweep_interval_ms` until `stop`.
+    pub async fn sweep_deadlines(&self, stop: tokio_util::sync::CancellationToken) {
+        let every = Duration::from_millis(self.settings.sweep_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            loop {
+                match self.cancel_overdue().await {
+                    Ok(n) if n >= 100 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deadline sweep failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn order_lines(order: &Order) -> Vec<pb::OrderLine> {
+    order
+        .lines
+        .iter()
+        .map(|l| pb::OrderLine {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        })
+        .collect()
+}
+
+/// The event for an effect of `order`.
+fn effect_event(order: &Order, effect: Effect) -> SagaEvent {
+    let order_id = order.id.to_string();
+    let slot_id = order.slot_id.map(|s| s.to_string());
+    match effect {
+        Effect::Reserved { amount_cents } => SagaEvent::OrderReserved(pb::OrderReserved {
+            order_id,
+            customer_id: order.customer_id.clone(),
+            amount_cents,
+        }),
+        Effect::Confirmed => SagaEvent::OrderConfirmed(pb::OrderConfirmed {
+            order_id,
+            customer_id: order.customer_id.clone(),
+            lines: order_lines(order),
+            slot_id,
+            amount_cents: order.total_cents.unwrap_or_default(),
+        }),
+        Effect::Cancelled(reason) => SagaEvent::OrderCancelled(pb::OrderCancelled {
+            order_id,
+            customer_id: order.customer_id.clone(),
+            reason: cancel_reason_to_event(reason) as i32,
+            lines: order_lines(order),
+            slot_id,
+        }),
+    }
+}
+
+pub fn cancel_reason_to_event(r: CancelReason) -> pb::CancelReason {
+    match r {
+        CancelReason::OutOfStock => pb::CancelReason::OutOfStock,
+        CancelReason::SlotUnavailable => pb::CancelReason::SlotUnavailable,
+        CancelReason::PaymentDeclined => pb::CancelReason::PaymentDeclined,
+        CancelReason::InsufficientFunds => pb::CancelReason::InsufficientFunds,
+        CancelReason::Timeout => pb::CancelReason::Timeout,
+        CancelReason::CustomerCancelled => pb::CancelReason::CustomerCancelled,
+    }
+}

@@ -1,0 +1,252 @@
+//! Postgres access for orders. Functions taking `&mut PgConnection` run in
+//! the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{CancelReason, Line, Order, OrderState, Part};
+
+const ORDER_COLUMNS: &str = "id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
+     payment, total_cents, created_at, updated_at, deadline_at";
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: String,
+    state: String,
+    cancel_reason: Option<String>,
+    slot_id: Option<Uuid>,
+    inventory: String,
+    slot: String,
+    payment: String,
+    total_cents: Option<i64>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deadline_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    order_id: Uuid,
+    sku: String,
+    quantity: i64,
+    unit_price_cents: Option<i64>,
+}
+
+fn corrupt(what: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value:?} in the orders table").into())
+}
+
+impl OrderRow {
+    fn into_order(self, lines: Vec<Line>) -> sqlx::Result<Order> {
+        Ok(Order {
+            id: self.id,
+            state: OrderState::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?,
+            cancel_reason: match self.cancel_reason.as_deref() {
+                Some(r) => Some(CancelReason::parse(r).ok_or_else(|| corrupt("cancel reason", r))?),
+                None => None,
+            },
+            customer_id: self.customer_id,
+            slot_id: self.slot_id,
+            lines,
+            inventory: Part::from_inventory(&self.inventory)
+                .ok_or_else(|| corrupt("inventory status", &self.inventory))?,
+            slot: Part::from_slot(&self.slot).ok_or_else(|| corrupt("slot status", &self.slot))?,
+            payment: Part::from_payment(&self.payment)
+                .ok_or_else(|| corrupt("payment status", &self.payment))?,
+            total_cents: self.total_cents,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deadline_at: self.deadline_at,
+        })
+    }
+}
+
+/// Filters of a list query.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub customer_id: Option<String>,
+    pub state: Option<OrderState>,
+    /// Only orders older than this id (the previous page's last).
+    pub before: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn order(&self, id: Uuid) -> sqlx::Result<Option<Order>> {
+        let mut conn = self.pool.acquire().await?;
+        load(&mut conn, id, false).await
+    }
+
+    /// Newest first.
+    pub async fn list(&self, filter: &ListFilter, limit: i64) -> sqlx::Result<Vec<Order>> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders \
+             WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR state = $2) \
+               AND ($3::uuid IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        );
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(filter.customer_id.as_deref())
+            .bind(filter.state.map(OrderState::as_str))
+            .bind(filter.before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut lines = lines_of(&self.pool, &ids).await?;
+        rows.into_iter()
+            .map(|row| {
+                let mine = lines
+                    .iter()
+                    .position(|(id, _)| *id == row.id)
+                    .map(|i| lines.swap_remove(i).1)
+                    .unwrap_or_default();
+                row.into_order(mine)
+            })
+            .collect()
+    }
+}
+
+async fn lines_of<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, Vec<Line>)>> {
+    let rows: Vec<LineRow> = sqlx::query_as(
+        "SELECT order_id, sku, quantity, unit_price_cents FROM order_lines \
+         WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+    )
+    .bind(ids)
+    .fetch_all(executor)
+    .await?;
+    let mut out: Vec<(Uuid, Vec<Line>)> = Vec::new();
+    for r in rows {
+        let line = Line {
+            sku: r.sku,
+            quantity: r.quantity,
+            unit_price_cents: r.unit_price_cents,
+        };
+        match out.last_mut() {
+            Some((id, lines)) if *id == r.order_id => lines.push(line),
+            _ => out.push((r.order_id, vec![line])),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads an order, locking its row if `lock`.
+pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result<Option<Order>> {
+    let sql = if lock {
+        format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE")
+    } else {
+        format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")
+    };
+    let Some(row): Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let lines = lines_of(&mut *conn, &[id])
+        .await?
+        .into_iter()
+        .next()
+        .map(|(_, l)| l)
+        .unwrap_or_default();
+    row.into_order(lines).map(Some)
+}
+
+pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
+             payment, total_cents, created_at, updated_at, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(o.id)
+    .bind(&o.customer_id)
+    .bind(o.state.as_str())
+    .bind(o.cancel_reason.map(CancelReason::as_str))
+    .bind(o.slot_id)
+    .bind(o.inventory.as_inventory())
+    .bind(o.slot.as_slot())
+    .bind(o.payment.as_payment())
+    .bind(o.total_cents)
+    .bind(o.created_at)
+    .bind(o.updated_at)
+    .bind(o.deadline_at)
+    .execute(&mut *conn)
+    .await?;
+    let line_nos: Vec<i32> = (0..o.lines.len() as i32).collect();
+    let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i64> = o.lines.iter().map(|l| l.quantity).collect();
+    sqlx::query(
+        "INSERT INTO order_lines (order_id, line_no, sku, quantity) \
+         SELECT $1, n, s, q FROM UNNEST($2::int[], $3::text[], $4::bigint[]) AS l(n, s, q)",
+    )
+    .bind(o.id)
+    .bind(&line_nos)
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Saves what [`Order::apply`](crate::domain::Order::apply) may change.
+pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE orders SET state = $2, cancel_reason = $3, inventory = $4, slot = $5, \
+             payment = $6, total_cents = $7, updated_at = $8 WHERE id = $1",
+    )
+    .bind(o.id)
+    .bind(o.state.as_str())
+    .bind(o.cancel_reason.map(CancelReason::as_str))
+    .bind(o.inventory.as_inventory())
+    .bind(o.slot.as_slot())
+    .bind(o.payment.as_payment())
+    .bind(o.total_cents)
+    .bind(o.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    if o.lines.iter().any(|l| l.unit_price_cents.is_some()) {
+        let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
+        let prices: Vec<Option<i64>> = o.lines.iter().map(|l| l.unit_price_cents).collect();
+        sqlx::query(
+            "UPDATE order_lines AS ol SET unit_price_cents = p.price \
+             FROM UNNEST($2::text[], $3::bigint[]) AS p(sku, price) \
+             WHERE ol.order_id = $1 AND ol.sku = p.sku",
+        )
+        .bind(o.id)
+        .bind(&skus)
+        .bind(&prices)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Locks up to `limit` open orders past their deadline that no other
+/// instance is handling.
+pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders WHERE state IN ('PENDING', 'RESERVED') AND deadline_at < now() \
+         ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,124 @@
+//! Payment rules, free of I/O.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use saga_shared::validate::{self, FieldError};
+use uuid::Uuid;
+
+pub const MAX_CUSTOMER_ID_LEN: usize = 64;
+/// The most one top-up may add (10 billion in major units).
+pub const MAX_TOP_UP_CENTS: i64 = 1_000_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Wallet {
+    pub customer_id: String,
+    pub balance_cents: i64,
+    pub topped_up_cents: i64,
+    pub charged_cents: i64,
+    pub refunded_cents: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentState {
+    Captured,
+    Failed,
+    Refunded,
+    /// The order was cancelled before any charge; none will be taken.
+    Voided,
+}
+
+impl PaymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Captured => "CAPTURED",
+            Self::Failed => "FAILED",
+            Self::Refunded => "REFUNDED",
+            Self::Voided => "VOIDED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Captured, Self::Failed, Self::Refunded, Self::Voided]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for PaymentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    InsufficientFunds,
+    CardDeclined,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::CardDeclined => "card_declined",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Payment {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks a customer id.
+pub fn validate_customer(field: &str, customer_id: &str) -> Result<(), FieldError> {
+    validate::ident(field, customer_id, MAX_CUSTOMER_ID_LEN)
+}
+
+/// Checks a top-up's fields.
+pub fn validate_top_up(customer_id: &str, amount_cents: i64) -> Result<(), FieldError> {
+    validate_customer("customer_id", customer_id)?;
+    validate::range("amount_cents", amount_cents, 1, MAX_TOP_UP_CENTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_ups_are_checked() {
+        assert!(validate_top_up("c-1", 100).is_ok());
+        assert_eq!(validate_top_up("c-1", 0).unwrap_err().field, "amount_cents");
+        assert_eq!(
+            validate_top_up("c-1", -5).unwrap_err().field,
+            "amount_cents"
+        );
+        assert_eq!(
+            validate_top_up("c-1", MAX_TOP_UP_CENTS + 1)
+                .unwrap_err()
+                .field,
+            "amount_cents"
+        );
+        assert_eq!(validate_top_up("", 1).unwrap_err().field, "customer_id");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            PaymentState::Captured,
+            PaymentState::Failed,
+            PaymentState::Refunded,
+            PaymentState::Voided,
+        ] {
+            assert_eq!(PaymentState::parse(s.as_str()), Some(s));
+        }
+    }
+}

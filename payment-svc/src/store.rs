@@ -1,0 +1,224 @@
+//! Postgres access for wallets, payments and the ledger. Functions taking
+//! `&mut PgConnection` run in the caller's transaction.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{FailureReason, Payment, PaymentState, Wallet};
+
+const WALLET_COLUMNS: &str =
+    "customer_id, balance_cents, topped_up_cents, charged_cents, refunded_cents";
+const PAYMENT_COLUMNS: &str = "payment_id, order_id, customer_id, amount_cents, state, \
+     failure_reason, created_at, updated_at";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// Why a top-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopUpError {
+    #[error("amount_cents: {amount} would overflow the balance of {customer:?}")]
+    Overflow { customer: String, amount: i64 },
+    #[error(transparent)]
+    Sql(sqlx::Error),
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn wallet(&self, customer: &str) -> sqlx::Result<Option<Wallet>> {
+        let sql = format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE customer_id = $1");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(customer)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn payment(&self, order: Uuid) -> sqlx::Result<Option<Payment>> {
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 AND state <> 'PENDING'"
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(order)
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
+/// Adds funds, creating the wallet on first use.
+pub async fn top_up(
+    conn: &mut PgConnection,
+    customer: &str,
+    amount: i64,
+) -> Result<Wallet, TopUpError> {
+    let sql = format!(
+        "INSERT INTO wallets (customer_id, balance_cents, topped_up_cents) VALUES ($1, $2, $2) \
+         ON CONFLICT (customer_id) DO UPDATE SET \
+             balance_cents = wallets.balance_cents + EXCLUDED.balance_cents, \
+             topped_up_cents = wallets.topped_up_cents + EXCLUDED.topped_up_cents, \
+             updated_at = now() \
+         RETURNING {WALLET_COLUMNS}"
+    );
+    let wallet: Wallet = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(customer)
+        .bind(amount)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| match &e {
+            // numeric_value_out_of_range
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22003") => {
+                TopUpError::Overflow {
+                    customer: customer.to_owned(),
+                    amount,
+                }
+            }
+            _ => TopUpError::Sql(e),
+        })?;
+    ledger(conn, customer, None, "TOPUP", amount)
+        .await
+        .map_err(TopUpError::Sql)?;
+    Ok(wallet)
+}
+
+async fn ledger(
+    conn: &mut PgConnection,
+    customer: &str,
+    order: Option<Uuid>,
+    kind: &str,
+    amount: i64,
+) -> sqlx::Result<()> {
+    if amount == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO wallet_ledger (customer_id, order_id, kind, amount_cents) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(customer)
+    .bind(order)
+    .bind(kind)
+    .bind(amount)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Starts the order's one payment. `None` if the order already has one (a
+/// duplicate, or a VOIDED tombstone from an earlier cancellation).
+pub async fn begin_payment(
+    conn: &mut PgConnection,
+    order: Uuid,
+    customer: &str,
+    amount: i64,
+) -> sqlx::Result<Option<Uuid>> {
+    let payment_id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
+         VALUES ($1, $2, $3, $4, 'PENDING') ON CONFLICT DO NOTHING",
+    )
+    .bind(order)
+    .bind(payment_id)
+    .bind(customer)
+    .bind(amount)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok((inserted == 1).then_some(payment_id))
+}
+
+/// Charges the wallet if it holds enough (one conditional update: no
+/// double-spend whatever runs at once). True if charged.
+pub async fn charge(
+    conn: &mut PgConnection,
+    order: Uuid,
+    customer: &str,
+    amount: i64,
+) -> sqlx::Result<bool> {
+    let charged = sqlx::query(
+        "UPDATE wallets SET balance_cents = balance_cents - $2, \
+             charged_cents = charged_cents + $2, updated_at = now() \
+         WHERE customer_id = $1 AND balance_cents >= $2",
+    )
+    .bind(customer)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if charged == 0 {
+        return Ok(false);
+    }
+    ledger(conn, customer, Some(order), "CHARGE", amount).await?;
+    Ok(true)
+}
+
+/// Settles a payment started by [`begin_payment`].
+pub async fn settle(
+    conn: &mut PgConnection,
+    order: Uuid,
+    state: PaymentState,
+    failure: Option<FailureReason>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE payments SET state = $2, failure_reason = $3, updated_at = now() WHERE order_id = $1",
+    )
+    .bind(order)
+    .bind(state.as_str())
+    .bind(failure.map(FailureReason::as_str))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Leaves a VOIDED tombstone for an order cancelled before its charge;
+/// false if the order already has a payment.
+pub async fn void(conn: &mut PgConnection, order: Uuid, customer: &str) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
+         VALUES ($1, $2, $3, 0, 'VOIDED') ON CONFLICT DO NOTHING",
+    )
+    .bind(order)
+    .bind(Uuid::now_v7())
+    .bind(customer)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Locks the order's payment.
+pub async fn lock_payment(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<Option<Payment>> {
+    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(order)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Gives a captured payment back to the wallet.
+pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE wallets SET balance_cents = balance_cents + $2, \
+             refunded_cents = refunded_cents + $2, updated_at = now() \
+         WHERE customer_id = $1",
+    )
+    .bind(&payment.customer_id)
+    .bind(payment.amount_cents)
+    .execute(&mut *conn)
+    .await?;
+    ledger(
+        conn,
+        &payment.customer_id,
+        Some(payment.order_id),
+        "REFUND",
+        payment.amount_cents,
+    )
+    .await?;
+    settle(conn, payment.order_id, PaymentState::Refunded, None).await
+}

@@ -1,0 +1,93 @@
+//! Slot rules, free of I/O.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use saga_shared::validate::{self, FieldError};
+use uuid::Uuid;
+
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_CAPACITY: i64 = 100_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Slot {
+    pub id: Uuid,
+    pub name: String,
+    pub capacity: i32,
+    pub held: i32,
+    pub confirmed: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Slot {
+    pub fn available(&self) -> i32 {
+        self.capacity - self.held - self.confirmed
+    }
+}
+
+/// Where an order's booking stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BookingState {
+    Held,
+    Confirmed,
+    /// Given back, or a tombstone for a placement not seen yet.
+    Released,
+    Rejected,
+}
+
+impl BookingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Confirmed => "CONFIRMED",
+            Self::Released => "RELEASED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Held, Self::Confirmed, Self::Released, Self::Rejected]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+}
+
+impl fmt::Display for BookingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a new slot's fields.
+pub fn validate_new_slot(name: &str, capacity: i32) -> Result<(), FieldError> {
+    validate::text("name", name, MAX_NAME_LEN)?;
+    validate::range("capacity", i64::from(capacity), 1, MAX_CAPACITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_slots_are_checked() {
+        assert!(validate_new_slot("Mon 9-10", 5).is_ok());
+        assert_eq!(validate_new_slot("x", 0).unwrap_err().field, "capacity");
+        assert_eq!(
+            validate_new_slot("x", 100_001).unwrap_err().field,
+            "capacity"
+        );
+        assert_eq!(validate_new_slot("", 1).unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn booking_states_round_trip() {
+        for s in [
+            BookingState::Held,
+            BookingState::Confirmed,
+            BookingState::Released,
+            BookingState::Rejected,
+        ] {
+            assert_eq!(BookingState::parse(s.as_str()), Some(s));
+        }
+    }
+}

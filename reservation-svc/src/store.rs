@@ -1,0 +1,160 @@
+//! Postgres access for slots and bookings. Functions taking
+//! `&mut PgConnection` run in the caller's transaction.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{BookingState, Slot};
+
+const SLOT_COLUMNS: &str = "id, name, capacity, held, confirmed, created_at";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// What trying to take a place in a slot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldAttempt {
+    Held,
+    Full,
+    UnknownSlot,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn slot(&self, id: Uuid) -> sqlx::Result<Option<Slot>> {
+        let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE id = $1");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// A page of slots after `after` (exclusive), oldest first.
+    pub async fn list(&self, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Slot>> {
+        let sql = format!(
+            "SELECT {SLOT_COLUMNS} FROM slots WHERE ($1::uuid IS NULL OR id > $1) \
+             ORDER BY id LIMIT $2"
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+pub async fn insert_slot(
+    conn: &mut PgConnection,
+    id: Uuid,
+    name: &str,
+    capacity: i32,
+) -> sqlx::Result<Slot> {
+    let sql = format!(
+        "INSERT INTO slots (id, name, capacity) VALUES ($1, $2, $3) RETURNING {SLOT_COLUMNS}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(name)
+        .bind(capacity)
+        .fetch_one(conn)
+        .await
+}
+
+/// Locks the order's booking, if there is one.
+pub async fn lock_booking(
+    conn: &mut PgConnection,
+    order: Uuid,
+) -> sqlx::Result<Option<(BookingState, Option<Uuid>)>> {
+    let row: Option<(String, Option<Uuid>)> =
+        sqlx::query_as("SELECT state, slot_id FROM bookings WHERE order_id = $1 FOR UPDATE")
+            .bind(order)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(state, slot)| {
+        BookingState::parse(&state)
+            .map(|s| (s, slot))
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown booking state {state:?}").into()))
+    })
+    .transpose()
+}
+
+/// Inserts the order's booking; false if one appeared meanwhile.
+pub async fn insert_booking(
+    conn: &mut PgConnection,
+    order: Uuid,
+    slot: Option<Uuid>,
+    state: BookingState,
+    reason: Option<&str>,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO bookings (order_id, slot_id, state, reason) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(order)
+    .bind(slot)
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Takes one place in the slot if it has one free.
+pub async fn try_hold(conn: &mut PgConnection, slot: Uuid) -> sqlx::Result<HoldAttempt> {
+    let held = sqlx::query(
+        "UPDATE slots SET held = held + 1, updated_at = now() \
+         WHERE id = $1 AND held + confirmed < capacity",
+    )
+    .bind(slot)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if held == 1 {
+        return Ok(HoldAttempt::Held);
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM slots WHERE id = $1)")
+        .bind(slot)
+        .fetch_one(conn)
+        .await?;
+    Ok(if exists {
+        HoldAttempt::Full
+    } else {
+        HoldAttempt::UnknownSlot
+    })
+}
+
+/// Moves a HELD booking to `to` (RELEASED gives the place back, CONFIRMED
+/// keeps it for good).
+pub async fn close_booking(
+    conn: &mut PgConnection,
+    order: Uuid,
+    slot: Uuid,
+    to: BookingState,
+) -> sqlx::Result<()> {
+    let confirm = to == BookingState::Confirmed;
+    sqlx::query(
+        "UPDATE slots SET held = held - 1, \
+             confirmed = confirmed + CASE WHEN $2 THEN 1 ELSE 0 END, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(slot)
+    .bind(confirm)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE bookings SET state = $2, updated_at = now() WHERE order_id = $1")
+        .bind(order)
+        .bind(to.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
