@@ -1,0 +1,560 @@
+//! The race lab: six ways to reserve one unit of stock, run side by side
+//! against the same Postgres and Redis, on one hot SKU and on spread SKUs.
+//!
+//! | strategy | what it does |
+//! |---|---|
+//! | naive | read available, then write `reserved = read + 1` (no lock): lost updates oversell |
+//! | optimistic | read with a version, `UPDATE ... WHERE version = $read`, retry on conflict |
+//! | conditional | one `UPDATE ... SET reserved = reserved + 1 WHERE on_hand - reserved >= 1` |
+//! | for-update | `BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT` |
+//! | redis-lock | Redis `SET NX PX` lock per SKU, then read and write Postgres, then unlock |
+//! | redis-lua | the inventory service's own reserve script (`inventory-svc/src/lua/reserve.lua`) |
+//!
+//! Each run offers twice as many requests as there are units, so exactly half
+//! must be granted; a strategy that grants more has oversold.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions, Value};
+use inventory_svc::cache::{Reserve, SkuSnapshot, StockCache};
+use inventory_svc::domain::Line;
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use super::{micros, percentile_ms};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Naive,
+    Optimistic,
+    Conditional,
+    ForUpdate,
+    RedisLock,
+    RedisLua,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 6] = [
+        Strategy::Naive,
+        Strategy::Optimistic,
+        Strategy::Conditional,
+        Strategy::ForUpdate,
+        Strategy::RedisLock,
+        Strategy::RedisLua,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Strategy::Naive => "naive read-then-write",
+            Strategy::Optimistic => "optimistic version + retry",
+            Strategy::Conditional => "conditional UPDATE",
+            Strategy::ForUpdate => "SELECT ... FOR UPDATE",
+            Strategy::RedisLock => "Redis lock + Postgres",
+            Strategy::RedisLua => "Redis Lua (the service's)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Every request for one SKU.
+    Hot,
+    /// Requests spread over many SKUs.
+    Spread,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub database_url: String,
+    pub redis_url: String,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub spread_skus: usize,
+    pub strategies: Vec<Strategy>,
+    pub scenarios: Vec<Scenario>,
+    /// Each strategy runs this many times, interleaved with the others; the
+    /// median run is reported (the machine's speed drifts).
+    pub rounds: usize,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub round: usize,
+    pub scenario: Scenario,
+    pub strategy: Strategy,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub units: i64,
+    pub elapsed_s: f64,
+    /// Requests decided (granted or refused) per second.
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub granted: u64,
+    pub rejected: u64,
+    pub retries: u64,
+    /// Units granted beyond those that exist.
+    pub oversold: i64,
+    pub errors: u64,
+}
+
+enum Outcome {
+    Granted,
+    Rejected,
+}
+
+struct Lab {
+    pg: PgPool,
+    redis: Pool,
+    cache: StockCache,
+    unlock: Script,
+    ns: String,
+}
+
+const UNLOCK: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+const MAX_OPTIMISTIC_TRIES: u32 = 1_000;
+
+impl Lab {
+    async fn attempt(
+        &self,
+        strategy: Strategy,
+        sku: &str,
+        retries: &mut u64,
+    ) -> anyhow::Result<Outcome> {
+        match strategy {
+            Strategy::Naive => {
+                let (on_hand, reserved): (i64, i64) =
+                    sqlx::query_as("SELECT on_hand, reserved FROM bench_stock WHERE sku = $1")
+                        .bind(sku)
+                        .fetch_one(&self.pg)
+                        .await?;
+                if on_hand - reserved < 1 {
+                    return Ok(Outcome::Rejected);
+                }
+                sqlx::query("UPDATE bench_stock SET reserved = $2 WHERE sku = $1")
+                    .bind(sku)
+                    .bind(reserved + 1)
+                    .execute(&self.pg)
+                    .await?;
+                Ok(Outcome::Granted)
+            }
+            Strategy::Optimistic => {
+                for attempt in 0..MAX_OPTIMISTIC_TRIES {
+                    let (on_hand, reserved, version): (i64, i64, i64) = sqlx::query_as(
+                        "SELECT on_hand, reserved, version FROM bench_stock WHERE sku = $1",
+                    )
+                    .bind(sku)
+                    .fetch_one(&self.pg)
+                    .await?;
+                    if on_hand - reserved < 1 {
+                        return Ok(Outcome::Rejected);
+                    }
+                    let won = sqlx::query(
+                        "UPDATE bench_stock SET reserved = reserved + 1, version = version + 1 \
+                         WHERE sku = $1 AND version = $2",
+                    )
+                    .bind(sku)
+                    .bind(version)
+                    .execute(&self.pg)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if won {
+                        return Ok(Outcome::Granted);
+                    }
+                    *retries += 1;
+                    backoff(attempt).await;
+                }
+                anyhow::bail!("gave up after {MAX_OPTIMISTIC_TRIES} version conflicts")
+            }
+            Strategy::Conditional => {
+                let won = sqlx::query(
+                    "UPDATE bench_stock SET reserved = reserved + 1 \
+                     WHERE sku = $1 AND on_hand - reserved >= 1",
+                )
+                .bind(sku)
+                .execute(&self.pg)
+                .await?
+                .rows_affected()
+                    == 1;
+                Ok(if won {
+                    Outcome::Granted
+                } else {
+                    Outcome::Rejected
+                })
+            }
+            Strategy::ForUpdate => {
+                let mut tx = self.pg.begin().await?;
+                let (on_hand, reserved): (i64, i64) = sqlx::query_as(
+                    "SELECT on_hand, reserved FROM bench_stock WHERE sku = $1 FOR UPDATE",
+                )
+                .bind(sku)
+                .fetch_one(&mut *tx)
+                .await?;
+                if on_hand - reserved < 1 {
+                    tx.commit().await?;
+                    return Ok(Outcome::Rejected);
+                }
+                sqlx::query("UPDATE bench_stock SET reserved = reserved + 1 WHERE sku = $1")
+                    .bind(sku)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Outcome::Granted)
+            }
+            Strategy::RedisLock => {
+                let key = format!("bench:{{{}:{sku}}}:lock", self.ns);
+                let token = Uuid::new_v4().to_string();
+                let mut attempt = 0;
+                loop {
+                    let set: Value = self
+                        .redis
+                        .next()
+                        .set(
+                            &key,
+                            token.as_str(),
+                            Some(Expiration::PX(5_000)),
+                            Some(SetOptions::NX),
+                            false,
+                        )
+                        .await?;
+                    if set != Value::Null {
+                        break;
+                    }
+                    *retries += 1;
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                let result = async {
+                    let (on_hand, reserved): (i64, i64) =
+                        sqlx::query_as("SELECT on_hand, reserved FROM bench_stock WHERE sku = $1")
+                            .bind(sku)
+                            .fetch_one(&self.pg)
+                            .await?;
+                    if on_hand - reserved < 1 {
+                        return Ok::<_, anyhow::Error>(Outcome::Rejected);
+                    }
+                    sqlx::query("UPDATE bench_stock SET reserved = $2 WHERE sku = $1")
+                        .bind(sku)
+                        .bind(reserved + 1)
+                        .execute(&self.pg)
+                        .await?;
+                    Ok(Outcome::Granted)
+                }
+                .await;
+                let _: i64 = self
+                    .unlock
+                    .evalsha_with_reload(self.redis.next(), vec![key], vec![token])
+                    .await?;
+                result
+            }
+            Strategy::RedisLua => {
+                let line = Line {
+                    sku: sku.to_owned(),
+                    quantity: 1,
+                };
+                match self.cache.reserve(Uuid::now_v7(), &[line]).await? {
+                    Reserve::Granted(_) => Ok(Outcome::Granted),
+                    Reserve::Rejected { .. } => Ok(Outcome::Rejected),
+                    other => anyhow::bail!("unexpected answer {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// A short pause after a conflict: 50 µs doubling to 3.2 ms, with jitter.
+async fn backoff(attempt: u32) {
+    let base = 50u64 << attempt.min(6);
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(Duration::from_micros(base + jitter)).await;
+}
+
+fn sku_of(scenario: Scenario, i: usize, spread: usize) -> String {
+    match scenario {
+        Scenario::Hot => "HOT".to_owned(),
+        Scenario::Spread => {
+            // A fixed, well-mixed sequence (the same for every strategy).
+            let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+            format!("S{:04}", h as usize % spread)
+        }
+    }
+}
+
+async fn reset(lab: &Lab, units: &HashMap<String, i64>) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE bench_stock").execute(&lab.pg).await?;
+    let skus: Vec<&str> = units.keys().map(String::as_str).collect();
+    let stock: Vec<i64> = skus.iter().map(|s| units[*s]).collect();
+    sqlx::query(
+        "INSERT INTO bench_stock (sku, on_hand, reserved, version) \
+         SELECT sku, n, 0, 1 FROM UNNEST($1::text[], $2::bigint[]) AS s(sku, n)",
+    )
+    .bind(&skus)
+    .bind(&stock)
+    .execute(&lab.pg)
+    .await?;
+    delete_keys(&lab.redis, &format!("inv:{{{}:*", lab.ns)).await?;
+    delete_keys(&lab.redis, &format!("bench:{{{}:*", lab.ns)).await?;
+    for (sku, n) in units {
+        let snapshot = SkuSnapshot {
+            sku: sku.clone(),
+            on_hand: *n,
+            sold: 0,
+            epoch: 0,
+            reserved: Vec::new(),
+            closed: Vec::new(),
+        };
+        lab.cache.rebuild(&snapshot, None, false).await?;
+    }
+    Ok(())
+}
+
+async fn delete_keys(redis: &Pool, pattern: &str) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let client = redis.next().clone();
+    let keys: Vec<fred::types::Key> = client
+        .scan_buffered(pattern, Some(1_000), None)
+        .try_collect()
+        .await?;
+    for chunk in keys.chunks(500) {
+        let _: i64 = client.del(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
+async fn run_one(
+    lab: Arc<Lab>,
+    opts: &Options,
+    strategy: Strategy,
+    scenario: Scenario,
+) -> anyhow::Result<Row> {
+    let mut units: HashMap<String, i64> = HashMap::new();
+    for i in 0..opts.requests {
+        *units
+            .entry(sku_of(scenario, i, opts.spread_skus))
+            .or_default() += 1;
+    }
+    // Half of what is asked for exists.
+    for n in units.values_mut() {
+        *n /= 2;
+    }
+    reset(&lab, &units).await?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let lab = lab.clone();
+            let next = next.clone();
+            let (requests, spread) = (opts.requests, opts.spread_skus);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut granted: HashMap<String, i64> = HashMap::new();
+                let (mut rejected, mut retries, mut errors) = (0u64, 0u64, 0u64);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let sku = sku_of(scenario, i, spread);
+                    let t = Instant::now();
+                    let outcome = lab.attempt(strategy, &sku, &mut retries).await;
+                    latencies.push(micros(t.elapsed()));
+                    match outcome {
+                        Ok(Outcome::Granted) => *granted.entry(sku).or_default() += 1,
+                        Ok(Outcome::Rejected) => rejected += 1,
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("{}: {e:#}", strategy.label());
+                            }
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, granted, rejected, retries, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(opts.requests);
+    let mut granted: HashMap<String, i64> = HashMap::new();
+    let (mut rejected, mut retries, mut errors) = (0, 0, 0);
+    for w in workers {
+        let (l, g, r, t, e) = w.await?;
+        latencies.extend(l);
+        for (sku, n) in g {
+            *granted.entry(sku).or_default() += n;
+        }
+        rejected += r;
+        retries += t;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let oversold = granted.iter().map(|(sku, n)| (n - units[sku]).max(0)).sum();
+    Ok(Row {
+        round: 0,
+        scenario,
+        strategy,
+        concurrency: opts.concurrency,
+        requests: opts.requests,
+        units: units.values().sum(),
+        elapsed_s: elapsed,
+        per_sec: opts.requests as f64 / elapsed,
+        p50_ms: percentile_ms(&latencies, 50.0),
+        p99_ms: percentile_ms(&latencies, 99.0),
+        granted: granted.values().sum::<i64>() as u64,
+        rejected,
+        retries,
+        oversold,
+        errors,
+    })
+}
+
+/// The results: every run, and the median run of each strategy and scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub medians: Vec<Row>,
+    pub runs: Vec<Row>,
+}
+
+/// Runs every chosen strategy on every chosen scenario, `rounds` times
+/// interleaved, printing each run as it completes and then the medians.
+pub async fn run(opts: &Options) -> anyhow::Result<Results> {
+    saga_shared::db::ensure_database(&opts.database_url).await?;
+    let pg = PgPoolOptions::new()
+        .max_connections(opts.concurrency as u32)
+        .connect(&opts.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {}",
+                saga_shared::config::redact_url(&opts.database_url)
+            )
+        })?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_stock (sku TEXT PRIMARY KEY, on_hand BIGINT NOT NULL, \
+         reserved BIGINT NOT NULL, version BIGINT NOT NULL)",
+    )
+    .execute(&pg)
+    .await?;
+    let redis = saga_shared::redis::connect(&saga_shared::config::RedisConfig {
+        url: opts.redis_url.clone(),
+        pool_size: 4,
+        command_timeout_ms: 10_000,
+    })
+    .await
+    .context("connecting to Redis")?;
+    let ns = format!("bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let lab = Arc::new(Lab {
+        cache: StockCache::new(
+            redis.clone(),
+            &ns,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ),
+        unlock: Script::from_lua(UNLOCK),
+        pg,
+        redis,
+        ns,
+    });
+
+    println!(
+        "race lab: {} requests per run, {} at once, twice as many requests as units, {} round(s)",
+        opts.requests, opts.concurrency, opts.rounds
+    );
+    println!("{}", header());
+    let mut runs = Vec::new();
+    for round in 1..=opts.rounds.max(1) {
+        for scenario in &opts.scenarios {
+            for strategy in &opts.strategies {
+                let mut row = run_one(lab.clone(), opts, *strategy, *scenario).await?;
+                row.round = round;
+                println!("{}", line(&row));
+                runs.push(row);
+            }
+        }
+    }
+    let mut medians = Vec::new();
+    for scenario in &opts.scenarios {
+        for strategy in &opts.strategies {
+            let mut mine: Vec<&Row> = runs
+                .iter()
+                .filter(|r| r.scenario == *scenario && r.strategy == *strategy)
+                .collect();
+            mine.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
+            if let Some(median) = mine.get(mine.len() / 2) {
+                medians.push((*median).clone());
+            }
+        }
+    }
+    if opts.rounds > 1 {
+        println!("\nmedian of {} rounds:", opts.rounds);
+        println!("{}", header());
+        for row in &medians {
+            println!("{}", line(row));
+        }
+    }
+    delete_keys(&lab.redis, &format!("inv:{{{}:*", lab.ns)).await?;
+    delete_keys(&lab.redis, &format!("bench:{{{}:*", lab.ns)).await?;
+    sqlx::query("DROP TABLE IF EXISTS bench_stock")
+        .execute(&lab.pg)
+        .await?;
+    Ok(Results { medians, runs })
+}
+
+pub fn header() -> String {
+    format!(
+        "{:<7} {:<28} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "skus",
+        "strategy",
+        "decided/s",
+        "p50 ms",
+        "p99 ms",
+        "granted",
+        "refused",
+        "retries",
+        "oversold",
+        "errors"
+    )
+}
+
+pub fn line(r: &Row) -> String {
+    format!(
+        "{:<7} {:<28} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        match r.scenario {
+            Scenario::Hot => "hot",
+            Scenario::Spread => "spread",
+        },
+        r.strategy.label(),
+        r.per_sec,
+        r.p50_ms,
+        r.p99_ms,
+        r.granted,
+        r.rejected,
+        r.retries,
+        r.oversold,
+        r.errors
+    )
+}
+
+/// Redis Lua throughput over `SELECT ... FOR UPDATE` at the hot SKU.
+pub fn hot_ratio(rows: &[Row]) -> Option<f64> {
+    let find = |s: Strategy| {
+        rows.iter()
+            .find(|r| r.strategy == s && r.scenario == Scenario::Hot)
+            .map(|r| r.per_sec)
+    };
+    Some(find(Strategy::RedisLua)? / find(Strategy::ForUpdate)?)
+}

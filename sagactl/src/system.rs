@@ -1,0 +1,169 @@
+//! The four services in one process: what `sagactl up` runs and what the
+//! integration tests start. Each service is the very same `build` + `run`
+//! its own binary uses.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use inventory_svc::InventoryConfig;
+use order_svc::OrderConfig;
+use payment_svc::PaymentConfig;
+use reservation_svc::ReservationConfig;
+use saga_shared::runtime::{App, PlatformError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The four services' settings.
+#[derive(Clone, Debug, Default)]
+pub struct SystemConfig {
+    pub order: OrderConfig,
+    pub inventory: InventoryConfig,
+    pub payment: PaymentConfig,
+    pub reservation: ReservationConfig,
+}
+
+impl SystemConfig {
+    /// Each service's defaults and environment (`ORDER_SVC__*`, ...), the same
+    /// names the service binaries read.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            order: OrderConfig::load(None).context("order-svc configuration")?,
+            inventory: InventoryConfig::load(None).context("inventory-svc configuration")?,
+            payment: PaymentConfig::load(None).context("payment-svc configuration")?,
+            reservation: ReservationConfig::load(None).context("reservation-svc configuration")?,
+        })
+    }
+
+    /// Puts every service in `namespace`.
+    pub fn with_namespace(mut self, namespace: &str) -> Self {
+        self.order.namespace = namespace.to_owned();
+        self.inventory.namespace = namespace.to_owned();
+        self.payment.namespace = namespace.to_owned();
+        self.reservation.namespace = namespace.to_owned();
+        self
+    }
+
+    /// Points every service at one database URL.
+    pub fn with_database_url(mut self, url: &str) -> Self {
+        self.order.database.url = url.to_owned();
+        self.inventory.database.url = url.to_owned();
+        self.payment.database.url = url.to_owned();
+        self.reservation.database.url = url.to_owned();
+        self
+    }
+
+    /// Binds every listener to a free port.
+    pub fn with_free_ports(mut self) -> Self {
+        let any = || saga_shared::config::ListenConfig::on_port(0);
+        for (grpc, admin) in [
+            (&mut self.order.grpc, &mut self.order.admin),
+            (&mut self.inventory.grpc, &mut self.inventory.admin),
+            (&mut self.payment.grpc, &mut self.payment.admin),
+            (&mut self.reservation.grpc, &mut self.reservation.admin),
+        ] {
+            *grpc = any();
+            *admin = any();
+        }
+        self
+    }
+}
+
+/// Where one service listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Endpoints {
+    fn of(app: &App) -> Self {
+        Self {
+            grpc: app.grpc_addr(),
+            admin: app.admin_addr(),
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// The running services.
+pub struct System {
+    pub order: Endpoints,
+    pub inventory: Endpoints,
+    pub payment: Endpoints,
+    pub reservation: Endpoints,
+    stop: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), PlatformError>)>,
+}
+
+impl System {
+    /// Builds the services (migrations, streams, listeners) and runs them.
+    /// Order is built last, pointed at where inventory and reservation
+    /// actually listen.
+    pub async fn start(mut cfg: SystemConfig) -> anyhow::Result<Self> {
+        let inventory = inventory_svc::build(cfg.inventory)
+            .await
+            .context("starting inventory-svc")?;
+        let reservation = reservation_svc::build(cfg.reservation)
+            .await
+            .context("starting reservation-svc")?;
+        let payment = payment_svc::build(cfg.payment)
+            .await
+            .context("starting payment-svc")?;
+        cfg.order.order.inventory_url = format!("http://{}", inventory.grpc_addr());
+        cfg.order.order.reservation_url = format!("http://{}", reservation.grpc_addr());
+        let order = order_svc::build(cfg.order)
+            .await
+            .context("starting order-svc")?;
+
+        let stop = CancellationToken::new();
+        let mut system = System {
+            order: Endpoints::of(&order),
+            inventory: Endpoints::of(&inventory),
+            payment: Endpoints::of(&payment),
+            reservation: Endpoints::of(&reservation),
+            stop: stop.clone(),
+            tasks: JoinSet::new(),
+        };
+        for app in [order, inventory, payment, reservation] {
+            let name = app.service();
+            let token = stop.clone();
+            system
+                .tasks
+                .spawn(async move { (name, app.run(token.cancelled_owned()).await) });
+        }
+        Ok(system)
+    }
+
+    /// Resolves when a service stops on its own (an error), naming it.
+    pub async fn exited(&mut self) -> Option<(&'static str, Result<(), PlatformError>)> {
+        match self.tasks.join_next().await {
+            Some(Ok(done)) => Some(done),
+            Some(Err(e)) => Some((
+                "a service task",
+                Err(PlatformError::Admin(std::io::Error::other(e))),
+            )),
+            None => None,
+        }
+    }
+
+    /// Stops every service in order and waits for them.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name}: {e}"));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("service task: {e}"));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
