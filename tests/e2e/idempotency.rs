@@ -1,0 +1,82 @@
+//! PlaceOrder (and TopUp) with an `idempotency-key`: one effect, however
+//! often and however concurrently the call is retried.
+
+use saga_shared::proto::order::v1::ListOrdersRequest;
+use saga_tests::{TestSystem, order_request};
+
+async fn orders_of(sys: &TestSystem, customer: &str) -> anyhow::Result<usize> {
+    Ok(sys
+        .clients
+        .order
+        .clone()
+        .list_orders(ListOrdersRequest {
+            customer_id: Some(customer.into()),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .orders
+        .len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn place_order_retried_with_one_key_yields_one_order_even_concurrently() -> anyhow::Result<()>
+{
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 100).await?;
+
+    let request = order_request("ivy", &[("A", 1)], None);
+    let first = sys.place_with_key(request.clone(), Some("key-1")).await?;
+    let again = sys.place_with_key(request.clone(), Some("key-1")).await?;
+    assert_eq!(first.order_id, again.order_id);
+    assert_eq!(first, again, "a retry answers the stored response");
+    assert_eq!(orders_of(&sys, "ivy").await?, 1);
+
+    let concurrent = futures::future::join_all(
+        (0..24).map(|_| sys.place_with_key(order_request("jay", &[("A", 2)], None), Some("key-2"))),
+    )
+    .await;
+    let ids: std::collections::BTreeSet<String> = concurrent
+        .into_iter()
+        .map(|r| r.map(|o| o.order_id))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(ids.len(), 1, "24 concurrent retries gave {ids:?}");
+    assert_eq!(orders_of(&sys, "jay").await?, 1);
+
+    let other = sys
+        .place_with_key(order_request("ivy", &[("A", 1)], None), Some("key-3"))
+        .await?;
+    assert_ne!(other.order_id, first.order_id, "a new key is a new order");
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_a_different_request_is_refused_and_changes_nothing() -> anyhow::Result<()>
+{
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 100).await?;
+    sys.place_with_key(order_request("kim", &[("A", 1)], None), Some("k"))
+        .await?;
+    let refused = sys
+        .place_with_key(order_request("kim", &[("A", 2)], None), Some("k"))
+        .await
+        .expect_err("a different request under a used key must fail");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("idempotency-key"), "{refused:?}");
+    assert_eq!(orders_of(&sys, "kim").await?, 1);
+
+    // TopUp too: the same key adds the money once. (Another customer: kim's
+    // order may still be charging its wallet while this runs.)
+    for _ in 0..3 {
+        let mut req = tonic::Request::new(saga_shared::proto::payment::v1::TopUpRequest {
+            customer_id: "lou".into(),
+            amount_cents: 500,
+        });
+        req.metadata_mut()
+            .insert("idempotency-key", "top-1".parse()?);
+        sys.clients.payment.clone().top_up(req).await?;
+    }
+    assert_eq!(sys.wallet("lou").await?.balance_cents, 500);
+    sys.stop().await
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: the four services in-process against the real NATS,
+//! Postgres and Redis of this machine, each test in its own database and
+//! namespace (see `saga_tests::TestSystem`). One binary keeps link time down.
+
+mod chaos;
+mod contention;
+mod delivery;
+mod idempotency;
+mod inventory;
+mod platform;
+mod properties;
+mod recovery;
+mod saga;
+mod validation;
+
+use std::time::Duration;
+
+/// How long a test waits for sagas to end or the system to go quiet: long,
+/// because three tests share two cores and some run hundreds of sagas; a
+/// passing test waits only as long as its sagas take.
+pub const WAIT: Duration = Duration::from_secs(120);

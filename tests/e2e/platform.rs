@@ -1,0 +1,156 @@
+//! What every service offers operators and integrators: gRPC health and
+//! reflection, admin readiness and metrics, and one trace per saga.
+
+use saga_shared::bus::StreamKind;
+use saga_shared::proto::order::v1::OrderState;
+use saga_tests::{TestSystem, http_get, order_request, state};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::WAIT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_health_reflection_readiness_and_metrics() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let services = [
+        (sys.order, "saga.order.v1.OrderService"),
+        (sys.inventory, "saga.inventory.v1.InventoryService"),
+        (sys.payment, "saga.payment.v1.PaymentService"),
+        (sys.reservation, "saga.reservation.v1.ReservationService"),
+    ];
+    for (endpoints, name) in services {
+        let channel = tonic::transport::Endpoint::from_shared(endpoints.grpc_url())?
+            .connect()
+            .await?;
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["", name] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                ServingStatus::Serving as i32,
+                "{name} health of {service:?}"
+            );
+        }
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(futures::stream::iter([request]))
+            .await?
+            .into_inner();
+        let answer = answers.message().await?.expect("one reflection answer");
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{name}: unexpected reflection answer {answer:?}");
+        };
+        let listed: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(listed.iter().any(|s| s == name), "{name} not in {listed:?}");
+        assert!(
+            listed.iter().any(|s| s == "grpc.health.v1.Health"),
+            "{listed:?}"
+        );
+
+        let (code, body) = http_get(endpoints.admin, "/readyz").await?;
+        assert_eq!(code, 200, "{name} /readyz: {body}");
+        assert!(body.contains("\"ready\":true"), "{body}");
+        assert!(
+            body.contains("\"postgres\"") && body.contains("\"nats\""),
+            "{body}"
+        );
+        let (code, _) = http_get(endpoints.admin, "/healthz").await?;
+        assert_eq!(code, 200);
+    }
+
+    sys.seed_product("A", 100, 1).await?;
+    sys.top_up("m", 1_000).await?;
+    let o = sys.place(order_request("m", &[("A", 1)], None)).await?;
+    sys.wait_terminal(&o.order_id, WAIT).await?;
+    let (code, metrics) = http_get(sys.order.admin, "/metrics").await?;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("saga_outbox_published_total"), "{metrics}");
+    assert!(metrics.contains("saga_events_handled_total"), "{metrics}");
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_of_a_placed_order_runs_through_every_event_of_its_saga() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 5).await?;
+    sys.top_up("t", 1_000).await?;
+    let slot = sys.create_slot("s", 5).await?.slot_id;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(order_request("t", &[("A", 1)], Some(&slot)));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01").parse()?,
+    );
+    let placed = sys
+        .clients
+        .order
+        .clone()
+        .place_order(request)
+        .await?
+        .into_inner()
+        .order
+        .unwrap_or_default();
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    sys.quiesce(WAIT).await?;
+
+    let ns = sys.namespace();
+    let mut seen = Vec::new();
+    for kind in StreamKind::ALL {
+        let mut stream = sys.js.get_stream(ns.stream(kind)).await?;
+        let last = stream.info().await?.state.last_sequence;
+        for seq in 1..=last {
+            let msg = stream.get_raw_message(seq).await?;
+            let correlation = msg
+                .headers
+                .get(saga_shared::bus::envelope::headers::CORRELATION_ID)
+                .map(|v| v.as_str().to_owned());
+            if correlation.as_deref() != Some(placed.order_id.as_str()) {
+                continue;
+            }
+            let traceparent = msg
+                .headers
+                .get("traceparent")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            seen.push((msg.subject.to_string(), traceparent));
+        }
+    }
+    let types: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .map(|(subject, _)| subject.trim_start_matches(&format!("{}.", sys.ns)))
+        .collect();
+    let expected = [
+        "orders.placed",
+        "inventory.reserved",
+        "reservations.held",
+        "orders.reserved",
+        "payments.succeeded",
+        "orders.confirmed",
+    ];
+    assert_eq!(types, expected.into_iter().collect(), "{seen:?}");
+    for (subject, traceparent) in &seen {
+        assert!(
+            traceparent.starts_with(&format!("00-{trace_id}-")),
+            "{subject} carries {traceparent:?}"
+        );
+    }
+    sys.stop().await
+}

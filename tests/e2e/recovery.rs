@@ -1,0 +1,340 @@
+//! When things break: poison messages and the DLQ, deadlines, NATS
+//! restarted under load, and the auditor itself.
+
+use std::time::Duration;
+
+use saga_shared::bus::{EventMeta, EventType, SagaEvent};
+use saga_shared::proto::order::v1::{CancelReason, OrderState};
+use saga_tests::servers::NatsServer;
+use saga_tests::{TestSystem, eventually, order_request, reason, state};
+use sagactl::audit::{Auditor, Check};
+use sagactl::dlq;
+use uuid::Uuid;
+
+use crate::WAIT;
+
+/// A Postgres rule that makes inventory fail on one SKU until it is lifted:
+/// a fault an operator could meet (a constraint added by a migration, say).
+const BLOCK_SKU: &str =
+    "ALTER TABLE inventory.holds ADD CONSTRAINT drill_block CHECK (sku <> 'POISON')";
+const UNBLOCK_SKU: &str = "ALTER TABLE inventory.holds DROP CONSTRAINT drill_block";
+
+async fn dead_letters(sys: &TestSystem) -> anyhow::Result<Vec<dlq::DeadLetter>> {
+    dlq::list(&sys.js, &sys.namespace()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_keeps_failing_is_dead_lettered_after_the_bound_and_redriven_once_fixed()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 3;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    sys.seed_product("POISON", 100, 10).await?;
+    sys.seed_product("OK", 100, 10).await?;
+    sys.top_up("pat", 10_000).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+
+    let stuck = sys
+        .place(order_request("pat", &[("POISON", 1)], None))
+        .await?;
+    let fine = sys.place(order_request("pat", &[("OK", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&fine.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+
+    eventually("the failing event to reach the DLQ", WAIT, || async {
+        Ok(!dead_letters(&sys).await?.is_empty())
+    })
+    .await?;
+    let letters = dead_letters(&sys).await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(
+        letter.subject,
+        sys.namespace().subject(EventType::OrderPlaced)
+    );
+    assert_eq!(letter.consumer, "inventory-svc");
+    assert_eq!(letter.delivered, "3", "retried up to max_deliver");
+    assert!(letter.error.contains("drill_block"), "{}", letter.error);
+    assert!(
+        letter.headers.get("Saga-Event-Id").is_some(),
+        "original headers kept"
+    );
+    match letter.decoded(&sys.namespace()) {
+        Ok(SagaEvent::OrderPlaced(e)) => assert_eq!(e.order_id, stuck.order_id),
+        other => panic!("unexpected body {other:?}"),
+    }
+    assert_eq!(
+        state(&sys.get_order(&stuck.order_id).await?),
+        OrderState::Pending
+    );
+
+    // The operator lifts the cause and sends the event back.
+    sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
+    dlq::redrive(&sys.js, &sys.namespace(), letter.seq).await?;
+    let done = sys.wait_terminal(&stuck.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    assert!(
+        dead_letters(&sys).await?.is_empty(),
+        "redriven letters leave the DLQ"
+    );
+    sys.quiesce(WAIT).await?;
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_whose_event_is_dead_lettered_still_ends_by_its_deadline() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+        cfg.order.order.deadline_secs = 5;
+        cfg.order.order.sweep_interval_ms = 100;
+    })
+    .await?;
+    sys.seed_product("POISON", 100, 10).await?;
+    sys.top_up("quinn", 10_000).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    let o = sys
+        .place(order_request("quinn", &[("POISON", 2)], None))
+        .await?;
+    let done = sys.wait_terminal(&o.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Cancelled);
+    assert_eq!(reason(&done), CancelReason::Timeout);
+    eventually("the failing event to reach the DLQ", WAIT, || async {
+        Ok(dead_letters(&sys).await?.len() == 1)
+    })
+    .await?;
+    sys.quiesce(WAIT).await?;
+    // What Redis held for the order before Postgres refused was given back.
+    let poison = sys.stock("POISON").await?;
+    assert_eq!((poison.available, poison.reserved), (10, 0));
+    sys.redis_settles("POISON", 10, WAIT).await?;
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_event_is_dead_lettered_at_once_and_the_rest_keeps_flowing()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("rae", 10_000).await?;
+    let meta = EventMeta::new(Uuid::now_v7(), None);
+    sys.js
+        .publish_with_headers(
+            sys.namespace().subject(EventType::OrderPlaced),
+            meta.to_headers(EventType::OrderPlaced),
+            vec![0xff, 0xfe, 0xfd, 0x00].into(),
+        )
+        .await?
+        .await?;
+    let o = sys.place(order_request("rae", &[("A", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    eventually(
+        "inventory and reservation to dead-letter it",
+        WAIT,
+        || async { Ok(dead_letters(&sys).await?.len() == 2) },
+    )
+    .await?;
+    let mut consumers: Vec<String> = Vec::new();
+    for letter in dead_letters(&sys).await? {
+        assert_eq!(letter.delivered, "1", "not retried: it can never decode");
+        assert!(letter.error.contains("undecodable"), "{}", letter.error);
+        assert!(letter.decoded(&sys.namespace()).is_err());
+        consumers.push(letter.consumer);
+    }
+    consumers.sort();
+    assert_eq!(consumers, ["inventory-svc", "reservation-svc"]);
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_racing_a_slow_payment_ends_confirmed_or_with_net_charge_zero_never_both()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.payment.gateway.latency_ms = 700;
+        cfg.payment.gateway.jitter_ms = 800;
+        cfg.order.order.deadline_secs = 1;
+        cfg.order.order.sweep_interval_ms = 50;
+    })
+    .await?;
+    sys.seed_product("A", 250, 1_000).await?;
+    sys.top_up("sam", 1_000_000).await?;
+    let slot = sys.create_slot("late", 100).await?.slot_id;
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(
+            sys.place(order_request("sam", &[("A", 2)], Some(&slot)))
+                .await?
+                .order_id,
+        );
+    }
+    let done = sys.wait_all_terminal(&ids, WAIT).await?;
+    sys.quiesce(WAIT).await?;
+    let timed_out = done
+        .iter()
+        .filter(|o| state(o) == OrderState::Cancelled && reason(o) == CancelReason::Timeout)
+        .count();
+    assert!(timed_out > 0, "some deadlines beat the gateway");
+    for o in &done {
+        let net: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(CASE kind WHEN 'CHARGE' THEN amount_cents ELSE -amount_cents END), 0)::bigint \
+             FROM payment.wallet_ledger WHERE order_id = $1::uuid",
+        )
+        .bind(&o.order_id)
+        .fetch_one(&sys.db)
+        .await?;
+        match state(o) {
+            OrderState::Confirmed => assert_eq!(Some(net), o.total_cents, "{o:?}"),
+            _ => assert_eq!(net, 0, "{o:?}"),
+        }
+    }
+    let w = sys.wallet("sam").await?;
+    let confirmed = done
+        .iter()
+        .filter(|o| state(o) == OrderState::Confirmed)
+        .count() as i64;
+    assert_eq!(w.charged_cents - w.refunded_cents, confirmed * 500);
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_under_load_loses_no_event() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let url = nats.url();
+    let sys = TestSystem::start_with(|cfg| {
+        for n in [
+            &mut cfg.order.nats,
+            &mut cfg.inventory.nats,
+            &mut cfg.payment.nats,
+            &mut cfg.reservation.nats,
+        ] {
+            n.url = url.clone();
+        }
+    })
+    .await?;
+    sys.seed_product("N", 100, 500).await?;
+    sys.top_up("nia", 10_000_000).await?;
+    let slot = sys.create_slot("n", 500).await?.slot_id;
+    let place = |n: usize| {
+        let sys = &sys;
+        let slot = slot.clone();
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                ids.push(
+                    sys.place(order_request("nia", &[("N", 1)], Some(&slot)))
+                        .await?
+                        .order_id,
+                );
+            }
+            Ok::<_, anyhow::Error>(ids)
+        }
+    };
+    let mut ids = place(40).await?;
+    nats.restart().await?;
+    ids.extend(place(40).await?);
+    nats.restart().await?;
+    ids.extend(place(40).await?);
+    let done = sys
+        .wait_all_terminal(&ids, Duration::from_secs(180))
+        .await?;
+    assert!(
+        done.iter().all(|o| state(o) == OrderState::Confirmed),
+        "every order confirmed"
+    );
+    sys.quiesce(WAIT).await?;
+    let n = sys.stock("N").await?;
+    assert_eq!((n.sold, n.reserved), (120, 0));
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_reports_every_kind_of_violation() -> anyhow::Result<()> {
+    // No deadline sweep during the test: it would repair the stuck order.
+    let sys = TestSystem::start_with(|cfg| cfg.order.order.sweep_interval_ms = 3_600_000).await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("tia", 10_000).await?;
+    let slot = sys.create_slot("s", 5).await?.slot_id;
+    let kept = sys
+        .place(order_request("tia", &[("A", 1)], Some(&slot)))
+        .await?;
+    let dropped = sys
+        .place(order_request("tia", &[("A", 100)], Some(&slot)))
+        .await?;
+    let open = sys.place(order_request("tia", &[("A", 1)], None)).await?;
+    let ids = [
+        kept.order_id.clone(),
+        dropped.order_id.clone(),
+        open.order_id.clone(),
+    ];
+    let done = sys.wait_all_terminal(&ids, WAIT).await?;
+    assert_eq!(reason(&done[1]), CancelReason::OutOfStock);
+    sys.quiesce(WAIT).await?;
+    let auditor = Auditor::with_redis(&sys.config, sys.redis.clone()).await?;
+    let clean = auditor.audit().await?;
+    assert!(clean.is_clean(), "{}", clean.render());
+    assert_eq!(
+        (clean.skus, clean.wallets, clean.slots, clean.orders),
+        (1, 1, 1, 3)
+    );
+
+    // Break each invariant, behind the services' backs.
+    let breakage = [
+        "UPDATE inventory.products SET reserved = reserved + 1 WHERE sku = 'A'",
+        "INSERT INTO payment.wallet_ledger (customer_id, kind, amount_cents) VALUES ('tia', 'TOPUP', 1)",
+        "DROP INDEX payment.one_charge_per_order",
+        "ALTER TABLE reservation.slots DROP CONSTRAINT slot_is_not_overbooked",
+        "UPDATE reservation.slots SET confirmed = confirmed + 5",
+        "UPDATE orders.orders SET state = 'PENDING', deadline_at = now() - interval '10 days' WHERE id = $1::uuid",
+        "INSERT INTO orders.outbox (event_id, event_type, payload, claimed_until) VALUES (gen_random_uuid(), 'orders.placed', '\\x00', now() + interval '1 hour')",
+    ];
+    for sql in breakage {
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let q = if sql.contains("$1") {
+            q.bind(&open.order_id)
+        } else {
+            q
+        };
+        q.execute(&sys.db).await?;
+    }
+    sqlx::query(
+        "INSERT INTO payment.wallet_ledger (customer_id, order_id, kind, amount_cents) \
+         SELECT customer_id, order_id, 'CHARGE', amount_cents FROM payment.payments WHERE order_id = $1::uuid",
+    )
+    .bind(&kept.order_id)
+    .execute(&sys.db)
+    .await?;
+    sqlx::query("UPDATE inventory.order_holds SET state = 'RESERVED' WHERE order_id = $1::uuid")
+        .bind(&dropped.order_id)
+        .execute(&sys.db)
+        .await?;
+    sqlx::query("UPDATE reservation.bookings SET state = 'HELD' WHERE order_id = $1::uuid")
+        .bind(&dropped.order_id)
+        .execute(&sys.db)
+        .await?;
+
+    let report = auditor.audit().await?;
+    let found: std::collections::BTreeSet<Check> =
+        report.violations.iter().map(|v| v.check).collect();
+    for check in Check::ALL {
+        assert!(
+            found.contains(&check),
+            "{} not reported:\n{}",
+            check.name(),
+            report.render()
+        );
+    }
+    auditor.close().await;
+    sys.stop().await
+}

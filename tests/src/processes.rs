@@ -1,0 +1,317 @@
+//! The four services as separate processes: their real binaries, built on
+//! first use, each configured by a TOML file written from the test's
+//! settings (the same loader the binaries use in production), logging to a
+//! file. A test can SIGKILL one, restart it (with a crash point armed, say),
+//! and see how it ended.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sagactl::system::{Endpoints, SystemConfig};
+use serde::Serialize;
+
+/// One of the four services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    Order,
+    Inventory,
+    Payment,
+    Reservation,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [
+        Service::Order,
+        Service::Inventory,
+        Service::Payment,
+        Service::Reservation,
+    ];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            Service::Order => "order-svc",
+            Service::Inventory => "inventory-svc",
+            Service::Payment => "payment-svc",
+            Service::Reservation => "reservation-svc",
+        }
+    }
+
+    /// The variable naming its TOML file.
+    fn config_var(self) -> &'static str {
+        match self {
+            Service::Order => "ORDER_SVC_CONFIG",
+            Service::Inventory => "INVENTORY_SVC_CONFIG",
+            Service::Payment => "PAYMENT_SVC_CONFIG",
+            Service::Reservation => "RESERVATION_SVC_CONFIG",
+        }
+    }
+}
+
+/// Where the service binaries are, building them on first use (with the
+/// cargo and target directory that built this test).
+pub fn binaries() -> anyhow::Result<&'static Path> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("building the service binaries: {e}"))
+}
+
+fn build_binaries() -> anyhow::Result<PathBuf> {
+    // .../target/<profile>/deps/e2e-<hash>
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory")?
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--bins"]);
+    for s in Service::ALL {
+        cmd.args(["-p", s.binary()]);
+    }
+    if dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for s in Service::ALL {
+        let bin = dir.join(s.binary());
+        if !bin.exists() {
+            bail!("{} not found after building", bin.display());
+        }
+    }
+    Ok(dir)
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+/// The four service processes of a test.
+pub struct Processes {
+    dir: PathBuf,
+    bin: &'static Path,
+    children: HashMap<Service, Child>,
+    pub endpoints: HashMap<Service, Endpoints>,
+}
+
+impl Processes {
+    /// Fixes the services' ports in `cfg` (the order service is pointed at
+    /// the others) and writes each one's TOML file; starts nothing.
+    pub fn prepare(cfg: &mut SystemConfig, ns: &str) -> anyhow::Result<Self> {
+        let bin = binaries()?;
+        let dir = std::env::temp_dir().join(format!("saga-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut endpoints = HashMap::new();
+        for s in Service::ALL {
+            let e = Endpoints {
+                grpc: ([127, 0, 0, 1], crate::ports::free_port()?).into(),
+                admin: ([127, 0, 0, 1], crate::ports::free_port()?).into(),
+            };
+            endpoints.insert(s, e);
+        }
+        let set = |l: &mut saga_shared::config::ListenConfig, addr| l.listen = addr;
+        set(&mut cfg.order.grpc, endpoints[&Service::Order].grpc);
+        set(&mut cfg.order.admin, endpoints[&Service::Order].admin);
+        set(&mut cfg.inventory.grpc, endpoints[&Service::Inventory].grpc);
+        set(
+            &mut cfg.inventory.admin,
+            endpoints[&Service::Inventory].admin,
+        );
+        set(&mut cfg.payment.grpc, endpoints[&Service::Payment].grpc);
+        set(&mut cfg.payment.admin, endpoints[&Service::Payment].admin);
+        set(
+            &mut cfg.reservation.grpc,
+            endpoints[&Service::Reservation].grpc,
+        );
+        set(
+            &mut cfg.reservation.admin,
+            endpoints[&Service::Reservation].admin,
+        );
+        cfg.order.order.inventory_url = endpoints[&Service::Inventory].grpc_url();
+        cfg.order.order.reservation_url = endpoints[&Service::Reservation].grpc_url();
+
+        let write = |s: Service, config: &dyn erased::Toml| -> anyhow::Result<()> {
+            std::fs::write(dir.join(format!("{}.toml", s.binary())), config.to_toml()?)?;
+            Ok(())
+        };
+        write(Service::Order, &cfg.order)?;
+        write(Service::Inventory, &cfg.inventory)?;
+        write(Service::Payment, &cfg.payment)?;
+        write(Service::Reservation, &cfg.reservation)?;
+        Ok(Self {
+            dir,
+            bin,
+            children: HashMap::new(),
+            endpoints,
+        })
+    }
+
+    pub fn log_path(&self, s: Service) -> PathBuf {
+        self.dir.join(format!("{}.log", s.binary()))
+    }
+
+    /// The last lines of a service's log (for failure messages).
+    pub fn log_tail(&self, s: Service, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(s)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts a service (with extra environment, e.g. a crash point) and
+    /// waits until its `/readyz` answers 200.
+    pub async fn start(&mut self, s: Service, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.spawn(s, env)?;
+        self.wait_ready(s).await
+    }
+
+    /// Starts a service without waiting for it.
+    pub fn spawn(&mut self, s: Service, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(s))?;
+        let mut cmd = Command::new(self.bin.join(s.binary()));
+        cmd.env(
+            s.config_var(),
+            self.dir.join(format!("{}.toml", s.binary())),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", s.binary()))?;
+        self.children.insert(s, child);
+        Ok(())
+    }
+
+    /// Waits until a service's `/readyz` answers 200.
+    pub async fn wait_ready(&mut self, s: Service) -> anyhow::Result<()> {
+        let admin = self.endpoints[&s].admin;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Some(ended) = self.ended(s) {
+                bail!(
+                    "{} exited ({ended:?}) while starting:\n{}",
+                    s.binary(),
+                    self.log_tail(s, 30)
+                );
+            }
+            if matches!(crate::http_get(admin, "/readyz").await, Ok((200, _))) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "{} not ready after 60s:\n{}",
+                    s.binary(),
+                    self.log_tail(s, 30)
+                );
+            }
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, s: Service) {
+        if let Some(mut child) = self.children.remove(&s) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// How the service's process ended, if it has.
+    pub fn ended(&mut self, s: Service) -> Option<Ended> {
+        let child = self.children.get_mut(&s)?;
+        let status = child.try_wait().ok()??;
+        self.children.remove(&s);
+        Some(match (status.code(), status.signal()) {
+            (Some(code), _) => Ended::Code(code),
+            (None, Some(sig)) => Ended::Signal(sig),
+            (None, None) => Ended::Code(-1),
+        })
+    }
+
+    /// Waits until the service's process ends by itself.
+    pub async fn wait_ended(&mut self, s: Service, timeout: Duration) -> anyhow::Result<Ended> {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Some(e) = self.ended(s) {
+                return Ok(e);
+            }
+            if started.elapsed() > timeout {
+                bail!("{} still running after {timeout:?}", s.binary());
+            }
+        }
+    }
+
+    /// SIGTERM to every service (a graceful stop), then waits for them;
+    /// SIGKILL for any still running after 20 s.
+    pub async fn stop(&mut self) {
+        for child in self.children.values() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while Instant::now() < deadline {
+            tick.tick().await;
+            self.children
+                .retain(|_, child| !matches!(child.try_wait(), Ok(Some(_))));
+            if self.children.is_empty() {
+                return;
+            }
+        }
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, mut child) in self.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writing any of the four configuration structs as TOML.
+mod erased {
+    pub trait Toml {
+        fn to_toml(&self) -> anyhow::Result<String>;
+    }
+
+    impl<T: super::Serialize> Toml for T {
+        fn to_toml(&self) -> anyhow::Result<String> {
+            Ok(toml::to_string(self)?)
+        }
+    }
+}
