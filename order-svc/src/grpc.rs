@@ -116,9 +116,17 @@ impl OrderService for OrderGrpc {
             .collect();
         let slot = r.slot_id.as_deref().filter(|s| !s.is_empty());
         let new = domain::validate_new_order(&r.customer_id, &items, slot, self.orders.limits())?;
+        // A retry of a placed order gets that order, even if inventory or
+        // reservation cannot be asked right now (or would answer otherwise).
+        let pool = self.orders.store().pool();
+        if let Some(placed) =
+            idempotency::completed(pool, "order.PlaceOrder", key.as_deref(), &r).await?
+        {
+            return Ok(Response::new(placed));
+        }
         self.orders.check_references(&new).await?;
 
-        let mut tx = self.orders.store().pool().begin().await.map_err(db)?;
+        let mut tx = pool.begin().await.map_err(db)?;
         let ticket = match idempotency::begin(&mut tx, "order.PlaceOrder", key, &r).await? {
             Begin::Replay(response) => return Ok(Response::new(response)),
             Begin::Proceed(ticket) => ticket,

@@ -132,11 +132,49 @@ pub async fn begin<Q: Message, R: Message + Default>(
     .bind(&key)
     .fetch_one(&mut *conn)
     .await?;
+    // The row lock taken by the INSERT above waited for the first call's
+    // transaction: the response is there.
+    let response = response.ok_or_else(|| IdempotencyError::Corrupt(key.clone()))?;
+    replay(key, &hash, &stored_hash, &response).map(Begin::Replay)
+}
+
+/// The stored response for `key` and `request`, if a call with them has
+/// completed; `None` if the key is new or its first call is still running
+/// (then [`begin`] waits for it). Reads only: for a call that has checks to
+/// make before its transaction (checks whose answer may have changed since
+/// the first call) and must answer a retry as the first call was answered.
+pub async fn completed<Q: Message, R: Message + Default>(
+    pool: &sqlx::PgPool,
+    scope: &'static str,
+    key: Option<&str>,
+    request: &Q,
+) -> Result<Option<R>, IdempotencyError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let row: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    let Some((stored_hash, Some(response))) = row else {
+        return Ok(None);
+    };
+    let hash = Sha256::digest(request.encode_to_vec());
+    replay(key.to_owned(), &hash, &stored_hash, &response).map(Some)
+}
+
+/// The stored response, if the stored request is this one.
+fn replay<R: Message + Default>(
+    key: String,
+    hash: &[u8],
+    stored_hash: &[u8],
+    response: &[u8],
+) -> Result<R, IdempotencyError> {
     if stored_hash != hash {
         return Err(IdempotencyError::Mismatch(key));
     }
-    let response = response.ok_or_else(|| IdempotencyError::Corrupt(key.clone()))?;
-    R::decode(response.as_slice())
-        .map(Begin::Replay)
-        .map_err(|_| IdempotencyError::Corrupt(key))
+    R::decode(response).map_err(|_| IdempotencyError::Corrupt(key))
 }

@@ -2,6 +2,7 @@
 //! often and however concurrently the call is retried.
 
 use saga_shared::proto::order::v1::ListOrdersRequest;
+use saga_tests::processes::Service;
 use saga_tests::{TestSystem, order_request};
 
 async fn orders_of(sys: &TestSystem, customer: &str) -> anyhow::Result<usize> {
@@ -78,5 +79,28 @@ async fn a_key_reused_for_a_different_request_is_refused_and_changes_nothing() -
         sys.clients.payment.clone().top_up(req).await?;
     }
     assert_eq!(sys.wallet("lou").await?.balance_cents, 500);
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_order_gets_its_order_even_while_inventory_is_down() -> anyhow::Result<()> {
+    // order-svc asks inventory about SKUs on every new order (no cache).
+    let mut sys = TestSystem::start_processes(|cfg| cfg.order.order.catalog_cache_secs = 0).await?;
+    sys.seed_product("A", 100, 100).await?;
+    let request = order_request("kit", &[("A", 1)], None);
+    let first = sys.place_with_key(request.clone(), Some("r-1")).await?;
+
+    sys.processes().kill(Service::Inventory);
+    let refused = sys
+        .place_with_key(request.clone(), Some("r-2"))
+        .await
+        .expect_err("a new order cannot be checked while inventory is down");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let again = sys.place_with_key(request, Some("r-1")).await?;
+    assert_eq!(again, first, "the retry answers the stored order");
+    assert_eq!(orders_of(&sys, "kit").await?, 1);
+
+    sys.processes().start(Service::Inventory, &[]).await?;
+    sys.wait_terminal(&first.order_id, crate::WAIT).await?;
     sys.stop().await
 }
