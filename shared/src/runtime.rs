@@ -105,13 +105,14 @@ impl Platform {
     ) -> Result<Self, PlatformError> {
         let ns = Namespace::new(cfg.namespace)?;
         cfg.bus.validate()?;
+        let servers = cfg.nats.server_addrs()?;
         let pool = db::connect(cfg.database, migrations).await?;
         let nats = async_nats::ConnectOptions::new()
             .name(cfg.service)
             .event_callback(move |event| async move {
                 tracing::info!(event = %event, "nats connection event");
             })
-            .connect(cfg.nats.url.as_str())
+            .connect(servers)
             .await
             .map_err(|source| PlatformError::Nats {
                 url: crate::config::redact_url(&cfg.nats.url),

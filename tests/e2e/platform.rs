@@ -154,3 +154,35 @@ async fn the_trace_of_a_placed_order_runs_through_every_event_of_its_saga() -> a
     }
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_with_secrets_in_its_urls_never_logs_them() -> anyhow::Result<()> {
+    use saga_tests::processes::{Processes, Service};
+    let sys = TestSystem::start().await?;
+    // A second payment-svc, the real binary, whose Postgres URL carries a
+    // password twice and whose NATS list names a second server with one.
+    let mut cfg = sys.config.clone();
+    let db = cfg
+        .payment
+        .database
+        .url
+        .replacen("postgres@", "postgres:PgUserS3cret@", 1);
+    cfg.payment.database.url = format!("{db}?sslmode=disable&password=PgParamS3cret");
+    let nats = cfg.payment.nats.url.clone();
+    let with_user = nats.replacen("nats://", "nats://alice:NatsS3cret@", 1);
+    cfg.payment.nats.url = format!("{nats},{with_user}");
+    let mut processes = Processes::prepare(&mut cfg, &sys.ns)?;
+    processes
+        .start(Service::Payment, &[("RUST_LOG", "info")])
+        .await?;
+    processes.stop().await;
+    let log = std::fs::read_to_string(processes.log_path(Service::Payment))?;
+    assert!(
+        log.contains("\"starting\"") && log.contains("PaymentConfig"),
+        "the configuration is logged at start:\n{log}"
+    );
+    for secret in ["PgUserS3cret", "PgParamS3cret", "NatsS3cret"] {
+        assert!(!log.contains(secret), "{secret} printed:\n{log}");
+    }
+    sys.stop().await
+}
