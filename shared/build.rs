@@ -20,9 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(FILES, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("saga_descriptor.bin"), fds.encode_to_vec())?;
+    // Type names let the codec name the message a request failed to decode
+    // as, and find the field at fault (see src/codec.rs).
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .codec_path("crate::codec::SagaCodec")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

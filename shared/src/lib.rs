@@ -13,11 +13,13 @@
 //!   admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
 //! - [`runtime`]: [`runtime::Platform`] wires the above for one service and
 //!   runs it until a shutdown future resolves.
-//! - [`validate`]: field-named validation errors for requests.
+//! - [`validate`]: field-named validation errors for requests; [`codec`]:
+//!   the gRPC codec, which names the field of a request that does not decode.
 //! - [`faults`]: crash points for drills and tests (off unless armed).
 
 pub mod admin;
 pub mod bus;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod faults;

@@ -356,3 +356,162 @@ async fn bad_catalog_wallet_and_slot_requests_are_refused_and_change_nothing() -
     assert_eq!(products, 1);
     sys.stop().await
 }
+
+/// Sends `bytes` as the body of a unary call to `path` and returns the
+/// status it is answered with (OK included).
+async fn raw_call(url: &str, path: &'static str, bytes: Vec<u8>) -> anyhow::Result<tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let answer = grpc
+        .unary(
+            tonic::Request::new(bytes),
+            http::uri::PathAndQuery::from_static(path),
+            raw::RawCodec,
+        )
+        .await;
+    Ok(match answer {
+        Ok(_) => tonic::Status::ok(""),
+        Err(s) => s,
+    })
+}
+
+/// A codec that sends a body as given and ignores the answer's.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    pub struct RawCodec;
+    pub struct Raw;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Raw {
+        type Item = ();
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+            src.advance(src.remaining());
+            Ok(Some(()))
+        }
+    }
+}
+
+/// `message` encoded, with each "XX" of its strings turned into two bytes
+/// that are not UTF-8 (the length prefixes stay right).
+fn not_utf8(message: &impl prost::Message) -> Vec<u8> {
+    let mut bytes = message.encode_to_vec();
+    for i in 0..bytes.len().saturating_sub(1) {
+        if &bytes[i..i + 2] == b"XX" {
+            bytes[i] = 0xff;
+            bytes[i + 1] = 0xfe;
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_that_is_not_utf8_is_an_invalid_argument_naming_its_field_on_every_service()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let cases: Vec<(String, &'static str, Vec<u8>, &str)> = vec![
+        (
+            sys.order.grpc_url(),
+            "/saga.order.v1.OrderService/PlaceOrder",
+            not_utf8(&order_request("c1", &[("A", 1), ("BXX", 2)], None)),
+            "items[1].sku",
+        ),
+        (
+            sys.order.grpc_url(),
+            "/saga.order.v1.OrderService/GetOrder",
+            not_utf8(&ord::GetOrderRequest {
+                order_id: "XX".into(),
+            }),
+            "order_id",
+        ),
+        (
+            sys.inventory.grpc_url(),
+            "/saga.inventory.v1.InventoryService/UpsertProduct",
+            not_utf8(&inv::UpsertProductRequest {
+                sku: "A".into(),
+                name: "WidgetXX".into(),
+                unit_price_cents: 1,
+            }),
+            "name",
+        ),
+        (
+            sys.inventory.grpc_url(),
+            "/saga.inventory.v1.InventoryService/ReserveStock",
+            not_utf8(&inv::ReserveStockRequest {
+                reservation_id: uuid::Uuid::now_v7().to_string(),
+                lines: vec![inv::ReservationLine {
+                    sku: "XX".into(),
+                    quantity: 1,
+                }],
+            }),
+            "lines[0].sku",
+        ),
+        (
+            sys.payment.grpc_url(),
+            "/saga.payment.v1.PaymentService/TopUp",
+            not_utf8(&pay::TopUpRequest {
+                customer_id: "cXX".into(),
+                amount_cents: 100,
+            }),
+            "customer_id",
+        ),
+        (
+            sys.reservation.grpc_url(),
+            "/saga.reservation.v1.ReservationService/CreateSlot",
+            not_utf8(&rsv::CreateSlotRequest {
+                name: "MonXX".into(),
+                capacity: 2,
+            }),
+            "name",
+        ),
+    ];
+    for (url, path, bytes, field) in cases {
+        let status = raw_call(&url, path, bytes).await?;
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert_eq!(
+            status.message(),
+            format!("{field}: not valid UTF-8"),
+            "{path}"
+        );
+    }
+    // Nothing was stored by any of them.
+    assert!(sys.stock("A").await.is_err());
+    assert!(sys.wallet("c1").await.is_err());
+    let slots = sys
+        .clients
+        .reservation
+        .clone()
+        .list_slots(rsv::ListSlotsRequest::default())
+        .await?
+        .into_inner()
+        .slots;
+    assert!(slots.is_empty(), "{slots:?}");
+    sys.stop().await
+}
