@@ -40,7 +40,8 @@ pub enum Prepared {
 impl From<InventoryError> for HandlerError {
     fn from(e: InventoryError) -> Self {
         match e {
-            InventoryError::Db(_) | InventoryError::Cache(_) | InventoryError::Fenced(_) => {
+            InventoryError::Db(db) => db.into(),
+            InventoryError::Cache(_) | InventoryError::Fenced(_) => {
                 HandlerError::Transient(Box::new(e))
             }
             _ => HandlerError::Permanent(Box::new(e)),
@@ -67,6 +68,7 @@ fn reject_reason(reason: RejectReason) -> pb::InventoryRejectReason {
 
 impl Handler for OrderEvents {
     type Prepared = Prepared;
+    type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
         matches!(

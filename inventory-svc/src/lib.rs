@@ -61,10 +61,12 @@ pub async fn build(config: InventoryConfig) -> Result<App, PlatformError> {
             })
         }),
     );
-    platform.consume(
-        StreamKind::Orders,
-        Arc::new(events::OrderEvents::new(inventory.clone())),
-    );
+    platform
+        .consume(
+            StreamKind::Orders,
+            Arc::new(events::OrderEvents::new(inventory.clone())),
+        )
+        .await?;
     let background = inventory.clone();
     platform.spawn_background(move |stop| reconciler::run(background, stop));
     let routes = tonic::service::Routes::new(InventoryServiceServer::new(

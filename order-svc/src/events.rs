@@ -52,6 +52,7 @@ fn input_of(event: &SagaEvent) -> Result<Input, HandlerError> {
 
 impl Handler for ParticipantEvents {
     type Prepared = ();
+    type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
         matches!(
@@ -85,7 +86,7 @@ impl Handler for ParticipantEvents {
                 Err(HandlerError::permanent(r.to_string()))
             }
             Err(OrderError::Db(e)) => Err(e.into()),
-            Err(e) => Err(HandlerError::Transient(Box::new(e))),
+            Err(e) => Err(HandlerError::Unexpected(Box::new(e))),
         }
     }
 }

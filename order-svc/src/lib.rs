@@ -60,7 +60,7 @@ pub async fn build(config: OrderConfig) -> Result<App, PlatformError> {
         StreamKind::Reservations,
         StreamKind::Payments,
     ] {
-        platform.consume(stream, handler.clone());
+        platform.consume(stream, handler.clone()).await?;
     }
     let sweeper = orders.clone();
     platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });

@@ -28,6 +28,7 @@ impl OrderEvents {
 impl Handler for OrderEvents {
     /// The gateway's answer, for `orders.reserved`.
     type Prepared = Option<Authorization>;
+    type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
         matches!(

@@ -33,10 +33,12 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 pub async fn build(config: PaymentConfig) -> Result<App, PlatformError> {
     let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
     let gateway = gateway::Gateway::new(config.gateway.clone());
-    platform.consume(
-        StreamKind::Orders,
-        Arc::new(events::OrderEvents::new(gateway)),
-    );
+    platform
+        .consume(
+            StreamKind::Orders,
+            Arc::new(events::OrderEvents::new(gateway)),
+        )
+        .await?;
     let store = store::Store::new(platform.pool.clone());
     let routes =
         tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc::new(store)));

@@ -34,6 +34,7 @@ fn slot_of(slot: Option<&String>) -> Result<Option<Uuid>, HandlerError> {
 impl Handler for OrderEvents {
     /// The slot lock taken for a placement, if any.
     type Prepared = Option<HeldLock>;
+    type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
         matches!(

@@ -39,10 +39,12 @@ pub async fn build(config: ReservationConfig) -> Result<App, PlatformError> {
         Duration::from_millis(config.reservation.lock_ttl_ms),
         Duration::from_millis(config.reservation.lock_wait_ms),
     );
-    platform.consume(
-        StreamKind::Orders,
-        Arc::new(events::OrderEvents::new(locks)),
-    );
+    platform
+        .consume(
+            StreamKind::Orders,
+            Arc::new(events::OrderEvents::new(locks)),
+        )
+        .await?;
     let store = store::Store::new(platform.pool.clone());
     let routes = tonic::service::Routes::new(ReservationServiceServer::new(
         grpc::ReservationGrpc::new(store),

@@ -221,9 +221,17 @@ pub struct BusConfig {
     pub concurrency: usize,
     /// Messages a pull request asks the server for.
     pub fetch_size: usize,
-    /// Deliveries of one message before it goes to the DLQ.
+    /// Deliveries of one message that fails with an unexpected error
+    /// (neither a dependency outage nor invalid content) before it goes to
+    /// the DLQ. A dependency outage is retried however long it lasts, and
+    /// invalid content goes to the DLQ at once. The consumer enforces this
+    /// bound itself; the server's is unlimited, so a message is never
+    /// dropped before its DLQ copy is stored.
     pub max_deliver: i64,
-    /// Seconds the server waits for an ack before redelivering.
+    /// Seconds the server waits for an ack before redelivering. A message in
+    /// a consumer's hands (waiting or being handled) is reported in progress
+    /// every third of this, so it bounds how long a message held by a
+    /// process that died waits before another instance gets it.
     pub ack_wait_secs: u64,
     /// First delay before a message that failed transiently is redelivered,
     /// in milliseconds; doubled each delivery up to `nak_max_delay_ms`.
@@ -234,7 +242,10 @@ pub struct BusConfig {
     /// How often the relay looks for rows written by other instances, in
     /// milliseconds (rows written by this process wake it at once).
     pub relay_poll_ms: u64,
-    /// How long a relay keeps its claim on rows it is publishing, in seconds.
+    /// How long one relay round may take to publish its batch and collect
+    /// the acks, in seconds. Its rows stay locked meanwhile (a relay that
+    /// dies lets go of them at once); a round that runs out of time leaves
+    /// them for the next round.
     pub relay_lease_secs: u64,
     /// Published outbox rows older than this are deleted, in hours. The inbox
     /// (`processed_events`) is kept: it is what makes a replay of the streams
@@ -249,12 +260,12 @@ impl Default for BusConfig {
             concurrency: 32,
             fetch_size: 256,
             max_deliver: 8,
-            ack_wait_secs: 30,
+            ack_wait_secs: 5,
             nak_base_delay_ms: 200,
             nak_max_delay_ms: 10_000,
             relay_batch_size: 256,
             relay_poll_ms: 250,
-            relay_lease_secs: 30,
+            relay_lease_secs: 10,
             outbox_retention_hours: 24 * 7,
         }
     }
@@ -263,6 +274,12 @@ impl Default for BusConfig {
 impl BusConfig {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// Messages the server lets one durable have unacknowledged, across
+    /// its instances.
+    pub fn max_ack_pending(&self) -> i64 {
+        (self.concurrency * self.batch_size * 4).max(1024) as i64
     }
 
     /// The delay before redelivery after the `delivered`-th failed attempt.

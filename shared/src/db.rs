@@ -166,14 +166,58 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
 }
 
-/// True when `err` is worth retrying as is: a serialization failure, a
-/// deadlock, or a lost connection.
-pub fn is_retryable(err: &sqlx::Error) -> bool {
+/// What kind of failure a database error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Two transactions collided (serialization failure, deadlock, a lock
+    /// not available): the same work may succeed at once.
+    Conflict,
+    /// The database cannot be reached or cannot serve now (connection
+    /// refused or lost, shutting down, starting up, out of connections,
+    /// read-only after a failover): worth retrying once it is back.
+    Unavailable,
+    /// Anything else: a constraint, a missing table, bad data.
+    Other,
+}
+
+/// Classifies a database error (see [`Failure`]).
+pub fn classify(err: &sqlx::Error) -> Failure {
     match err {
-        sqlx::Error::Database(e) => {
-            matches!(e.code().as_deref(), Some("40001") | Some("40P01"))
-        }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        _ => false,
+        sqlx::Error::Database(e) => match e.code().as_deref() {
+            Some("40001" | "40P01" | "55P03") => Failure::Conflict,
+            // 08: connection exception; 53: insufficient resources;
+            // 57P01-03: admin/crash shutdown, cannot connect now; 58: system
+            // error; 25006: read-only transaction (a standby after failover);
+            // 57014: query cancelled (a statement timeout).
+            Some(code)
+                if code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code.starts_with("58")
+                    || code == "25006"
+                    || code == "57014" =>
+            {
+                Failure::Unavailable
+            }
+            _ => Failure::Other,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Failure::Unavailable,
+        _ => Failure::Other,
     }
+}
+
+/// True when `err` is worth retrying as is: a conflict, or a database that
+/// cannot be reached right now.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    classify(err) != Failure::Other
+}
+
+/// True when the database cannot be reached or cannot serve right now.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    classify(err) == Failure::Unavailable
 }

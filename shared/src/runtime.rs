@@ -43,6 +43,8 @@ pub enum PlatformError {
     },
     #[error(transparent)]
     Streams(#[from] StreamSetupError),
+    #[error(transparent)]
+    Durable(#[from] crate::bus::durable::DurableError),
     #[error("Redis at {url}: {source}")]
     Redis {
         url: String,
@@ -194,11 +196,20 @@ impl Platform {
         }
     }
 
-    /// Consumes `stream` with `handler` while the service runs.
-    pub fn consume<H: Handler>(&mut self, stream: StreamKind, handler: Arc<H>) {
+    /// Consumes `stream` with `handler` while the service runs. Creates the
+    /// service's durable on the stream, or updates it to follow the
+    /// configuration; fails if it differs in a way the server cannot change
+    /// in place (see [`crate::bus::durable`]).
+    pub async fn consume<H: Handler>(
+        &mut self,
+        stream: StreamKind,
+        handler: Arc<H>,
+    ) -> Result<(), PlatformError> {
         let consumer = Consumer::new(self.bus_context(), stream, handler);
+        consumer.ensure_durable().await?;
         self.consumers
             .push(Box::new(move |token| Box::pin(consumer.run(token))));
+        Ok(())
     }
 
     /// Runs `task` in the background while the service runs; it must return

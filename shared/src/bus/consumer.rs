@@ -3,8 +3,13 @@
 //! A service implements [`Handler`] for the events of one stream; [`Consumer`]
 //! does the rest:
 //!
-//! 1. pulls from a durable consumer (explicit ack, bounded `max_deliver`);
-//!    several instances of a service share it and compete for messages;
+//! 1. pulls from the service's durable (explicit ack; see [`super::durable`]
+//!    for how it follows the configuration); instances of a service share it
+//!    and compete for messages. It asks the server for no more messages than
+//!    it has room for (`fetch_size`), and while a message is in its hands,
+//!    waiting or being handled, it tells the server so every third of
+//!    `ack_wait` ("in progress"), so no message is redelivered behind the
+//!    back of the one handling it;
 //! 2. decodes the envelope; what cannot be decoded goes to the DLQ;
 //! 3. skips events already in `processed_events` (a cheap read, so a replay
 //!    of handled events costs little);
@@ -12,22 +17,30 @@
 //!    gateway: idempotent steps that must not hold a database transaction);
 //! 5. inserts the inbox row and runs [`Handler::apply`] in one transaction,
 //!    with `batch_size` events per transaction when so configured (a failed
-//!    batch is redone one event at a time);
-//! 6. acks after the commit. A transient error naks with exponential delay; a
-//!    permanent one, or the last allowed delivery, goes to the DLQ.
+//!    batch is redone one event at a time), then [`Handler::committed`];
+//! 6. acks after the commit. What happens on failure depends on its kind
+//!    ([`HandlerError`]): a dependency that is down is retried for as long
+//!    as it takes, with capped backoff and a growing age in the logs and in
+//!    `saga_event_retry_age_seconds`; invalid content goes to the DLQ at
+//!    once; anything else is retried up to `bus.max_deliver` deliveries and
+//!    then dead-lettered. A message is terminated only once its DLQ copy is
+//!    acknowledged; until then the server keeps redelivering it (its own
+//!    bound is unlimited), so nothing is dropped silently.
 //!
 //! A conflict on the inbox row means another delivery already did the work:
 //! the transaction is dropped and the message acked.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
@@ -39,13 +52,19 @@ use crate::BoxError;
 use crate::config::BusConfig;
 use crate::telemetry::TraceHeaders;
 
-/// Why handling an event failed.
+/// Why handling an event failed, and so what happens to it.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Worth retrying (a database or Redis hiccup): nak with backoff; after
-    /// `max_deliver` deliveries the message goes to the DLQ.
+    /// A dependency is down or busy, or a conflict (the database, Redis, a
+    /// deadlock): retried with capped backoff until it succeeds, however
+    /// long the outage lasts. Never dead-lettered.
     #[error("transient: {0}")]
     Transient(#[source] BoxError),
+    /// Neither an outage nor invalid content (a database rule refusing the
+    /// change, a bug): retried up to `bus.max_deliver` deliveries, then
+    /// dead-lettered for an operator.
+    #[error("unexpected: {0}")]
+    Unexpected(#[source] BoxError),
     /// Will never succeed (invalid content): straight to the DLQ.
     #[error("permanent: {0}")]
     Permanent(#[source] BoxError),
@@ -59,11 +78,30 @@ impl HandlerError {
     pub fn transient(msg: impl Into<String>) -> Self {
         Self::Transient(msg.into().into())
     }
+
+    pub fn unexpected(msg: impl Into<String>) -> Self {
+        Self::Unexpected(msg.into().into())
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::Transient(_) => "transient",
+            HandlerError::Unexpected(_) => "unexpected",
+            HandlerError::Permanent(_) => "permanent",
+        }
+    }
 }
 
 impl From<sqlx::Error> for HandlerError {
+    /// An outage or a conflict is transient; any other database error
+    /// (a constraint, a missing table) is unexpected.
     fn from(e: sqlx::Error) -> Self {
-        Self::Transient(Box::new(e))
+        match crate::db::classify(&e) {
+            crate::db::Failure::Unavailable | crate::db::Failure::Conflict => {
+                Self::Transient(Box::new(e))
+            }
+            crate::db::Failure::Other => Self::Unexpected(Box::new(e)),
+        }
     }
 }
 
@@ -89,6 +127,8 @@ pub struct Delivery {
     pub stream_seq: u64,
     /// 1 on first delivery.
     pub delivered: i64,
+    /// When the stream stored the event.
+    pub published: chrono::DateTime<chrono::Utc>,
     /// The span of this event's handling, a child of the producer's trace.
     pub span: Span,
 }
@@ -114,6 +154,9 @@ pub trait Handler: Send + Sync + 'static {
     /// What [`Handler::prepare`] hands to [`Handler::apply`].
     type Prepared: Clone + Send + Sync + 'static;
 
+    /// What [`Handler::apply`] leaves for [`Handler::committed`].
+    type Committed: Send + 'static;
+
     /// Events of other types are acked without a trace in the inbox.
     fn wants(&self, event_type: EventType) -> bool;
 
@@ -126,12 +169,22 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The effect, in the transaction that also records the event in the
     /// inbox. Events it publishes go through [`Outbox::enqueue`] on `tx`.
+    /// What it returns is handed to [`Handler::committed`] once the
+    /// transaction has committed (and dropped if it did not).
     fn apply(
         &self,
         tx: &mut PgConnection,
         delivery: &Delivery,
         prepared: Self::Prepared,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
+
+    /// Work that must follow the commit of [`Handler::apply`]'s transaction
+    /// (telling Redis what Postgres now says, say). It runs at most once per
+    /// commit; if the process dies first, a later pass (reconciliation,
+    /// repair) must be able to do it.
+    fn committed(&self, _done: Self::Committed) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Runs once the event's transaction is over, whatever its outcome (to
     /// let go of a lock taken in `prepare`, say).
@@ -156,6 +209,7 @@ pub struct Consumer<H: Handler> {
     ctx: BusContext,
     stream: StreamKind,
     handler: Arc<H>,
+    hands: Arc<Hands>,
 }
 
 impl<H: Handler> Clone for Consumer<H> {
@@ -164,6 +218,7 @@ impl<H: Handler> Clone for Consumer<H> {
             ctx: self.ctx.clone(),
             stream: self.stream,
             handler: self.handler.clone(),
+            hands: self.hands.clone(),
         }
     }
 }
@@ -174,6 +229,123 @@ enum Opened {
     Poison(String),
 }
 
+/// The messages in this consumer's hands (received, not yet settled), and
+/// the events that are failing transiently, for their age.
+#[derive(Default)]
+struct Hands {
+    next_id: AtomicU64,
+    held: Mutex<HashMap<u64, InHand>>,
+    retrying: Mutex<HashMap<Uuid, Retrying>>,
+}
+
+struct InHand {
+    reply: Option<async_nats::Subject>,
+    client: async_nats::Client,
+    /// When the server last heard about it (delivery, or "in progress").
+    touched: Instant,
+}
+
+struct Retrying {
+    event_type: EventType,
+    /// When the event was first stored in its stream.
+    published: chrono::DateTime<chrono::Utc>,
+    seen: Instant,
+}
+
+/// A message in hand, from its arrival until it is settled; dropping it
+/// (settled, or a task that died) stops the "in progress" notices, so a
+/// message nobody settles is redelivered after `ack_wait`.
+struct Held {
+    id: u64,
+    msg: jetstream::Message,
+    hands: Arc<Hands>,
+    _room: OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.hands.held).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hands {
+    fn hold(self: &Arc<Self>, msg: jetstream::Message, room: OwnedSemaphorePermit) -> Held {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.held).insert(
+            id,
+            InHand {
+                reply: msg.reply.clone(),
+                client: msg.context.client(),
+                touched: Instant::now(),
+            },
+        );
+        Held {
+            id,
+            msg,
+            hands: self.clone(),
+            _room: room,
+        }
+    }
+
+    /// Tells the server "in progress" for every message in hand it has not
+    /// heard about for `after`, so that its ack wait starts again.
+    async fn keep_alive(&self, after: Duration) {
+        let due: Vec<(async_nats::Subject, async_nats::Client)> = {
+            let mut held = lock(&self.held);
+            let now = Instant::now();
+            held.values_mut()
+                .filter(|h| now.duration_since(h.touched) >= after)
+                .filter_map(|h| {
+                    h.touched = now;
+                    h.reply.clone().map(|r| (r, h.client.clone()))
+                })
+                .collect()
+        };
+        for (reply, client) in due {
+            if let Err(e) = client.publish(reply, AckKind::Progress.into()).await {
+                tracing::debug!(error = %e, "in-progress notice not sent");
+            }
+        }
+    }
+
+    fn retrying(&self, d: &Delivery, published: chrono::DateTime<chrono::Utc>) -> Duration {
+        let mut retrying = lock(&self.retrying);
+        let entry = retrying.entry(d.meta.event_id).or_insert(Retrying {
+            event_type: d.event_type(),
+            published,
+            seen: Instant::now(),
+        });
+        entry.seen = Instant::now();
+        (chrono::Utc::now() - entry.published)
+            .to_std()
+            .unwrap_or_default()
+    }
+
+    fn settled(&self, event_id: Uuid) {
+        lock(&self.retrying).remove(&event_id);
+    }
+
+    /// The age of the oldest event still failing transiently, per event
+    /// type (forgetting those not seen again for `forget`: another instance
+    /// took them).
+    fn retry_ages(&self, forget: Duration) -> HashMap<EventType, f64> {
+        let mut retrying = lock(&self.retrying);
+        retrying.retain(|_, r| r.seen.elapsed() < forget);
+        let now = chrono::Utc::now();
+        let mut out: HashMap<EventType, f64> = HashMap::new();
+        for r in retrying.values() {
+            let age = (now - r.published).num_milliseconds().max(0) as f64 / 1e3;
+            let e = out.entry(r.event_type).or_default();
+            *e = e.max(age);
+        }
+        out
+    }
+}
+
 impl<H: Handler> Consumer<H> {
     /// The durable is named after the service, so its instances share it.
     pub fn new(ctx: BusContext, stream: StreamKind, handler: Arc<H>) -> Self {
@@ -181,6 +353,7 @@ impl<H: Handler> Consumer<H> {
             ctx,
             stream,
             handler,
+            hands: Arc::default(),
         }
     }
 
@@ -192,114 +365,183 @@ impl<H: Handler> Consumer<H> {
         self.ctx.ns.stream(self.stream)
     }
 
-    async fn pull_consumer(&self) -> Result<jetstream::consumer::PullConsumer, BoxError> {
-        let stream = self.ctx.js.get_stream(self.stream_name()).await?;
-        let config = pull::Config {
-            durable_name: Some(self.durable().to_owned()),
-            description: Some(format!(
-                "{} reading {}",
-                self.ctx.service,
-                self.stream_name()
-            )),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: self.ctx.cfg.ack_wait(),
-            max_deliver: self.ctx.cfg.max_deliver,
-            // One subject filter (nats-server 2.9 ignores `filter_subjects`).
-            filter_subject: self.ctx.ns.stream_subjects(self.stream),
-            max_ack_pending: (self.ctx.cfg.concurrency * self.ctx.cfg.batch_size * 4).max(1024)
-                as i64,
-            ..Default::default()
-        };
-        Ok(stream
-            .get_or_create_consumer(self.durable(), config)
-            .await?)
+    /// Creates the durable or brings it in line with the configuration; an
+    /// error names a setting the server cannot change in place.
+    pub async fn ensure_durable(
+        &self,
+    ) -> Result<jetstream::consumer::PullConsumer, super::durable::DurableError> {
+        let wanted =
+            super::durable::wanted(self.ctx.service, &self.ctx.ns, self.stream, &self.ctx.cfg);
+        super::durable::ensure(&self.ctx.js, &self.stream_name(), wanted).await
     }
 
-    /// Consumes until `shutdown`, then finishes the messages in hand.
+    /// Consumes until `shutdown`, then finishes the messages being handled
+    /// and hands back (nak) those still waiting.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.ctx.cfg.concurrency));
+        let cfg = &this.ctx.cfg;
+        let room = Arc::new(Semaphore::new(cfg.fetch_size.max(cfg.batch_size)));
+        let (tx, mut rx) = mpsc::unbounded_channel::<Held>();
+        let intake_stop = CancellationToken::new();
+        let intake = tokio::spawn(this.clone().intake(tx, room, intake_stop.clone()));
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(this.clone().keeper(keeper_stop.clone()));
+
+        let permits = Arc::new(Semaphore::new(cfg.concurrency));
         let mut tasks = JoinSet::new();
-        'connect: while !shutdown.is_cancelled() {
-            let messages = match this.pull_consumer().await {
-                Ok(consumer) => {
-                    consumer
-                        .stream()
-                        .max_messages_per_batch(this.ctx.cfg.fetch_size)
-                        .heartbeat(Duration::from_secs(5))
-                        .expires(Duration::from_secs(30))
-                        .messages()
-                        .await
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = rx.recv() => m,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < cfg.batch_size {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
                 }
+            }
+            let worker = this.clone();
+            tasks.spawn(async move {
+                worker.handle_chunk(batch).await;
+                drop(permit);
+            });
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "event task failed");
+                }
+            }
+        }
+        intake_stop.cancel();
+        if let Err(e) = intake.await {
+            tracing::error!(error = %e, "consumer intake failed");
+        }
+        // What waits unhandled goes back to the server at once, for another
+        // instance (or the next start) to take.
+        rx.close();
+        while let Some(held) = rx.recv().await {
+            this.settle(held, AckKind::Nak(None)).await;
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "event task failed");
+            }
+        }
+        keeper_stop.cancel();
+        let _ = keeper.await;
+    }
+
+    /// Pulls messages while there is room for them: each pull request asks
+    /// for as many as there is room for, so nothing waits unseen in the
+    /// client library's buffer, where its ack wait would run out.
+    async fn intake(
+        self: Arc<Self>,
+        tx: mpsc::UnboundedSender<Held>,
+        room: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) {
+        let mut failures = 0u32;
+        'connect: while !stop.is_cancelled() {
+            let consumer = match self.ensure_durable().await {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(service = this.ctx.service, stream = %this.stream_name(), error = %e, "consumer not available; retrying");
-                    pause(&shutdown, Duration::from_secs(1)).await;
+                    tracing::warn!(service = self.ctx.service, stream = %self.stream_name(), error = %e, "consumer not available; retrying");
+                    pause(&stop, backoff(&mut failures)).await;
                     continue;
                 }
             };
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(service = this.ctx.service, error = %e, "pull failed; retrying");
-                    pause(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            tracing::debug!(service = this.ctx.service, stream = %this.stream_name(), "consuming");
-            let mut errors = 0u32;
             loop {
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => break 'connect,
-                    p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                };
-                let first = tokio::select! {
-                    _ = shutdown.cancelled() => break 'connect,
-                    m = messages.next() => m,
-                };
-                let mut batch = match first {
-                    Some(Ok(m)) => {
-                        errors = 0;
-                        vec![m]
+                // Wait until there is room for at least one message.
+                let free = tokio::select! {
+                    _ = stop.cancelled() => break 'connect,
+                    p = room.clone().acquire_owned() => {
+                        drop(p.expect("the semaphore is never closed"));
+                        room.available_permits()
                     }
-                    Some(Err(e)) => {
-                        errors += 1;
-                        tracing::debug!(service = this.ctx.service, error = %e, errors, "pull stream error");
-                        if errors >= 5 {
-                            // Possibly the durable was deleted (nats.rs #1584):
-                            // look it up again, recreating it if needed.
-                            tracing::warn!(service = this.ctx.service, error = %e, "repeated pull errors; reconnecting the consumer");
-                            pause(&shutdown, Duration::from_millis(500)).await;
-                            continue 'connect;
-                        }
-                        continue;
-                    }
-                    None => {
-                        pause(&shutdown, Duration::from_millis(200)).await;
+                };
+                let batch = consumer
+                    .batch()
+                    .max_messages(free)
+                    .expires(super::durable::PULL_EXPIRES)
+                    .heartbeat(super::durable::PULL_HEARTBEAT)
+                    .messages()
+                    .await;
+                let mut batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(service = self.ctx.service, stream = %self.stream_name(), error = %e, "pull failed; reconnecting the consumer");
+                        pause(&stop, backoff(&mut failures)).await;
                         continue 'connect;
                     }
                 };
-                while batch.len() < this.ctx.cfg.batch_size {
-                    match messages.next().now_or_never() {
-                        Some(Some(Ok(m))) => batch.push(m),
-                        _ => break,
-                    }
-                }
-                let worker = this.clone();
-                tasks.spawn(async move {
-                    worker.handle_chunk(batch).await;
-                    drop(permit);
-                });
-                while let Some(done) = tasks.try_join_next() {
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "event task panicked");
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => break 'connect,
+                        m = batch.next() => m,
+                    };
+                    match next {
+                        Some(Ok(msg)) => {
+                            failures = 0;
+                            let Ok(slot) = room.clone().try_acquire_owned() else {
+                                // More than asked for: let the server resend it.
+                                tracing::debug!("message beyond the pull's size; handed back");
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                continue;
+                            };
+                            let held = self.hands.hold(msg, slot);
+                            if tx.send(held).is_err() {
+                                break 'connect;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            // Possibly the durable was deleted (nats.rs #1584):
+                            // look it up again, recreating it if needed.
+                            tracing::warn!(service = self.ctx.service, stream = %self.stream_name(), error = %e, "pull stream error; reconnecting the consumer");
+                            pause(&stop, backoff(&mut failures)).await;
+                            continue 'connect;
+                        }
+                        None => break,
                     }
                 }
             }
         }
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "event task panicked");
+    }
+
+    /// Every third of `ack_wait`: "in progress" for the messages in hand,
+    /// and the age of the oldest event failing transiently.
+    async fn keeper(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.ctx.cfg.ack_wait() / 3).max(Duration::from_millis(100));
+        let forget =
+            Duration::from_millis(self.ctx.cfg.nak_max_delay_ms) * 3 + self.ctx.cfg.ack_wait() * 2;
+        let stream = self.stream_name();
+        let mut reported: HashSet<EventType> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
             }
+            self.hands.keep_alive(every).await;
+            let ages = self.hands.retry_ages(forget);
+            for t in reported
+                .iter()
+                .chain(ages.keys())
+                .copied()
+                .collect::<HashSet<_>>()
+            {
+                metrics::gauge!(
+                    "saga_event_retry_age_seconds",
+                    "service" => self.ctx.service,
+                    "stream" => stream.clone(),
+                    "event_type" => t.as_str(),
+                )
+                .set(ages.get(&t).copied().unwrap_or(0.0));
+            }
+            reported.extend(ages.keys().copied());
         }
     }
 
@@ -339,21 +581,22 @@ impl<H: Handler> Consumer<H> {
             stream: info.stream.to_owned(),
             stream_seq: info.stream_sequence,
             delivered: info.delivered,
+            published: info.published,
             span,
         }))
     }
 
-    async fn handle_chunk(&self, msgs: Vec<jetstream::Message>) {
+    async fn handle_chunk(&self, msgs: Vec<Held>) {
         let started = Instant::now();
         let mut live = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            match self.open(&msg) {
-                Opened::Event(d) => live.push((msg, *d)),
-                Opened::NotForUs => self.ack(&msg, AckKind::Ack).await,
+        for held in msgs {
+            match self.open(&held.msg) {
+                Opened::Event(d) => live.push((held, *d)),
+                Opened::NotForUs => self.settle(held, AckKind::Ack).await,
                 Opened::Poison(why) => {
-                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(0);
-                    tracing::error!(service = self.ctx.service, subject = %msg.subject, error = %why, "poison message");
-                    self.dead_letter(&msg, None, delivered, &why).await;
+                    let delivered = held.msg.info().map(|i| i.delivered).unwrap_or(0);
+                    tracing::error!(service = self.ctx.service, subject = %held.msg.subject, error = %why, "poison message");
+                    self.dead_letter(held, None, delivered, &why).await;
                 }
             }
         }
@@ -364,32 +607,30 @@ impl<H: Handler> Consumer<H> {
         match self.already_processed(&live).await {
             Ok(done) if !done.is_empty() => {
                 let mut rest = Vec::with_capacity(live.len());
-                for (msg, d) in live {
+                for (held, d) in live {
                     if done.contains(&d.meta.event_id) {
                         self.count(&d, "duplicate");
-                        self.ack(&msg, AckKind::Ack).await;
+                        self.hands.settled(d.meta.event_id);
+                        self.settle(held, AckKind::Ack).await;
                     } else {
-                        rest.push((msg, d));
+                        rest.push((held, d));
                     }
                 }
                 live = rest;
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(service = self.ctx.service, error = %e, "inbox lookup failed; handling anyway");
+                tracing::debug!(service = self.ctx.service, error = %e, "inbox lookup failed; handling anyway");
             }
         }
 
-        let prepared = futures::future::join_all(
-            live.iter()
-                .map(|(_, d)| self.handler.prepare(d).instrument(d.span.clone())),
-        )
-        .await;
+        let prepared =
+            futures::future::join_all(live.iter().map(|(_, d)| self.prepare_one(d))).await;
         let mut ready = Vec::with_capacity(live.len());
-        for ((msg, d), p) in live.into_iter().zip(prepared) {
+        for ((held, d), p) in live.into_iter().zip(prepared) {
             match p {
-                Ok(p) => ready.push((msg, d, p)),
-                Err(e) => self.failed(&msg, &d, &e).await,
+                Ok(p) => ready.push((held, d, p)),
+                Err(e) => self.failed(held, &d, &e).await,
             }
         }
 
@@ -401,13 +642,29 @@ impl<H: Handler> Consumer<H> {
         self.observe(started);
     }
 
-    async fn apply_ready(&self, ready: Vec<(jetstream::Message, Delivery, H::Prepared)>) {
+    async fn prepare_one(&self, d: &Delivery) -> Result<H::Prepared, HandlerError> {
+        let prepare = self.handler.prepare(d).instrument(d.span.clone());
+        match AssertUnwindSafe(prepare).catch_unwind().await {
+            Ok(result) => result,
+            Err(p) => Err(panicked("prepare", p)),
+        }
+    }
+
+    async fn apply_ready(&self, ready: Vec<(Held, Delivery, H::Prepared)>) {
         if ready.len() > 1 {
-            match self.apply_batch(&ready).await {
-                Ok(()) => {
-                    for (msg, d, _) in &ready {
-                        self.count(d, "applied");
-                        self.ack(msg, AckKind::Ack).await;
+            let batch = AssertUnwindSafe(self.apply_batch(&ready))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(panicked("apply", p)));
+            match batch {
+                Ok(committed) => {
+                    for c in committed {
+                        self.handler.committed(c).await;
+                    }
+                    for (held, d, _) in ready {
+                        self.count(&d, "applied");
+                        self.hands.settled(d.meta.event_id);
+                        self.settle(held, AckKind::Ack).await;
                     }
                     return;
                 }
@@ -416,21 +673,30 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         }
-        for (msg, d, p) in ready {
-            match self.apply_one(&d, p).instrument(d.span.clone()).await {
+        for (held, d, p) in ready {
+            let one = AssertUnwindSafe(self.apply_one(&d, p).instrument(d.span.clone()))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(panicked("apply", p)));
+            match one {
                 Ok(fresh) => {
-                    self.count(&d, if fresh { "applied" } else { "duplicate" });
-                    self.ack(&msg, AckKind::Ack).await;
+                    let outcome = match fresh {
+                        Some(c) => {
+                            self.handler.committed(c).await;
+                            "applied"
+                        }
+                        None => "duplicate",
+                    };
+                    self.count(&d, outcome);
+                    self.hands.settled(d.meta.event_id);
+                    self.settle(held, AckKind::Ack).await;
                 }
-                Err(e) => self.failed(&msg, &d, &e).await,
+                Err(e) => self.failed(held, &d, &e).await,
             }
         }
     }
 
-    async fn already_processed(
-        &self,
-        live: &[(jetstream::Message, Delivery)],
-    ) -> sqlx::Result<HashSet<Uuid>> {
+    async fn already_processed(&self, live: &[(Held, Delivery)]) -> sqlx::Result<HashSet<Uuid>> {
         let ids: Vec<Uuid> = live.iter().map(|(_, d)| d.meta.event_id).collect();
         let done: Vec<Uuid> = sqlx::query_scalar(
             "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2)",
@@ -459,72 +725,88 @@ impl<H: Handler> Consumer<H> {
         Ok(inserted == 1)
     }
 
-    async fn apply_one(&self, d: &Delivery, p: H::Prepared) -> Result<bool, HandlerError> {
+    /// Applies one event; `None` if the inbox already had it.
+    async fn apply_one(
+        &self,
+        d: &Delivery,
+        p: H::Prepared,
+    ) -> Result<Option<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
         if !self.record(&mut tx, d).await? {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
-        self.handler.apply(&mut tx, d, p).await?;
+        let committed = self.handler.apply(&mut tx, d, p).await?;
         tx.commit().await?;
         crate::faults::crash_point("consumer.after_commit");
         self.ctx.outbox.wake();
-        Ok(true)
+        Ok(Some(committed))
     }
 
     async fn apply_batch(
         &self,
-        ready: &[(jetstream::Message, Delivery, H::Prepared)],
-    ) -> Result<(), HandlerError> {
+        ready: &[(Held, Delivery, H::Prepared)],
+    ) -> Result<Vec<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
+        let mut committed = Vec::with_capacity(ready.len());
         for (_, d, p) in ready {
             if !self.record(&mut tx, d).await? {
                 // A duplicate inside the batch: let the one-by-one path sort it out.
                 return Err(HandlerError::transient("duplicate within batch"));
             }
-            self.handler
-                .apply(&mut tx, d, p.clone())
-                .instrument(d.span.clone())
-                .await?;
+            committed.push(
+                self.handler
+                    .apply(&mut tx, d, p.clone())
+                    .instrument(d.span.clone())
+                    .await?,
+            );
         }
         tx.commit().await?;
         crate::faults::crash_point("consumer.after_commit");
         self.ctx.outbox.wake();
-        Ok(())
+        Ok(committed)
     }
 
-    async fn failed(&self, msg: &jetstream::Message, d: &Delivery, e: &HandlerError) {
-        let last = d.delivered >= self.ctx.cfg.max_deliver;
+    async fn failed(&self, held: Held, d: &Delivery, e: &HandlerError) {
+        let bound = self.ctx.cfg.max_deliver;
         match e {
             HandlerError::Permanent(_) => {
                 d.span
                     .in_scope(|| tracing::error!(error = %e, "event rejected for good"));
-                self.dead_letter(msg, Some(d), d.delivered, &e.to_string())
+                self.dead_letter(held, Some(d), d.delivered, &e.to_string())
                     .await;
             }
-            HandlerError::Transient(_) if last => {
-                d.span
-                    .in_scope(|| tracing::error!(error = %e, "event failed on its last delivery"));
-                self.dead_letter(msg, Some(d), d.delivered, &e.to_string())
+            HandlerError::Unexpected(_) if d.delivered >= bound => {
+                d.span.in_scope(|| {
+                    tracing::error!(error = %e, deliveries = d.delivered, "event failed on its last allowed delivery");
+                });
+                self.dead_letter(held, Some(d), d.delivered, &e.to_string())
                     .await;
             }
-            HandlerError::Transient(_) => {
+            HandlerError::Unexpected(_) | HandlerError::Transient(_) => {
                 let delay = self.ctx.cfg.nak_delay(d.delivered);
-                d.span.in_scope(|| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "event failed; will retry"));
+                let age = self.hands.retrying(d, d.published);
+                d.span.in_scope(|| {
+                    tracing::warn!(
+                        error = %e,
+                        kind = e.kind(),
+                        deliveries = d.delivered,
+                        age_secs = age.as_secs(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "event failed; will retry"
+                    );
+                });
                 self.count(d, "retried");
-                self.ack(msg, AckKind::Nak(Some(delay))).await;
+                self.settle(held, AckKind::Nak(Some(delay))).await;
             }
         }
     }
 
-    async fn dead_letter(
-        &self,
-        msg: &jetstream::Message,
-        d: Option<&Delivery>,
-        delivered: i64,
-        error: &str,
-    ) {
-        let (stream, seq) = match msg.info() {
+    /// Copies the message to the DLQ and, once the DLQ has acknowledged the
+    /// copy, terminates it. If the copy fails the message is handed back to
+    /// be delivered again (the server's bound is unlimited): late, not lost.
+    async fn dead_letter(&self, held: Held, d: Option<&Delivery>, delivered: i64, error: &str) {
+        let (stream, seq) = match held.msg.info() {
             Ok(i) => (i.stream.to_owned(), i.stream_sequence),
             Err(_) => (self.stream_name(), 0),
         };
@@ -534,28 +816,32 @@ impl<H: Handler> Consumer<H> {
             stream_seq: seq,
             delivered,
         };
-        match dlq::dead_letter(&self.ctx.js, &self.ctx.ns, &msg.message, origin, error).await {
+        match dlq::dead_letter(&self.ctx.js, &self.ctx.ns, &held.msg.message, origin, error).await {
             Ok(()) => {
                 metrics::counter!("saga_events_dead_lettered_total", "service" => self.ctx.service)
                     .increment(1);
                 if let Some(d) = d {
                     self.count(d, "dead_lettered");
+                    self.hands.settled(d.meta.event_id);
                 }
-                self.ack(msg, AckKind::Term).await;
+                self.settle(held, AckKind::Term).await;
             }
             Err(e) => {
-                // Keep the message: better late than lost.
-                tracing::error!(service = self.ctx.service, error = %e, "could not write to the DLQ; will retry");
-                self.ack(msg, AckKind::Nak(Some(Duration::from_secs(5))))
+                tracing::error!(service = self.ctx.service, error = %e, "could not write to the DLQ; the message will be delivered again");
+                metrics::counter!("saga_dlq_write_errors_total", "service" => self.ctx.service)
+                    .increment(1);
+                self.settle(held, AckKind::Nak(Some(Duration::from_secs(5))))
                     .await;
             }
         }
     }
 
-    async fn ack(&self, msg: &jetstream::Message, kind: AckKind) {
-        if let Err(e) = msg.ack_with(kind).await {
+    /// Acks, naks or terminates a message and lets go of it.
+    async fn settle(&self, held: Held, kind: AckKind) {
+        if let Err(e) = held.msg.ack_with(kind).await {
             tracing::warn!(service = self.ctx.service, error = %e, "ack failed; the message will be redelivered");
         }
+        drop(held);
     }
 
     fn count(&self, d: &Delivery, outcome: &'static str) {
@@ -572,6 +858,23 @@ impl<H: Handler> Consumer<H> {
         metrics::histogram!("saga_event_batch_seconds", "service" => self.ctx.service)
             .record(started.elapsed().as_secs_f64());
     }
+}
+
+/// A handler that panicked: an unexpected error (retried up to the bound,
+/// then dead-lettered), not a dead task holding a message.
+fn panicked(step: &str, payload: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    HandlerError::unexpected(format!("{step} panicked: {what}"))
+}
+
+/// 100 ms, doubling up to 5 s.
+fn backoff(failures: &mut u32) -> Duration {
+    *failures = failures.saturating_add(1);
+    Duration::from_millis(100u64 << (*failures - 1).min(6)).min(Duration::from_secs(5))
 }
 
 async fn pause(shutdown: &CancellationToken, d: Duration) {

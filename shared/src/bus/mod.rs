@@ -10,6 +10,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod durable;
 pub mod envelope;
 pub mod outbox;
 pub mod streams;

@@ -5,11 +5,15 @@
 //! [`Relay`] publishes committed rows to JetStream with `Nats-Msg-Id` = event
 //! id, waits for the PubAcks, and marks the rows sent in one statement.
 //!
-//! Several relays (one per service instance) share the table: each claims a
-//! batch with `FOR UPDATE SKIP LOCKED` and a short lease, so no transaction is
-//! held open while publishing. A relay that dies leaves its claim to expire;
-//! the rows are published again and JetStream's duplicate window (then the
-//! consumers' inbox) drops the second copy.
+//! Several relays (one per service instance) share the table: each takes a
+//! batch with `FOR UPDATE SKIP LOCKED` in a transaction that lasts while it
+//! publishes (bounded by `bus.relay_lease_secs`) and marks what was
+//! acknowledged before committing. A relay that dies lets go of its rows the
+//! moment Postgres sees its connection close, so another instance (or the
+//! restarted one) publishes them at its next round; JetStream's duplicate
+//! window, then the consumers' inbox, drop a second copy of a row that was
+//! published but not yet marked. One connection per relay is held while it
+//! publishes, never one per event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,28 +162,69 @@ impl Relay {
         }
     }
 
-    /// One round: claims a batch, publishes it in order, awaits the acks and
-    /// marks what was acknowledged. Returns the number of rows claimed.
+    /// One round: takes a batch, publishes it in order, awaits the acks and
+    /// marks what was acknowledged, all in one transaction holding the rows.
+    /// Returns the number of rows taken.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let mut rows: Vec<Row> = sqlx::query_as(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2), \
-                 attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM outbox \
-                 WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now()) \
-                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, event_id, event_type, payload, correlation_id, causation_id, \
-                 traceparent, tracestate, created_at",
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
+                 traceparent, tracestate, created_at FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.cfg.relay_batch_size)
-        .bind(self.cfg.relay_lease_secs as f64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
+            tx.commit().await?;
             return Ok(0);
         }
-        rows.sort_by_key(|r| r.id);
-        let claimed = rows.len();
+        let taken = rows.len();
+        let limit = Duration::from_secs(self.cfg.relay_lease_secs.max(1));
+        let (sent, failed) = match tokio::time::timeout(limit, self.publish(rows)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(
+                    service = self.service,
+                    limit_secs = limit.as_secs(),
+                    "outbox round ran out of time; its rows go to the next round"
+                );
+                (Vec::new(), Vec::new())
+            }
+        };
+        if !sent.is_empty() {
+            crate::faults::crash_point("relay.after_publish");
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL \
+                 WHERE id = ANY($1)",
+            )
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
+            tracing::warn!(service = self.service, count = ids.len(), first_error = %errors[0], "outbox publish failed; will retry");
+            metrics::counter!("saga_outbox_publish_errors_total", "service" => self.service)
+                .increment(ids.len() as u64);
+            sqlx::query(
+                "UPDATE outbox AS o SET attempts = o.attempts + 1, last_error = f.error \
+                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("saga_outbox_published_total", "service" => self.service)
+            .increment(sent.len() as u64);
+        Ok(taken)
+    }
 
+    /// Publishes `rows` in order and awaits their acks: the ids acknowledged,
+    /// and those that failed with why.
+    async fn publish(&self, rows: Vec<Row>) -> (Vec<i64>, Vec<(i64, String)>) {
         let mut pending = Vec::with_capacity(rows.len());
         let mut failed: Vec<(i64, String)> = Vec::new();
         for row in rows {
@@ -208,7 +253,6 @@ impl Relay {
                 Err(e) => failed.push((row.id, e.to_string())),
             }
         }
-
         let acks = futures::future::join_all(
             pending
                 .into_iter()
@@ -228,34 +272,7 @@ impl Relay {
                 Err(e) => failed.push((id, e.to_string())),
             }
         }
-
-        if !sent.is_empty() {
-            crate::faults::crash_point("relay.after_publish");
-            sqlx::query(
-                "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL \
-                 WHERE id = ANY($1)",
-            )
-            .bind(&sent)
-            .execute(&self.pool)
-            .await?;
-            metrics::counter!("saga_outbox_published_total", "service" => self.service)
-                .increment(sent.len() as u64);
-        }
-        if !failed.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
-            tracing::warn!(service = self.service, count = ids.len(), first_error = %errors[0], "outbox publish failed; will retry");
-            metrics::counter!("saga_outbox_publish_errors_total", "service" => self.service)
-                .increment(ids.len() as u64);
-            sqlx::query(
-                "UPDATE outbox AS o SET claimed_until = NULL, last_error = f.error \
-                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id",
-            )
-            .bind(&ids)
-            .bind(&errors)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(claimed)
+        (sent, failed)
     }
 
     async fn delete_old(&self) -> Result<u64, RelayError> {

@@ -1,0 +1,180 @@
+//! The delivery contract between JetStream and a service's consumer: the
+//! durable follows the configuration, nothing is dropped at the delivery
+//! bound, and a message in a consumer's hands is not redelivered behind its
+//! back.
+
+use async_nats::jetstream::consumer::{self, AckPolicy, pull};
+use saga_shared::bus::{Namespace, StreamKind};
+use saga_shared::proto::order::v1::OrderState;
+use saga_tests::{TestSystem, eventually, order_request, state};
+use sagactl::dlq;
+
+use crate::WAIT;
+
+async fn consumer_info(
+    sys: &TestSystem,
+    ns: &Namespace,
+    stream: StreamKind,
+    durable: &str,
+) -> anyhow::Result<consumer::Info> {
+    let stream = sys.js.get_stream(ns.stream(stream)).await?;
+    Ok(stream.consumer_info(durable).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_restarted_with_other_settings_takes_them_and_refuses_what_cannot_change()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.payment.bus.ack_wait_secs = 4;
+        cfg.payment.bus.concurrency = 300;
+    })
+    .await?;
+    let ns = sys.namespace();
+    let before = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
+    assert_eq!(before.config.ack_wait, std::time::Duration::from_secs(4));
+    assert_eq!(before.config.max_ack_pending, 1200);
+    assert!(
+        before.config.max_deliver <= 0,
+        "the server's own bound is unlimited: {}",
+        before.config.max_deliver
+    );
+
+    // The same deployment restarted with other settings (a second instance
+    // of payment-svc, as a rolling restart would start it).
+    let mut cfg = sys.config.payment.clone();
+    cfg.grpc.listen.set_port(0);
+    cfg.admin.listen.set_port(0);
+    cfg.bus.ack_wait_secs = 9;
+    cfg.bus.concurrency = 400;
+    let second = payment_svc::build(cfg.clone()).await?;
+    let after = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
+    assert_eq!(after.config.ack_wait, std::time::Duration::from_secs(9));
+    assert_eq!(after.config.max_ack_pending, 1600);
+    drop(second);
+
+    // A durable that differs in what the server cannot change in place (a
+    // narrower subject filter, left by hand) stops the start with an error
+    // that names the field.
+    let other = Namespace::new(&format!("{}x", sys.ns))?;
+    let mut nats = sys.config.payment.nats.clone();
+    nats.max_age_hours = 1;
+    saga_shared::bus::streams::ensure_streams(&sys.js, &other, &nats).await?;
+    let stream = sys.js.get_stream(other.stream(StreamKind::Orders)).await?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("payment-svc".into()),
+            ack_policy: AckPolicy::Explicit,
+            filter_subject: format!("{other}.orders.placed"),
+            ..Default::default()
+        })
+        .await?;
+    cfg.namespace = other.as_str().to_owned();
+    let refused = payment_svc::build(cfg).await;
+    saga_shared::bus::streams::delete_streams(&sys.js, &other).await;
+    let error = match refused {
+        Ok(_) => panic!("started on a durable with another subject filter"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("filter_subject") && error.contains(&format!("{other}.orders.placed")),
+        "{error}"
+    );
+    sys.stop().await
+}
+
+/// Fails inventory's hold on one SKU until lifted (an unexpected error: a
+/// database rule refusing the change).
+const BLOCK_SKU: &str =
+    "ALTER TABLE inventory.holds ADD CONSTRAINT bus_block CHECK (sku <> 'POISON')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_at_its_delivery_bound_is_kept_until_its_dead_letter_is_stored()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    let ns = sys.namespace();
+    sys.seed_product("POISON", 100, 10).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    // The DLQ is gone (deleted by mistake, or its server unreachable).
+    sys.js.delete_stream(ns.dlq_stream()).await?;
+
+    sys.place(order_request("pat", &[("POISON", 1)], None))
+        .await?;
+    // The only message inventory gets is that order's placement: it keeps
+    // being delivered past the bound of 2 while its dead letter cannot be
+    // written, instead of being dropped by the server at delivery 2.
+    eventually("delivery 4 of the placement", WAIT, || async {
+        let info = consumer_info(&sys, &ns, StreamKind::Orders, "inventory-svc").await?;
+        Ok(info.delivered.consumer_sequence >= 4)
+    })
+    .await?;
+    assert!(dlq::list(&sys.js, &ns).await.is_err(), "no DLQ yet");
+
+    let nats = sys.config.inventory.nats.clone();
+    saga_shared::bus::streams::ensure_streams(&sys.js, &ns, &nats).await?;
+    eventually("the dead letter to be stored", WAIT, || async {
+        Ok(dlq::list(&sys.js, &ns).await?.len() == 1)
+    })
+    .await?;
+    let letter = &dlq::list(&sys.js, &ns).await?[0];
+    assert_eq!(letter.consumer, "inventory-svc");
+    assert!(letter.error.contains("bus_block"), "{}", letter.error);
+    assert!(
+        letter.delivered.parse::<i64>()? >= 2,
+        "{}",
+        letter.delivered
+    );
+    eventually("the consumer to let go of it", WAIT, || async {
+        let info = consumer_info(&sys, &ns, StreamKind::Orders, "inventory-svc").await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    })
+    .await?;
+    sqlx::query("ALTER TABLE inventory.holds DROP CONSTRAINT bus_block")
+        .execute(&sys.db)
+        .await?;
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_in_a_consumers_hands_are_not_redelivered_behind_its_back()
+-> anyhow::Result<()> {
+    // Payment handles one event at a time, each taking 300 ms at the card
+    // gateway, with an ack wait of 1 s: the twelfth charge waits over 3 s
+    // in payment's hands before its turn.
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.payment.gateway.latency_ms = 300;
+        cfg.payment.gateway.jitter_ms = 0;
+        cfg.payment.bus.concurrency = 1;
+        cfg.payment.bus.ack_wait_secs = 1;
+        cfg.payment.bus.fetch_size = 64;
+    })
+    .await?;
+    let ns = sys.namespace();
+    sys.seed_product("A", 100, 100).await?;
+    sys.top_up("pia", 100_000).await?;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            sys.place(order_request("pia", &[("A", 1)], None))
+                .await?
+                .order_id,
+        );
+    }
+    for o in sys.wait_all_terminal(&ids, WAIT).await? {
+        assert_eq!(state(&o), OrderState::Confirmed);
+    }
+    sys.quiesce(WAIT).await?;
+    // Every message of the stream went to payment exactly once.
+    let mut orders = sys.js.get_stream(ns.stream(StreamKind::Orders)).await?;
+    let messages = orders.info().await?.state.messages;
+    let info = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
+    assert_eq!(
+        info.delivered.consumer_sequence, messages,
+        "deliveries to payment-svc beyond one per message were redeliveries"
+    );
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}
