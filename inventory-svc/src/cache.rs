@@ -57,6 +57,9 @@ pub enum Reserve {
     NotReady { index: usize },
     /// The order's holds were already released or committed.
     Closed { index: usize, marker: String },
+    /// The order already holds `held` units of line `index`, not the number
+    /// asked for: a retry with other lines. Nothing changed.
+    Mismatch { index: usize, held: i64 },
 }
 
 /// A SKU's state in Postgres, read under its row lock, for a rebuild.
@@ -75,22 +78,20 @@ pub struct SkuSnapshot {
 
 /// What a rebuild did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Rebuilt {
-    Done {
-        avail: i64,
-        /// Holds dropped (closed in Postgres, or orphans).
-        removed: i64,
-        /// Holds Postgres had and Redis did not.
-        added: i64,
-        /// The counter before, if there was one.
-        previous: Option<i64>,
-        /// Redis-only holds older than the grace period, dropped.
-        orphans: i64,
-        /// The epoch moved to `snapshot.epoch + 1` (Postgres must follow).
-        epoch_moved: bool,
-    },
-    /// `must_cover` was set and the counter would be negative; nothing changed.
-    Short { avail: i64 },
+pub struct Rebuilt {
+    pub avail: i64,
+    /// Holds dropped (closed in Postgres, or orphans).
+    pub removed: i64,
+    /// Holds Postgres had and Redis did not.
+    pub added: i64,
+    /// Holds both had, whose Redis quantity was corrected to Postgres's.
+    pub resized: i64,
+    /// The counter before, if there was one.
+    pub previous: Option<i64>,
+    /// Redis-only holds older than the grace period, dropped.
+    pub orphans: i64,
+    /// The epoch moved to the `next_epoch` given (Postgres must follow).
+    pub epoch_moved: bool,
 }
 
 /// A SKU's counter as Redis has it (for reconciliation, audits and tests).
@@ -214,25 +215,24 @@ impl StockCache {
     }
 
     /// Rebuilds a counter from `snap` (see `lua/rebuild.lua`). `grace`: drop
-    /// Redis-only holds older than this (None keeps them all). When the
-    /// answer says the epoch moved, Postgres must store `snap.epoch + 1`
-    /// before the row lock is let go.
+    /// Redis-only holds older than this (None keeps them all). `next_epoch`
+    /// is a fresh value of Postgres's epoch sequence: when the answer says
+    /// the epoch moved, Postgres must store it before the row lock is let go.
     pub async fn rebuild(
         &self,
         snap: &SkuSnapshot,
+        next_epoch: i64,
         grace: Option<Duration>,
-        must_cover: bool,
     ) -> Result<Rebuilt, CacheError> {
         let keys = vec![self.sku_key(&snap.sku)];
         let mut args = vec![
             snap.epoch.to_string(),
-            (snap.epoch + 1).to_string(),
+            next_epoch.to_string(),
             snap.on_hand.to_string(),
             snap.sold.to_string(),
             now_ms().to_string(),
             grace.map_or(-1, |g| g.as_millis() as i64).to_string(),
             self.marker_prefix(&snap.sku),
-            if must_cover { "1" } else { "0" }.to_owned(),
             snap.reserved.len().to_string(),
         ];
         for (order, qty) in &snap.reserved {
@@ -246,15 +246,15 @@ impl StockCache {
         let items = as_array(&reply).ok_or_else(bad)?;
         let int = |i: usize| items.get(i).and_then(as_int).ok_or_else(bad);
         match items.first().and_then(as_text).as_deref() {
-            Some("OK") => Ok(Rebuilt::Done {
+            Some("OK") => Ok(Rebuilt {
                 avail: int(1)?,
                 removed: int(2)?,
                 added: int(3)?,
                 previous: (int(4)? == 1).then(|| int(5)).transpose()?,
                 orphans: int(6)?,
                 epoch_moved: int(7)? == 1,
+                resized: int(8)?,
             }),
-            Some("SHORT") => Ok(Rebuilt::Short { avail: int(1)? }),
             _ => Err(bad()),
         }
     }
@@ -337,6 +337,10 @@ fn parse_reserve(reply: Value, lines: usize) -> Result<Reserve, CacheError> {
         Some("CLOSED") => Ok(Reserve::Closed {
             index: index(1)?,
             marker: items.get(2).and_then(as_text).ok_or_else(bad)?,
+        }),
+        Some("MISMATCH") => Ok(Reserve::Mismatch {
+            index: index(1)?,
+            held: int(2)?,
         }),
         _ => Err(bad()),
     }

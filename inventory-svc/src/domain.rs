@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use saga_shared::validate::{self, FieldError};
+use uuid::Uuid;
 
 pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_NAME_LEN: usize = 200;
@@ -36,6 +37,48 @@ impl Product {
 pub struct Line {
     pub sku: String,
     pub quantity: i64,
+}
+
+/// Whose holds: an order's saga, or a direct caller's reservation
+/// (ReserveStock and friends). The two live in separate id spaces of the
+/// ledger, so that no direct call can reach a saga's holds whatever id it
+/// names (docs/adr/0008).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// The saga of this order: its ledger id is the order id.
+    Order(Uuid),
+    /// A direct reservation under the caller's id.
+    Direct(Uuid),
+}
+
+/// Names the ledger ids of direct reservations (UUIDv5 of the caller's id in
+/// this namespace). Order ids are UUIDv7: the two never meet.
+const DIRECT_RESERVATIONS: Uuid = Uuid::from_u128(0x5a6a_0d1e_c7a4_4c1b_9e51_d1ec_7000_0001);
+
+impl Holder {
+    /// The id under which the ledger (Postgres and Redis) keeps the holds.
+    pub fn ledger_id(&self) -> Uuid {
+        match self {
+            Holder::Order(id) => *id,
+            Holder::Direct(id) => Uuid::new_v5(&DIRECT_RESERVATIONS, id.as_bytes()),
+        }
+    }
+
+    /// Its kind as the ledger spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Holder::Order(_) => "saga",
+            Holder::Direct(_) => "direct",
+        }
+    }
+
+    /// The caller's id, for a direct reservation.
+    pub fn reservation_id(&self) -> Option<Uuid> {
+        match self {
+            Holder::Order(_) => None,
+            Holder::Direct(id) => Some(*id),
+        }
+    }
 }
 
 /// What inventory decided for an order.
@@ -236,6 +279,21 @@ mod tests {
             adjust(&p, i64::MAX, 3),
             Err(AdjustError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn direct_reservations_never_share_a_ledger_id_with_an_order() {
+        let id = Uuid::now_v7();
+        assert_eq!(Holder::Order(id).ledger_id(), id);
+        let direct = Holder::Direct(id).ledger_id();
+        assert_ne!(direct, id);
+        assert_eq!(
+            direct.get_version_num(),
+            5,
+            "orders are v7, direct holds v5"
+        );
+        assert_eq!(Holder::Direct(id).ledger_id(), direct, "stable for retries");
+        assert_ne!(Holder::Direct(Uuid::now_v7()).ledger_id(), direct);
     }
 
     #[test]

@@ -6,17 +6,21 @@
 //!   late placement holds nothing.
 //! - `orders.confirmed`: the holds become sales.
 //!
-//! Redis is touched in `prepare` (outside the transaction); Postgres, the
-//! inbox row and the outbox event in `apply`. When the breaker has sent
-//! reservations to Postgres, `prepare` only says so and `apply` does it all.
+//! A placement touches Redis in `prepare` (outside the transaction), then
+//! Postgres, the inbox row and the outbox event in `apply`. A cancellation or
+//! confirmation decides in Postgres first (`apply`) and tells Redis once that
+//! has committed (`committed`). When the breaker has sent reservations to
+//! Postgres, Redis is not involved at all.
 
 use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 
-use crate::domain;
-use crate::service::{Closed, Inventory, InventoryError, RejectReason, ReserveStep, Reserved};
+use crate::domain::{self, Holder};
+use crate::service::{
+    AfterCommit, Closed, Inventory, InventoryError, RejectReason, ReserveStep, Reserved,
+};
 
 pub struct OrderEvents {
     inventory: Inventory,
@@ -31,10 +35,8 @@ impl OrderEvents {
 #[derive(Clone, Debug)]
 pub enum Prepared {
     Reserve(ReserveStep),
-    /// Release or commit; whether Redis was told.
-    Close {
-        redis_told: bool,
-    },
+    /// Release or commit: nothing to do before the transaction.
+    Close,
 }
 
 impl From<InventoryError> for HandlerError {
@@ -50,10 +52,10 @@ impl From<InventoryError> for HandlerError {
 }
 
 /// SKUs named by an event's lines that could exist (others cannot be held).
-fn skus_of(lines: &[pb::OrderLine]) -> Vec<&str> {
+fn skus_of(lines: &[pb::OrderLine]) -> Vec<String> {
     lines
         .iter()
-        .map(|l| l.sku.as_str())
+        .map(|l| l.sku.clone())
         .filter(|s| saga_shared::validate::ident("sku", s, domain::MAX_SKU_LEN).is_ok())
         .collect()
 }
@@ -68,7 +70,7 @@ fn reject_reason(reason: RejectReason) -> pb::InventoryRejectReason {
 
 impl Handler for OrderEvents {
     type Prepared = Prepared;
-    type Committed = ();
+    type Committed = AfterCommit;
 
     fn wants(&self, event_type: EventType) -> bool {
         matches!(
@@ -86,7 +88,11 @@ impl Handler for OrderEvents {
                     self.inventory.settings().max_lines,
                 );
                 let step = match lines {
-                    Ok(lines) => self.inventory.reserve_step(order, lines).await?,
+                    Ok(lines) => {
+                        self.inventory
+                            .reserve_step(Holder::Order(order), lines)
+                            .await?
+                    }
                     Err(bad) => {
                         tracing::warn!(%order, reason = %bad.reason, "order lines invalid");
                         ReserveStep::Rejected {
@@ -97,18 +103,7 @@ impl Handler for OrderEvents {
                 };
                 Ok(Prepared::Reserve(step))
             }
-            SagaEvent::OrderCancelled(e) => Ok(Prepared::Close {
-                redis_told: self
-                    .inventory
-                    .close_step(order, &skus_of(&e.lines), false)
-                    .await?,
-            }),
-            SagaEvent::OrderConfirmed(e) => Ok(Prepared::Close {
-                redis_told: self
-                    .inventory
-                    .close_step(order, &skus_of(&e.lines), true)
-                    .await?,
-            }),
+            SagaEvent::OrderCancelled(_) | SagaEvent::OrderConfirmed(_) => Ok(Prepared::Close),
             other => Err(HandlerError::permanent(format!(
                 "inventory does not handle {}",
                 other.event_type()
@@ -121,11 +116,13 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         d: &Delivery,
         prepared: Prepared,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<AfterCommit, HandlerError> {
         let order = event_uuid("order_id", d.event.order_id())?;
+        let holder = Holder::Order(order);
         match (&d.event, prepared) {
             (SagaEvent::OrderPlaced(_), Prepared::Reserve(step)) => {
-                let event = match self.inventory.apply_reserve(tx, order, step).await? {
+                let (reserved, after) = self.inventory.apply_reserve(tx, holder, step).await?;
+                let event = match reserved {
                     Reserved::Held(held) => SagaEvent::InventoryReserved(pb::InventoryReserved {
                         order_id: order.to_string(),
                         lines: held
@@ -146,14 +143,18 @@ impl Handler for OrderEvents {
                     }
                     Reserved::Unchanged(state) => {
                         tracing::debug!(%order, %state, "placement already decided");
-                        return Ok(());
+                        return Ok(after);
                     }
                 };
                 Outbox::enqueue(tx, &d.follow_up(order), &event).await?;
-                Ok(())
+                Ok(after)
             }
-            (SagaEvent::OrderCancelled(_), Prepared::Close { redis_told }) => {
-                match self.inventory.apply_release(tx, order, redis_told).await? {
+            (SagaEvent::OrderCancelled(e), Prepared::Close) => {
+                let (closed, after) = self
+                    .inventory
+                    .apply_release(tx, holder, &skus_of(&e.lines))
+                    .await?;
+                match closed {
                     Closed::Tombstone => {
                         tracing::debug!(%order, "tombstone left for a late placement");
                     }
@@ -162,16 +163,20 @@ impl Handler for OrderEvents {
                     }
                     Closed::Done(_) | Closed::Unchanged(_) => {}
                 }
-                Ok(())
+                Ok(after)
             }
-            (SagaEvent::OrderConfirmed(_), Prepared::Close { redis_told }) => {
-                self.inventory.apply_commit(tx, order, redis_told).await?;
-                Ok(())
+            (SagaEvent::OrderConfirmed(_), Prepared::Close) => {
+                let (_, after) = self.inventory.apply_commit(tx, holder).await?;
+                Ok(after)
             }
             (event, prepared) => Err(HandlerError::permanent(format!(
                 "{} prepared as {prepared:?}",
                 event.event_type()
             ))),
         }
+    }
+
+    async fn committed(&self, after: AfterCommit) {
+        self.inventory.after_commit(after).await;
     }
 }

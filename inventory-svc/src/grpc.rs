@@ -48,7 +48,7 @@ impl From<InventoryError> for Status {
             InventoryError::Adjust(AdjustError::StaleVersion { .. })
             | InventoryError::Adjust(AdjustError::BelowCommitted { .. })
             | InventoryError::Adjust(AdjustError::OutOfRange { .. })
-            | InventoryError::Short { .. }
+            | InventoryError::BelongsToSaga(_)
             | InventoryError::ReservationConflict { .. } => {
                 Status::failed_precondition(e.to_string())
             }
@@ -239,6 +239,7 @@ impl InventoryService for InventoryGrpc {
         };
         ticket.complete(&mut tx, &response).await?;
         tx.commit().await.map_err(InventoryError::from)?;
+        self.inventory.after_adjust(&r.sku).await;
         Ok(Response::new(response))
     }
 

@@ -5,8 +5,16 @@
 //! Holding stock is two steps, so that no database transaction waits on
 //! Redis: [`Inventory::reserve_step`] (Redis, or the decision to use
 //! Postgres) and [`Inventory::apply_reserve`] (in the caller's transaction,
-//! which for events also holds the inbox row). Releasing and committing are
-//! alike: [`Inventory::close_step`], then `apply_release` / `apply_commit`.
+//! which for events also holds the inbox row). Releasing and committing go
+//! the other way round: Postgres decides in the caller's transaction
+//! ([`Inventory::apply_release`], [`Inventory::apply_commit`]) and Redis is
+//! told once it has committed ([`Inventory::after_commit`]). So Redis never
+//! gives back units Postgres still counts as held, and a transaction that
+//! fails leaves Redis as it was.
+//!
+//! Every write that may leave Redis behind Postgres moves the SKU's counter
+//! epoch to a fresh value of a Postgres sequence: a hold granted by the old
+//! counter is then refused when it is recorded, and the counter is rebuilt.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use uuid::Uuid;
 use crate::breaker::{Breaker, Path};
 use crate::cache::{CacheError, CounterView, Rebuilt, Reserve, SkuSnapshot, StockCache};
 use crate::config::InventorySettings;
-use crate::domain::{self, AdjustError, Line, OrderHoldState, Product};
+use crate::domain::{self, AdjustError, Holder, Line, OrderHoldState, Product};
 use crate::store::{self, Claimed, HoldRow, PgReserve, RecordError, Store, StoredReservation};
 
 /// Why an inventory operation failed.
@@ -32,12 +40,12 @@ pub enum InventoryError {
     UnknownSku(String),
     #[error(transparent)]
     Adjust(#[from] AdjustError),
-    #[error(
-        "sku {sku:?}: removing these units would leave {avail} available; they are held by orders in flight"
-    )]
-    Short { sku: String, avail: i64 },
     #[error("reservation_id: no reservation {0}")]
     UnknownReservation(Uuid),
+    #[error(
+        "reservation_id {0} is the id of an order's saga; direct calls cannot touch a saga's holds: use an id of your own"
+    )]
+    BelongsToSaga(Uuid),
     #[error("reservation_id {id}: {why}")]
     ReservationConflict { id: Uuid, why: String },
     #[error("stock cache unavailable: {0}")]
@@ -124,6 +132,18 @@ pub enum Closed {
     Unchanged(OrderHoldState),
 }
 
+/// What Redis must be told once a transaction has committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AfterCommit {
+    #[default]
+    Nothing,
+    /// Give the holds of `ledger` on `skus` back and mark them released:
+    /// they were released, or a release or rejection overtook a grant.
+    Release { ledger: Uuid, skus: Vec<String> },
+    /// Drop the holds of `ledger` on `skus`: their units are sold.
+    Commit { ledger: Uuid, skus: Vec<String> },
+}
+
 /// One SKU a reconciliation pass changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkuFix {
@@ -138,6 +158,8 @@ pub struct SkuFix {
     pub orphans_released: i64,
     /// Holds Postgres had that Redis had lost.
     pub restored: i64,
+    /// Holds whose Redis quantity differed from Postgres's, corrected.
+    pub resized: i64,
     /// The counter moved to a new epoch (holds it granted before are void).
     pub epoch_moved: bool,
 }
@@ -251,9 +273,10 @@ impl Inventory {
 
     /// Adds or removes units on hand if `expected_version` is current, in
     /// the caller's transaction (which must commit soon: it holds the SKU's
-    /// row lock). The Redis counter is rebuilt under that lock; if Redis is
-    /// not in use, the counter's epoch moves on instead (rebuilt before its
-    /// next use).
+    /// row lock). Removing units moves the counter's epoch on, so that Redis
+    /// cannot grant them before it is rebuilt; call [`Inventory::after_adjust`]
+    /// once the transaction has committed. If it rolls back, Redis is as it
+    /// was.
     pub async fn adjust_in(
         &self,
         tx: &mut PgConnection,
@@ -262,55 +285,50 @@ impl Inventory {
         expected_version: i64,
     ) -> Result<Product> {
         domain::validate_adjust(sku, delta, expected_version)?;
-        let (products, snapshots) =
+        let (products, _) =
             store::snapshots(tx, &[sku.to_owned()], self.closed_window(), true).await?;
-        let (Some(product), Some(mut snapshot)) =
-            (products.into_iter().next(), snapshots.into_iter().next())
-        else {
+        let Some(product) = products.into_iter().next() else {
             return Err(InventoryError::UnknownSku(sku.to_owned()));
         };
         let on_hand = domain::adjust(&product, delta, expected_version)?;
         let updated = store::set_on_hand(tx, sku, on_hand).await?;
-        snapshot.on_hand = on_hand;
-        let grace = self.grace();
-        match self
-            .via_redis(self.cache.rebuild(&snapshot, Some(grace), delta < 0))
-            .await?
-        {
-            Some(Rebuilt::Short { avail }) => {
-                return Err(InventoryError::Short {
-                    sku: sku.to_owned(),
-                    avail,
-                });
-            }
-            Some(Rebuilt::Done { epoch_moved, .. }) => {
-                if epoch_moved {
-                    store::set_epoch(tx, sku, snapshot.epoch + 1).await?;
-                }
-            }
-            None => store::set_epoch(tx, sku, snapshot.epoch + 1).await?,
+        if delta < 0 {
+            let epoch = store::next_epoch(tx).await?;
+            store::set_epoch(tx, sku, epoch).await?;
         }
         metrics::counter!("inventory_stock_adjustments_total").increment(1);
         Ok(updated)
     }
 
+    /// Brings the Redis counter of `sku` up to an adjustment that committed.
+    /// Best effort: a counter left behind undercounts (units added) or is
+    /// fenced (units removed) until its next use or reconciliation.
+    pub async fn after_adjust(&self, sku: &str) {
+        if self.breaker.path() == Path::Postgres {
+            return;
+        }
+        if let Err(e) = self.rebuild_or_fall_back(&[sku.to_owned()]).await {
+            tracing::warn!(sku, error = %e, "counter not rebuilt after an adjustment");
+        }
+    }
+
     /// Rebuilds the Redis counters of `skus` from Postgres (see
     /// `lua/rebuild.lua`). The rows stay locked while Redis is updated, so no
-    /// hold can be recorded against a counter that is being replaced.
+    /// hold can be recorded against a counter that is being replaced. An
+    /// epoch the rebuild moves to is a fresh sequence value: if this
+    /// transaction fails after Redis took it, Postgres never has it.
     pub async fn rebuild(&self, skus: &[String]) -> Result<Vec<(String, Rebuilt)>> {
         let mut tx = self.store.pool().begin().await?;
         let (_, snapshots) = store::snapshots(&mut tx, skus, self.closed_window(), true).await?;
         let mut out = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots {
+            let next = store::next_epoch(&mut tx).await?;
             let rebuilt = self
                 .cache
-                .rebuild(&snapshot, Some(self.grace()), false)
+                .rebuild(&snapshot, next, Some(self.grace()))
                 .await?;
-            if let Rebuilt::Done {
-                epoch_moved: true, ..
-            } = rebuilt
-            {
-                store::set_epoch(&mut tx, &snapshot.sku, snapshot.epoch + 1).await?;
+            if rebuilt.epoch_moved {
+                store::set_epoch(&mut tx, &snapshot.sku, next).await?;
             }
             out.push((snapshot.sku, rebuilt));
         }
@@ -348,28 +366,23 @@ impl Inventory {
             if suspects.is_empty() {
                 continue;
             }
-            for (sku, rebuilt) in self.rebuild(&suspects).await? {
-                let Rebuilt::Done {
-                    avail,
-                    removed,
-                    added,
-                    previous,
-                    orphans,
-                    epoch_moved,
-                } = rebuilt
-                else {
-                    continue;
-                };
+            for (sku, r) in self.rebuild(&suspects).await? {
                 let fix = SkuFix {
                     sku,
-                    before: previous,
-                    after: avail,
-                    closed_dropped: removed - orphans,
-                    orphans_released: orphans,
-                    restored: added,
-                    epoch_moved,
+                    before: r.previous,
+                    after: r.avail,
+                    closed_dropped: r.removed - r.orphans,
+                    orphans_released: r.orphans,
+                    restored: r.added,
+                    resized: r.resized,
+                    epoch_moved: r.epoch_moved,
                 };
-                if fix.before == Some(fix.after) && removed == 0 && added == 0 && !epoch_moved {
+                if fix.before == Some(fix.after)
+                    && r.removed == 0
+                    && r.added == 0
+                    && r.resized == 0
+                    && !r.epoch_moved
+                {
                     continue;
                 }
                 count_fix(&fix);
@@ -381,16 +394,17 @@ impl Inventory {
     }
 
     /// Holds `lines` (sorted, as [`domain::order_lines`] returns them) for
-    /// `order` in Redis, all or none; or says to use Postgres. A counter that
+    /// `holder` in Redis, all or none; or says to use Postgres. A counter that
     /// is missing is rebuilt first; a grant from a counter whose epoch is no
     /// longer Postgres's is given back and redone after a rebuild.
-    pub async fn reserve_step(&self, order: Uuid, lines: Vec<Line>) -> Result<ReserveStep> {
-        if self.store.order_state(order).await?.is_some() {
+    pub async fn reserve_step(&self, holder: Holder, lines: Vec<Line>) -> Result<ReserveStep> {
+        let ledger = holder.ledger_id();
+        if self.store.order_state(ledger).await?.is_some() {
             return Ok(ReserveStep::Decided);
         }
         const ATTEMPTS: usize = 4;
         for _ in 0..ATTEMPTS {
-            let Some(answer) = self.via_redis(self.cache.reserve(order, &lines)).await? else {
+            let Some(answer) = self.via_redis(self.cache.reserve(ledger, &lines)).await? else {
                 return Ok(ReserveStep::ViaPostgres { lines });
             };
             let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
@@ -417,7 +431,7 @@ impl Inventory {
                     );
                     let all: Vec<&str> = skus.iter().map(String::as_str).collect();
                     if self
-                        .via_redis(self.cache.revoke(order, &all))
+                        .via_redis(self.cache.revoke(ledger, &all))
                         .await?
                         .is_none()
                     {
@@ -445,6 +459,16 @@ impl Inventory {
                     self.rebuild_or_fall_back(&skus).await?;
                 }
                 Reserve::Closed { .. } => return Ok(ReserveStep::Closed),
+                Reserve::Mismatch { index, held } => {
+                    let id = holder.reservation_id().unwrap_or(ledger);
+                    return Err(InventoryError::ReservationConflict {
+                        id,
+                        why: format!(
+                            "already holds {held} of {:?} under this id, not {}; a retry must ask for the same lines",
+                            lines[index].sku, lines[index].quantity
+                        ),
+                    });
+                }
             }
         }
         Err(InventoryError::Cache(CacheError::Reply(format!(
@@ -463,37 +487,48 @@ impl Inventory {
         }
     }
 
-    /// The second half of holding an order, in the caller's transaction.
+    /// The second half of holding stock for `holder`, in the caller's
+    /// transaction. A grant Redis made for a decision that was closed
+    /// meanwhile (a release or a rejection overtook it) is given back once
+    /// the transaction commits: see the [`AfterCommit`] returned.
     pub async fn apply_reserve(
         &self,
         tx: &mut PgConnection,
-        order: Uuid,
+        holder: Holder,
         step: ReserveStep,
-    ) -> Result<Reserved> {
+    ) -> Result<(Reserved, AfterCommit)> {
+        let ledger = holder.ledger_id();
+        let mut after = AfterCommit::Nothing;
         let (path, reserved) = match step {
             ReserveStep::Granted { lines, epochs } => {
-                match store::claim_order(tx, order, OrderHoldState::Reserved, None).await? {
+                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
                     Claimed::New => {
-                        let held = store::record_holds(tx, order, &lines, &epochs).await?;
+                        let held = store::record_holds(tx, ledger, &lines, &epochs).await?;
                         ("redis", Reserved::Held(held))
                     }
-                    // Decided meanwhile (a cancellation overtook us): the
-                    // Redis hold is an orphan that reconciliation gives back.
-                    Claimed::Existing(state) => ("redis", Reserved::Unchanged(state)),
+                    Claimed::Existing(state) => {
+                        if matches!(state, OrderHoldState::Released | OrderHoldState::Rejected) {
+                            after = AfterCommit::Release {
+                                ledger,
+                                skus: lines.into_iter().map(|l| l.sku).collect(),
+                            };
+                        }
+                        ("redis", Reserved::Unchanged(state))
+                    }
                 }
             }
             ReserveStep::ViaPostgres { lines } => {
-                match store::claim_order(tx, order, OrderHoldState::Reserved, None).await? {
-                    Claimed::New => match store::reserve_in_postgres(tx, order, &lines).await? {
+                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
+                    Claimed::New => match store::reserve_in_postgres(tx, ledger, &lines).await? {
                         PgReserve::Held(held) => ("postgres", Reserved::Held(held)),
                         PgReserve::Short(sku) => {
                             let reason = RejectReason::OutOfStock;
-                            store::reject_order(tx, order, reason.as_str(), &sku).await?;
+                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
                             ("postgres", Reserved::Rejected { sku, reason })
                         }
                         PgReserve::Unknown(sku) => {
                             let reason = RejectReason::UnknownSku;
-                            store::reject_order(tx, order, reason.as_str(), &sku).await?;
+                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
                             ("postgres", Reserved::Rejected { sku, reason })
                         }
                     },
@@ -503,7 +538,7 @@ impl Inventory {
             ReserveStep::Rejected { sku, reason } => {
                 match store::claim_order_with(
                     tx,
-                    order,
+                    holder,
                     OrderHoldState::Rejected,
                     Some(reason.as_str()),
                     Some(&sku),
@@ -517,7 +552,7 @@ impl Inventory {
             ReserveStep::Closed => {
                 store::claim_order(
                     tx,
-                    order,
+                    holder,
                     OrderHoldState::Released,
                     Some("cancelled before placement"),
                 )
@@ -525,7 +560,7 @@ impl Inventory {
                 ("redis", Reserved::Unchanged(OrderHoldState::Released))
             }
             ReserveStep::Decided => {
-                let state = store::lock_order(tx, order)
+                let state = store::lock_order(tx, ledger)
                     .await?
                     .unwrap_or(OrderHoldState::Released);
                 ("none", Reserved::Unchanged(state))
@@ -538,94 +573,152 @@ impl Inventory {
         };
         metrics::counter!("inventory_reservations_total", "path" => path, "outcome" => outcome)
             .increment(1);
-        Ok(reserved)
+        Ok((reserved, after))
     }
 
-    /// The Redis half of releasing (`commit` false) or committing an
-    /// order's holds. Returns whether Redis was told; if not, the
-    /// transaction moves the counters' epochs on.
-    pub async fn close_step(&self, order: Uuid, skus: &[&str], commit: bool) -> Result<bool> {
-        let call = async {
-            if commit {
-                self.cache.commit(order, skus).await
-            } else {
-                self.cache.release(order, skus).await
-            }
-        };
-        Ok(self.via_redis(call).await?.is_some())
-    }
-
-    /// Releases an order's holds in the caller's transaction, or leaves a
-    /// tombstone if it was never reserved here.
+    /// Releases the holds of `holder` in the caller's transaction, or leaves
+    /// a tombstone if it was never reserved here. `skus`: the SKUs the
+    /// release names, if known (for a tombstone, Redis marks them released
+    /// so that a late grant is refused there too).
     pub async fn apply_release(
         &self,
         tx: &mut PgConnection,
-        order: Uuid,
-        redis_told: bool,
-    ) -> Result<Closed> {
+        holder: Holder,
+        skus: &[String],
+    ) -> Result<(Closed, AfterCommit)> {
+        let ledger = holder.ledger_id();
+        let redis = self.breaker.path() == Path::Redis;
+        let tell = |skus: Vec<String>| {
+            if redis && !skus.is_empty() {
+                AfterCommit::Release { ledger, skus }
+            } else {
+                AfterCommit::Nothing
+            }
+        };
         match store::claim_order(
             tx,
-            order,
+            holder,
             OrderHoldState::Released,
             Some("released before it was reserved"),
         )
         .await?
         {
-            Claimed::New => Ok(Closed::Tombstone),
-            Claimed::Existing(OrderHoldState::Reserved) => Ok(Closed::Done(
-                store::close_holds(tx, order, OrderHoldState::Released, !redis_told).await?,
-            )),
-            Claimed::Existing(state) => Ok(Closed::Unchanged(state)),
+            Claimed::New => Ok((Closed::Tombstone, tell(skus.to_vec()))),
+            Claimed::Existing(OrderHoldState::Reserved) => {
+                let lines =
+                    store::close_holds(tx, ledger, OrderHoldState::Released, !redis).await?;
+                let after = tell(lines.iter().map(|l| l.sku.clone()).collect());
+                Ok((Closed::Done(lines), after))
+            }
+            Claimed::Existing(state) => Ok((Closed::Unchanged(state), AfterCommit::Nothing)),
         }
     }
 
-    /// Turns an order's holds into sales in the caller's transaction.
+    /// Turns the holds of `holder` into sales in the caller's transaction.
     pub async fn apply_commit(
         &self,
         tx: &mut PgConnection,
-        order: Uuid,
-        redis_told: bool,
-    ) -> Result<Closed> {
-        match store::lock_order(tx, order).await? {
-            Some(OrderHoldState::Reserved) => Ok(Closed::Done(
-                store::close_holds(tx, order, OrderHoldState::Committed, !redis_told).await?,
+        holder: Holder,
+    ) -> Result<(Closed, AfterCommit)> {
+        let ledger = holder.ledger_id();
+        let id = holder.reservation_id().unwrap_or(ledger);
+        let redis = self.breaker.path() == Path::Redis;
+        match store::lock_order(tx, ledger).await? {
+            Some(OrderHoldState::Reserved) => {
+                let lines =
+                    store::close_holds(tx, ledger, OrderHoldState::Committed, !redis).await?;
+                let after = if redis {
+                    AfterCommit::Commit {
+                        ledger,
+                        skus: lines.iter().map(|l| l.sku.clone()).collect(),
+                    }
+                } else {
+                    AfterCommit::Nothing
+                };
+                Ok((Closed::Done(lines), after))
+            }
+            Some(OrderHoldState::Committed) => Ok((
+                Closed::Unchanged(OrderHoldState::Committed),
+                AfterCommit::Nothing,
             )),
-            Some(OrderHoldState::Committed) => Ok(Closed::Unchanged(OrderHoldState::Committed)),
             Some(state) => Err(InventoryError::ReservationConflict {
-                id: order,
+                id,
                 why: format!("cannot commit a reservation that is {state}"),
             }),
-            None => Err(InventoryError::UnknownReservation(order)),
+            None => Err(InventoryError::UnknownReservation(id)),
         }
     }
 
-    /// A reservation as stored.
-    pub async fn reservation(&self, id: Uuid) -> Result<Option<StoredReservation>> {
-        let mut conn = self.store.pool().acquire().await?;
-        Ok(store::reservation(&mut conn, id).await?)
+    /// Tells Redis what a committed transaction decided. If Redis does not
+    /// answer, its counter keeps holds Postgres has closed: it undercounts
+    /// (never sells what is not there) until the next reconciliation drops
+    /// them.
+    pub async fn after_commit(&self, after: AfterCommit) {
+        let result = match &after {
+            AfterCommit::Nothing => return,
+            AfterCommit::Release { ledger, skus } => {
+                let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+                self.via_redis(self.cache.release(*ledger, &skus))
+                    .await
+                    .map(|_| ())
+            }
+            AfterCommit::Commit { ledger, skus } => {
+                let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+                self.via_redis(self.cache.commit(*ledger, &skus))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, ?after, "Redis not told of a committed change; reconciliation will");
+        }
     }
 
-    /// ReserveStock: hold `lines` under `id`, or answer the decision taken
-    /// for `id` before (the same lines, or a conflict).
+    /// A reservation as stored, by ledger id.
+    pub async fn reservation(&self, ledger: Uuid) -> Result<Option<StoredReservation>> {
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(store::reservation(&mut conn, ledger).await?)
+    }
+
+    /// Runs one direct call's transaction (retried on conflicts) and tells
+    /// Redis once it has committed.
+    async fn direct<F, Fut>(&self, what: &str, work: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<AfterCommit>>,
+    {
+        let after = saga_shared::db::retry(what, work).await?;
+        self.after_commit(after).await;
+        Ok(())
+    }
+
+    /// ReserveStock: hold `lines` under the caller's `id`, or answer the
+    /// decision taken for `id` before (the same lines, or a conflict). An id
+    /// that names an order's saga is refused.
     pub async fn reserve_direct(&self, id: Uuid, lines: Vec<Line>) -> Result<StoredReservation> {
-        if let Some(existing) = self.reservation(id).await? {
+        let holder = Holder::Direct(id);
+        let ledger = holder.ledger_id();
+        if let Some(existing) = self.reservation(ledger).await? {
             return same_lines(id, existing, &lines);
+        }
+        if self.store.saga_known(id).await? {
+            return Err(InventoryError::BelongsToSaga(id));
         }
         let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
         let known = self.store.products(&skus).await?;
         if let Some(unknown) = lines.iter().find(|l| !known.iter().any(|p| p.sku == l.sku)) {
             return Err(InventoryError::UnknownSku(unknown.sku.clone()));
         }
-        saga_shared::db::retry("ReserveStock", || async {
-            let step = self.reserve_step(id, lines.clone()).await?;
+        self.direct("ReserveStock", || async {
+            let step = self.reserve_step(holder, lines.clone()).await?;
             let mut tx = self.store.pool().begin().await?;
-            self.apply_reserve(&mut tx, id, step).await?;
+            let (_, after) = self.apply_reserve(&mut tx, holder, step).await?;
             tx.commit().await?;
-            Ok::<_, InventoryError>(())
+            Ok(after)
         })
         .await?;
         let stored = self
-            .reservation(id)
+            .reservation(ledger)
             .await?
             .ok_or(InventoryError::UnknownReservation(id))?;
         same_lines(id, stored, &lines)
@@ -633,40 +726,42 @@ impl Inventory {
 
     /// ReleaseStock (a tombstone if `id` was never reserved).
     pub async fn release_direct(&self, id: Uuid) -> Result<StoredReservation> {
-        let held = self
-            .reservation(id)
-            .await?
-            .map(|r| r.lines)
-            .unwrap_or_default();
-        let skus: Vec<&str> = held.iter().map(|h| h.sku.as_str()).collect();
-        saga_shared::db::retry("ReleaseStock", || async {
-            let told = self.close_step(id, &skus, false).await?;
+        let holder = Holder::Direct(id);
+        let ledger = holder.ledger_id();
+        if self.reservation(ledger).await?.is_none() && self.store.saga_known(id).await? {
+            return Err(InventoryError::BelongsToSaga(id));
+        }
+        self.direct("ReleaseStock", || async {
             let mut tx = self.store.pool().begin().await?;
-            self.apply_release(&mut tx, id, told).await?;
+            let (_, after) = self.apply_release(&mut tx, holder, &[]).await?;
             tx.commit().await?;
-            Ok::<_, InventoryError>(())
+            Ok(after)
         })
         .await?;
-        self.reservation(id)
+        self.reservation(ledger)
             .await?
             .ok_or(InventoryError::UnknownReservation(id))
     }
 
     /// CommitStock.
     pub async fn commit_direct(&self, id: Uuid) -> Result<StoredReservation> {
-        let Some(existing) = self.reservation(id).await? else {
-            return Err(InventoryError::UnknownReservation(id));
-        };
-        let skus: Vec<&str> = existing.lines.iter().map(|h| h.sku.as_str()).collect();
-        saga_shared::db::retry("CommitStock", || async {
-            let told = self.close_step(id, &skus, true).await?;
+        let holder = Holder::Direct(id);
+        let ledger = holder.ledger_id();
+        if self.reservation(ledger).await?.is_none() {
+            return Err(if self.store.saga_known(id).await? {
+                InventoryError::BelongsToSaga(id)
+            } else {
+                InventoryError::UnknownReservation(id)
+            });
+        }
+        self.direct("CommitStock", || async {
             let mut tx = self.store.pool().begin().await?;
-            self.apply_commit(&mut tx, id, told).await?;
+            let (_, after) = self.apply_commit(&mut tx, holder).await?;
             tx.commit().await?;
-            Ok::<_, InventoryError>(())
+            Ok(after)
         })
         .await?;
-        self.reservation(id)
+        self.reservation(ledger)
             .await?
             .ok_or(InventoryError::UnknownReservation(id))
     }
@@ -729,6 +824,7 @@ fn count_fix(fix: &SkuFix) {
     counter("orphan_released", fix.orphans_released as u64);
     counter("closed_dropped", fix.closed_dropped as u64);
     counter("restored", fix.restored as u64);
+    counter("resized", fix.resized as u64);
     counter("epoch_moved", u64::from(fix.epoch_moved));
     tracing::info!(
         sku = %fix.sku,
@@ -736,6 +832,7 @@ fn count_fix(fix: &SkuFix) {
         after = fix.after,
         orphans = fix.orphans_released,
         restored = fix.restored,
+        resized = fix.resized,
         closed = fix.closed_dropped,
         epoch_moved = fix.epoch_moved,
         "reconciliation fixed a counter"

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::cache::SkuSnapshot;
-use crate::domain::{Line, OrderHoldState, Product};
+use crate::domain::{Holder, Line, OrderHoldState, Product};
 
 const PRODUCT_COLUMNS: &str = "sku, name, unit_price_cents, on_hand, reserved, sold, version";
 
@@ -149,6 +149,31 @@ impl Store {
         Ok(state.as_deref().and_then(OrderHoldState::parse))
     }
 
+    /// Whether the ledger has a decision for this order's saga (a direct
+    /// call naming it is refused).
+    pub async fn saga_known(&self, order: Uuid) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM order_holds WHERE order_id = $1 AND kind = 'saga')",
+        )
+        .bind(order)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Sagas whose holds are still RESERVED, unchanged for `older_than`,
+    /// oldest first: the repair loop asks their orders how they ended.
+    pub async fn open_sagas(&self, older_than: Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+        sqlx::query_scalar(
+            "SELECT order_id FROM order_holds WHERE state = 'RESERVED' AND kind = 'saga' \
+               AND updated_at < now() - make_interval(secs => $1) \
+             ORDER BY updated_at LIMIT $2",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// The order's holds (any state).
     pub async fn holds_of(&self, order: Uuid) -> sqlx::Result<Vec<(String, i64, String)>> {
         sqlx::query_as("SELECT sku, quantity, state FROM holds WHERE order_id = $1 ORDER BY sku")
@@ -220,6 +245,15 @@ pub async fn snapshots(
     Ok((products, snapshots))
 }
 
+/// A fresh counter epoch: a value of the `redis_epochs` sequence, never
+/// handed out before and never again, whatever becomes of the transaction
+/// that drew it.
+pub async fn next_epoch(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT nextval('redis_epochs')")
+        .fetch_one(conn)
+        .await
+}
+
 /// Stores a locked SKU's new counter epoch.
 pub async fn set_epoch(conn: &mut PgConnection, sku: &str, epoch: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE products SET redis_epoch = $2 WHERE sku = $1")
@@ -247,33 +281,36 @@ pub async fn set_on_hand(
         .await
 }
 
-/// Takes the order's decision row: inserts it with `state` if missing,
+/// Takes the decision row of `holder`: inserts it with `state` if missing,
 /// otherwise locks it and returns what it says.
 pub async fn claim_order(
     conn: &mut PgConnection,
-    order: Uuid,
+    holder: Holder,
     state: OrderHoldState,
     reason: Option<&str>,
 ) -> sqlx::Result<Claimed> {
-    claim_order_with(conn, order, state, reason, None).await
+    claim_order_with(conn, holder, state, reason, None).await
 }
 
 /// [`claim_order`], noting which SKU a rejection is about.
 pub async fn claim_order_with(
     conn: &mut PgConnection,
-    order: Uuid,
+    holder: Holder,
     state: OrderHoldState,
     reason: Option<&str>,
     rejected_sku: Option<&str>,
 ) -> sqlx::Result<Claimed> {
+    let order = holder.ledger_id();
     let inserted = sqlx::query(
-        "INSERT INTO order_holds (order_id, state, reason, rejected_sku) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO order_holds (order_id, state, reason, rejected_sku, kind, reservation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(order)
     .bind(state.as_str())
     .bind(reason)
     .bind(rejected_sku)
+    .bind(holder.kind())
+    .bind(holder.reservation_id())
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -340,9 +377,9 @@ pub async fn record_holds(
 }
 
 /// Ends a RESERVED order's holds: released (units back) or committed (units
-/// sold). `stale_counter`: Redis was not told, so its counters of these SKUs
-/// move to a new epoch (rebuilt before their next use). Returns the lines
-/// that changed.
+/// sold). `stale_counter`: Redis will not be told, so its counters of these
+/// SKUs move to a new epoch (rebuilt before their next use). Returns the
+/// lines that changed.
 pub async fn close_holds(
     conn: &mut PgConnection,
     order: Uuid,
@@ -367,7 +404,7 @@ pub async fn close_holds(
         sqlx::query(
             "UPDATE products SET reserved = reserved - $2, \
                  sold = sold + CASE WHEN $3 THEN $2 ELSE 0 END, \
-                 redis_epoch = redis_epoch + CASE WHEN $4 THEN 1 ELSE 0 END \
+                 redis_epoch = CASE WHEN $4 THEN nextval('redis_epochs') ELSE redis_epoch END \
              WHERE sku = $1",
         )
         .bind(&line.sku)
@@ -428,7 +465,7 @@ pub async fn reserve_in_postgres(
     }
     for h in &held {
         sqlx::query(
-            "UPDATE products SET reserved = reserved + $2, redis_epoch = redis_epoch + 1 \
+            "UPDATE products SET reserved = reserved + $2, redis_epoch = nextval('redis_epochs') \
              WHERE sku = $1",
         )
         .bind(&h.sku)

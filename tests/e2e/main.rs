@@ -12,6 +12,7 @@ mod platform;
 mod properties;
 mod recovery;
 mod saga;
+mod stock;
 mod validation;
 
 use std::time::Duration;

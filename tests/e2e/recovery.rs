@@ -297,7 +297,7 @@ async fn the_auditor_reports_every_kind_of_violation() -> anyhow::Result<()> {
         "ALTER TABLE reservation.slots DROP CONSTRAINT slot_is_not_overbooked",
         "UPDATE reservation.slots SET confirmed = confirmed + 5",
         "UPDATE orders.orders SET state = 'PENDING', deadline_at = now() - interval '10 days' WHERE id = $1::uuid",
-        "INSERT INTO orders.outbox (event_id, event_type, payload, claimed_until) VALUES (gen_random_uuid(), 'orders.placed', '\\x00', now() + interval '1 hour')",
+        "INSERT INTO orders.outbox (event_id, event_type, payload) VALUES (gen_random_uuid(), 'orders.unknown', '\\x00')",
     ];
     for sql in breakage {
         let q = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -2,6 +2,8 @@
 -- row lock, without trusting either side alone:
 --   holds := (Redis holds - closed in Postgres - orphans) + reserved in Postgres
 --   avail := on_hand - sold - sum(holds)
+-- A hold both sides have counts with Postgres's quantity (Postgres recorded
+-- it; a Redis hold of another size is corrected).
 -- A Redis-only hold is a reservation in flight (kept) or, once older than the
 -- grace period, an orphan (dropped). A Postgres hold whose marker says it was
 -- released is not brought back; one marked committed is (until Postgres says
@@ -15,12 +17,9 @@
 -- valid.
 -- KEYS: [1] the SKU's hash: '~avail', '~epoch', and one field per hold
 -- ARGV: pg_epoch, next_epoch, on_hand, sold, now_ms, grace_ms (-1: keep all),
---       marker_prefix, must_cover (1: refuse if avail would be negative),
---       n_reserved, order_1, qty_1, ..., n_closed, order_1, ...
+--       marker_prefix, n_reserved, order_1, qty_1, ..., n_closed, order_1, ...
 -- Returns {"OK", avail, removed, added, had_counter (0/1), previous_avail,
---          orphans, epoch_moved (0/1)}
---       | {"SHORT", avail}: must_cover was set and avail would be negative
---         (nothing changed).
+--          orphans, epoch_moved (0/1), resized}
 local pg_epoch = ARGV[1]
 local next_epoch = ARGV[2]
 local on_hand = tonumber(ARGV[3])
@@ -28,8 +27,7 @@ local sold = tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
 local grace = tonumber(ARGV[6])
 local marker_prefix = ARGV[7]
-local must_cover = ARGV[8] == '1'
-local idx = 9
+local idx = 8
 local reserved = {}
 local nr = tonumber(ARGV[idx]); idx = idx + 1
 for _ = 1, nr do
@@ -45,6 +43,7 @@ end
 
 local drop = {}
 local add = {}
+local resize = {}
 local orphans = 0
 local held = 0
 local current = redis.call('HGETALL', KEYS[1])
@@ -66,6 +65,9 @@ for i = 1, #current, 2 do
     elseif not reserved[order] and grace >= 0 and now - granted > grace then
       drop[#drop + 1] = order
       orphans = orphans + 1
+    elseif reserved[order] and tonumber(reserved[order]) ~= qty then
+      resize[#resize + 1] = {order, reserved[order] .. ':' .. granted}
+      held = held + tonumber(reserved[order])
     else
       held = held + qty
     end
@@ -78,14 +80,14 @@ for order, qty in pairs(reserved) do
   end
 end
 local avail = on_hand - sold - held
-if must_cover and avail < 0 then
-  return {'SHORT', avail}
-end
 for _, order in ipairs(drop) do
   redis.call('HDEL', KEYS[1], order)
 end
 for _, order in ipairs(add) do
   redis.call('HSET', KEYS[1], order, reserved[order] .. ':' .. now)
+end
+for _, r in ipairs(resize) do
+  redis.call('HSET', KEYS[1], r[1], r[2])
 end
 local moved = 0
 if previous == nil or epoch ~= pg_epoch or orphans > 0 then
@@ -94,6 +96,6 @@ if previous == nil or epoch ~= pg_epoch or orphans > 0 then
 end
 redis.call('HSET', KEYS[1], '~avail', avail, '~epoch', epoch)
 if previous then
-  return {'OK', avail, #drop, #add, 1, previous, orphans, moved}
+  return {'OK', avail, #drop, #add, 1, previous, orphans, moved, #resize}
 end
-return {'OK', avail, #drop, #add, 0, 0, orphans, moved}
+return {'OK', avail, #drop, #add, 0, 0, orphans, moved, #resize}

@@ -6,6 +6,9 @@
 -- ARGV: order_id, now_ms, qty_1 .. qty_n
 -- Returns {"GRANTED", epoch_1..epoch_n} | {"REJECTED", i, avail}
 --       | {"NOT_READY", i} | {"CLOSED", i, marker}
+--       | {"MISMATCH", i, held}: the order already holds `held` units of line
+--         i, another quantity than asked (a retry with other lines); nothing
+--         changes.
 local order = ARGV[1]
 local now = ARGV[2]
 local n = #KEYS / 2
@@ -22,6 +25,12 @@ for i = 1, n do
   avail[i] = tonumber(sku[1])
   epoch[i] = tonumber(sku[2])
   held[i] = sku[3]
+  if held[i] then
+    local qty = tonumber(string.match(held[i], '^(%-?%d+)'))
+    if qty ~= tonumber(ARGV[2 + i]) then
+      return {'MISMATCH', i, qty}
+    end
+  end
 end
 for i = 1, n do
   if not held[i] and avail[i] < tonumber(ARGV[2 + i]) then

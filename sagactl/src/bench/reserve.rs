@@ -316,7 +316,7 @@ async fn reset(lab: &Lab, units: &HashMap<String, i64>) -> anyhow::Result<()> {
             reserved: Vec::new(),
             closed: Vec::new(),
         };
-        lab.cache.rebuild(&snapshot, None, false).await?;
+        lab.cache.rebuild(&snapshot, 1, None).await?;
     }
     Ok(())
 }
