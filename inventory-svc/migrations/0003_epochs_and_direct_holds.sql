@@ -14,5 +14,5 @@ ALTER TABLE order_holds
     ADD COLUMN kind TEXT NOT NULL DEFAULT 'saga' CHECK (kind IN ('saga', 'direct')),
     ADD COLUMN reservation_id UUID,
     ADD CONSTRAINT direct_has_reservation_id CHECK ((kind = 'direct') = (reservation_id IS NOT NULL));
--- Open saga holds, oldest first: what the repair loop looks at.
-CREATE INDEX order_holds_open_sagas ON order_holds (updated_at) WHERE state = 'RESERVED' AND kind = 'saga';
+-- Open saga holds: what the repair loop looks at (docs/adr/0011).
+CREATE INDEX order_holds_open_sagas ON order_holds (order_id) WHERE state = 'RESERVED' AND kind = 'saga';

@@ -2,7 +2,7 @@
 //! (e.g. `INVENTORY_SVC__REDIS__URL`).
 
 use saga_shared::config::{
-    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RedisConfig, TelemetryConfig,
+    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RedisConfig, RepairConfig, TelemetryConfig,
 };
 use saga_shared::runtime::PlatformConfig;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub struct InventoryConfig {
     pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
     pub inventory: InventorySettings,
+    /// Finishing the stock of sagas that ended while their events could not
+    /// be applied.
+    pub repair: RepairConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +90,7 @@ impl Default for InventoryConfig {
             bus: BusConfig::default(),
             telemetry: TelemetryConfig::default(),
             inventory: InventorySettings::default(),
+            repair: RepairConfig::default(),
         }
     }
 }

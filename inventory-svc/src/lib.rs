@@ -12,7 +12,8 @@
 //!
 //! Layout: [`domain`] (rules, no I/O), [`store`] (SQL), [`cache`] (Redis
 //! scripts), [`breaker`], [`service`] (the operations), [`reconciler`],
-//! [`events`] (JetStream handlers), [`grpc`] (the API), [`config`].
+//! [`events`] (JetStream handlers), [`repair`] (finishing sagas whose
+//! events could not be applied), [`grpc`] (the API), [`config`].
 
 pub mod breaker;
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod reconciler;
+pub mod repair;
 pub mod service;
 pub mod store;
 
@@ -40,7 +42,21 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, migrates and binds; the returned app knows its addresses.
 pub async fn build(config: InventoryConfig) -> Result<App, PlatformError> {
-    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let platform = connect(&config).await?;
+    assemble(platform, config).await
+}
+
+/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
+/// bound listeners, whose addresses other services may need first.
+pub async fn connect(config: &InventoryConfig) -> Result<Platform, PlatformError> {
+    Platform::connect(config.platform(), &MIGRATIONS).await
+}
+
+/// The second half of [`build`]: the service on a connected platform.
+pub async fn assemble(
+    mut platform: Platform,
+    config: InventoryConfig,
+) -> Result<App, PlatformError> {
     let (redis, connected) = platform.connect_redis(&config.redis).await?;
     let inventory = inventory(&config, platform.pool.clone(), redis, connected);
     let status = inventory.clone();
@@ -69,6 +85,7 @@ pub async fn build(config: InventoryConfig) -> Result<App, PlatformError> {
         .await?;
     let background = inventory.clone();
     platform.spawn_background(move |stop| reconciler::run(background, stop));
+    platform.repair(repair::SagaRepair::new(inventory.clone()), &config.repair)?;
     let routes = tonic::service::Routes::new(InventoryServiceServer::new(
         grpc::InventoryGrpc::new(inventory),
     ));

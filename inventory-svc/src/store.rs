@@ -161,13 +161,20 @@ impl Store {
     }
 
     /// Sagas whose holds are still RESERVED, unchanged for `older_than`,
-    /// oldest first: the repair loop asks their orders how they ended.
-    pub async fn open_sagas(&self, older_than: Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    /// with ids above `after`, in id order: the repair loop asks their
+    /// orders how they ended.
+    pub async fn open_sagas(
+        &self,
+        older_than: Duration,
+        after: Uuid,
+        limit: i64,
+    ) -> sqlx::Result<Vec<Uuid>> {
         sqlx::query_scalar(
             "SELECT order_id FROM order_holds WHERE state = 'RESERVED' AND kind = 'saga' \
-               AND updated_at < now() - make_interval(secs => $1) \
-             ORDER BY updated_at LIMIT $2",
+               AND order_id > $1 AND updated_at < now() - make_interval(secs => $2) \
+             ORDER BY order_id LIMIT $3",
         )
+        .bind(after)
         .bind(older_than.as_secs_f64())
         .bind(limit)
         .fetch_all(&self.pool)

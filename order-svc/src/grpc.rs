@@ -99,6 +99,7 @@ fn db(e: sqlx::Error) -> Status {
 }
 
 const LIST_DEFAULT: i64 = 50;
+const OUTCOMES_MAX: usize = 500;
 const LIST_MAX: i64 = 500;
 
 #[tonic::async_trait]
@@ -191,6 +192,39 @@ impl OrderService for OrderGrpc {
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.into_iter().map(Into::into).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn get_order_outcomes(
+        &self,
+        request: Request<pb::GetOrderOutcomesRequest>,
+    ) -> Result<Response<pb::GetOrderOutcomesResponse>, Status> {
+        let r = request.into_inner();
+        if r.order_ids.len() > OUTCOMES_MAX {
+            return Err(FieldError::new(
+                "order_ids",
+                format!("at most {OUTCOMES_MAX} ids, got {}", r.order_ids.len()),
+            )
+            .into());
+        }
+        let ids = r
+            .order_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| validate::uuid(&format!("order_ids[{i}]"), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = crate::store::outcomes(self.orders.store().pool(), &ids)
+            .await
+            .map_err(db)?;
+        Ok(Response::new(pb::GetOrderOutcomesResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|(id, state, reason)| pb::OrderOutcome {
+                    order_id: id.to_string(),
+                    state: pb::OrderState::from(state) as i32,
+                    cancel_reason: reason.map_or(pb::CancelReason::Unspecified, Into::into) as i32,
+                })
+                .collect(),
         }))
     }
 

@@ -36,7 +36,18 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, migrates and binds; the returned app knows its addresses.
 pub async fn build(config: OrderConfig) -> Result<App, PlatformError> {
-    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let platform = connect(&config).await?;
+    assemble(platform, config).await
+}
+
+/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
+/// bound listeners, whose addresses other services may need first.
+pub async fn connect(config: &OrderConfig) -> Result<Platform, PlatformError> {
+    Platform::connect(config.platform(), &MIGRATIONS).await
+}
+
+/// The second half of [`build`]: the service on a connected platform.
+pub async fn assemble(mut platform: Platform, config: OrderConfig) -> Result<App, PlatformError> {
     let catalog = catalog::Catalog::new(
         &config.order.inventory_url,
         &config.order.reservation_url,

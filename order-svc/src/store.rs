@@ -121,6 +121,28 @@ impl Store {
     }
 }
 
+/// The state and cancel reason of each of `ids` that exists.
+pub async fn outcomes(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, OrderState, Option<CancelReason>)>> {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, state, cancel_reason FROM orders WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(id, state, reason)| {
+            let state = OrderState::parse(&state).ok_or_else(|| corrupt("state", &state))?;
+            let reason = match reason.as_deref() {
+                Some(r) => Some(CancelReason::parse(r).ok_or_else(|| corrupt("cancel reason", r))?),
+                None => None,
+            };
+            Ok((id, state, reason))
+        })
+        .collect()
+}
+
 async fn lines_of<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[Uuid],

@@ -1,7 +1,9 @@
 //! Settings of the payment service. Environment prefix: `PAYMENT_SVC__`
 //! (e.g. `PAYMENT_SVC__GATEWAY__DECLINE_RATE=0.1`).
 
-use saga_shared::config::{BusConfig, DatabaseConfig, ListenConfig, NatsConfig, TelemetryConfig};
+use saga_shared::config::{
+    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RepairConfig, TelemetryConfig,
+};
 use saga_shared::runtime::PlatformConfig;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,9 @@ pub struct PaymentConfig {
     pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
     pub gateway: GatewayConfig,
+    /// Finishing what sagas that ended left open here, when their events
+    /// could not be applied.
+    pub repair: RepairConfig,
 }
 
 /// The simulated card gateway.
@@ -60,6 +65,7 @@ impl Default for PaymentConfig {
             bus: BusConfig::default(),
             telemetry: TelemetryConfig::default(),
             gateway: GatewayConfig::default(),
+            repair: RepairConfig::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
 use saga_shared::bus::consumer::event_uuid;
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
+use saga_shared::bus::{Delivery, EventMeta, EventType, Handler, HandlerError, Outbox, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -134,11 +134,23 @@ async fn cancelled(
     if store::void(tx, order, customer).await? {
         return Ok(());
     }
+    refund_captured(tx, order, &d.follow_up(order)).await?;
+    Ok(())
+}
+
+/// Refunds the order's payment if it is captured, writing
+/// `payments.refunded` with `meta`; false if there was nothing to refund.
+/// The order's payment row must exist.
+pub async fn refund_captured(
+    tx: &mut PgConnection,
+    order: Uuid,
+    meta: &EventMeta,
+) -> Result<bool, HandlerError> {
     let Some(payment) = store::lock_payment(tx, order).await? else {
         return Err(HandlerError::transient("payment vanished while locking it"));
     };
     if PaymentState::parse(&payment.state) != Some(PaymentState::Captured) {
-        return Ok(());
+        return Ok(false);
     }
     store::refund(tx, &payment).await?;
     metrics::counter!("payment_refunded_cents_total").increment(payment.amount_cents as u64);
@@ -148,6 +160,6 @@ async fn cancelled(
         customer_id: payment.customer_id.clone(),
         amount_cents: payment.amount_cents,
     });
-    Outbox::enqueue(tx, &d.follow_up(order), &event).await?;
-    Ok(())
+    Outbox::enqueue(tx, meta, &event).await?;
+    Ok(true)
 }

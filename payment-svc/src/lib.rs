@@ -6,7 +6,8 @@
 //! a CHECK keeps every wallet conserved. The card gateway is simulated
 //! (decline rate, latency, seed).
 //!
-//! Layout: [`domain`], [`store`] (SQL), [`gateway`], [`events`], [`grpc`],
+//! Layout: [`domain`], [`store`] (SQL), [`gateway`], [`events`], [`repair`]
+//! (refunds of cancelled orders whose event could not be applied), [`grpc`],
 //! [`config`].
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod events;
 pub mod gateway;
 pub mod grpc;
+pub mod repair;
 pub mod store;
 
 use std::future::Future;
@@ -31,7 +33,18 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, migrates and binds; the returned app knows its addresses.
 pub async fn build(config: PaymentConfig) -> Result<App, PlatformError> {
-    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let platform = connect(&config).await?;
+    assemble(platform, config).await
+}
+
+/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
+/// bound listeners, whose addresses other services may need first.
+pub async fn connect(config: &PaymentConfig) -> Result<Platform, PlatformError> {
+    Platform::connect(config.platform(), &MIGRATIONS).await
+}
+
+/// The second half of [`build`]: the service on a connected platform.
+pub async fn assemble(mut platform: Platform, config: PaymentConfig) -> Result<App, PlatformError> {
     let gateway = gateway::Gateway::new(config.gateway.clone());
     platform
         .consume(
@@ -39,6 +52,8 @@ pub async fn build(config: PaymentConfig) -> Result<App, PlatformError> {
             Arc::new(events::OrderEvents::new(gateway)),
         )
         .await?;
+    let repair = repair::CaptureRepair::new(platform.pool.clone(), platform.outbox.clone());
+    platform.repair(repair, &config.repair)?;
     let store = store::Store::new(platform.pool.clone());
     let routes =
         tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc::new(store)));

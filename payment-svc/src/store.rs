@@ -53,6 +53,38 @@ impl Store {
     }
 }
 
+/// Orders with a capture whose saga outcome payment has not checked, older
+/// than `older_than`, with ids above `after`, in id order.
+pub async fn unchecked_captures(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    after: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT order_id FROM payments WHERE state = 'CAPTURED' AND NOT outcome_checked \
+           AND order_id > $1 AND updated_at < now() - make_interval(secs => $2) \
+         ORDER BY order_id LIMIT $3",
+    )
+    .bind(after)
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Notes that these orders' sagas ended as their payments say.
+pub async fn mark_checked<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    orders: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE payments SET outcome_checked = true WHERE order_id = ANY($1)")
+        .bind(orders)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 /// Adds funds, creating the wallet on first use.
 pub async fn top_up(
     conn: &mut PgConnection,

@@ -2,7 +2,7 @@
 //! `RESERVATION_SVC__` (e.g. `RESERVATION_SVC__RESERVATION__LOCK_TTL_MS`).
 
 use saga_shared::config::{
-    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RedisConfig, TelemetryConfig,
+    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RedisConfig, RepairConfig, TelemetryConfig,
 };
 use saga_shared::runtime::PlatformConfig;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub struct ReservationConfig {
     pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
     pub reservation: ReservationSettings,
+    /// Finishing what sagas that ended left open here, when their events
+    /// could not be applied.
+    pub repair: RepairConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +62,7 @@ impl Default for ReservationConfig {
             bus: BusConfig::default(),
             telemetry: TelemetryConfig::default(),
             reservation: ReservationSettings::default(),
+            repair: RepairConfig::default(),
         }
     }
 }

@@ -82,11 +82,7 @@ impl Handler for OrderEvents {
                 {
                     return Ok(());
                 }
-                if let Some((BookingState::Held, Some(slot))) =
-                    store::lock_booking(tx, order).await?
-                {
-                    store::close_booking(tx, order, slot, BookingState::Released).await?;
-                }
+                store::finish_held(tx, order, BookingState::Released).await?;
                 Ok(())
             }
             SagaEvent::OrderConfirmed(e) => {

@@ -6,13 +6,15 @@
 //! conditional update and a CHECK keeps `held + confirmed <= capacity`.
 //!
 //! Layout: [`domain`], [`store`] (SQL), [`lock`] (Redis), [`events`],
-//! [`grpc`], [`config`].
+//! [`repair`] (places of sagas that ended while their events could not be
+//! applied), [`grpc`], [`config`].
 
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod lock;
+pub mod repair;
 pub mod store;
 
 use std::future::Future;
@@ -31,7 +33,21 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, migrates and binds; the returned app knows its addresses.
 pub async fn build(config: ReservationConfig) -> Result<App, PlatformError> {
-    let mut platform = Platform::connect(config.platform(), &MIGRATIONS).await?;
+    let platform = connect(&config).await?;
+    assemble(platform, config).await
+}
+
+/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
+/// bound listeners, whose addresses other services may need first.
+pub async fn connect(config: &ReservationConfig) -> Result<Platform, PlatformError> {
+    Platform::connect(config.platform(), &MIGRATIONS).await
+}
+
+/// The second half of [`build`]: the service on a connected platform.
+pub async fn assemble(
+    mut platform: Platform,
+    config: ReservationConfig,
+) -> Result<App, PlatformError> {
     let (redis, _) = platform.connect_redis(&config.redis).await?;
     let locks = lock::SlotLocks::new(
         redis,
@@ -45,6 +61,10 @@ pub async fn build(config: ReservationConfig) -> Result<App, PlatformError> {
             Arc::new(events::OrderEvents::new(locks)),
         )
         .await?;
+    platform.repair(
+        repair::BookingRepair::new(platform.pool.clone()),
+        &config.repair,
+    )?;
     let store = store::Store::new(platform.pool.clone());
     let routes = tonic::service::Routes::new(ReservationServiceServer::new(
         grpc::ReservationGrpc::new(store),

@@ -133,6 +133,41 @@ pub async fn try_hold(conn: &mut PgConnection, slot: Uuid) -> sqlx::Result<HoldA
     })
 }
 
+/// Moves the order's booking to `to` if it is HELD (locking it); false if
+/// it is not (none, or decided already).
+pub async fn finish_held(
+    conn: &mut PgConnection,
+    order: Uuid,
+    to: BookingState,
+) -> sqlx::Result<bool> {
+    match lock_booking(conn, order).await? {
+        Some((BookingState::Held, Some(slot))) => {
+            close_booking(conn, order, slot, to).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Bookings still HELD, unchanged for `older_than`, with order ids above
+/// `after`, in id order.
+pub async fn held_bookings(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    after: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT order_id FROM bookings WHERE state = 'HELD' AND order_id > $1 \
+           AND updated_at < now() - make_interval(secs => $2) ORDER BY order_id LIMIT $3",
+    )
+    .bind(after)
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Moves a HELD booking to `to` (RELEASED gives the place back, CONFIRMED
 /// keeps it for good).
 pub async fn close_booking(

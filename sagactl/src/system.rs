@@ -52,6 +52,17 @@ impl SystemConfig {
         self
     }
 
+    /// Points the participants' repair loops at order-svc.
+    pub fn point_repair_at(&mut self, order_url: &str) {
+        for repair in [
+            &mut self.inventory.repair,
+            &mut self.payment.repair,
+            &mut self.reservation.repair,
+        ] {
+            repair.order_url = order_url.to_owned();
+        }
+    }
+
     /// Binds every listener to a free port.
     pub fn with_free_ports(mut self) -> Self {
         let any = || saga_shared::config::ListenConfig::on_port(0);
@@ -100,21 +111,35 @@ pub struct System {
 
 impl System {
     /// Builds the services (migrations, streams, listeners) and runs them.
-    /// Order is built last, pointed at where inventory and reservation
-    /// actually listen.
+    /// Every service binds its listeners first; then order-svc is pointed
+    /// at where inventory and reservation listen, and the participants'
+    /// repair loops at where order-svc listens.
     pub async fn start(mut cfg: SystemConfig) -> anyhow::Result<Self> {
-        let inventory = inventory_svc::build(cfg.inventory)
+        let inventory = inventory_svc::connect(&cfg.inventory)
             .await
             .context("starting inventory-svc")?;
-        let reservation = reservation_svc::build(cfg.reservation)
+        let reservation = reservation_svc::connect(&cfg.reservation)
             .await
             .context("starting reservation-svc")?;
-        let payment = payment_svc::build(cfg.payment)
+        let payment = payment_svc::connect(&cfg.payment)
             .await
             .context("starting payment-svc")?;
+        let order = order_svc::connect(&cfg.order)
+            .await
+            .context("starting order-svc")?;
         cfg.order.order.inventory_url = format!("http://{}", inventory.grpc_addr());
         cfg.order.order.reservation_url = format!("http://{}", reservation.grpc_addr());
-        let order = order_svc::build(cfg.order)
+        cfg.point_repair_at(&format!("http://{}", order.grpc_addr()));
+        let inventory = inventory_svc::assemble(inventory, cfg.inventory)
+            .await
+            .context("starting inventory-svc")?;
+        let reservation = reservation_svc::assemble(reservation, cfg.reservation)
+            .await
+            .context("starting reservation-svc")?;
+        let payment = payment_svc::assemble(payment, cfg.payment)
+            .await
+            .context("starting payment-svc")?;
+        let order = order_svc::assemble(order, cfg.order)
             .await
             .context("starting order-svc")?;
 

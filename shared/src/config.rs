@@ -313,6 +313,34 @@ impl BusConfig {
     }
 }
 
+/// The repair loop of a participant (inventory, payment, reservation): it
+/// finds the orders whose records here are still open after a while, asks
+/// order-svc how those sagas ended, and finishes them (see
+/// [`crate::repair`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// order-svc's gRPC address, asked how sagas ended.
+    pub order_url: String,
+    /// How often open records are looked for, in milliseconds (0: never).
+    pub interval_ms: u64,
+    /// A record is looked at once it has been open this long, in seconds.
+    pub after_secs: u64,
+    /// Orders asked about per request (at most 500).
+    pub batch_size: usize,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            order_url: "http://127.0.0.1:50051".into(),
+            interval_ms: 5_000,
+            after_secs: 30,
+            batch_size: 500,
+        }
+    }
+}
+
 /// Logs and traces.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -16,6 +16,8 @@
 //! - [`validate`]: field-named validation errors for requests; [`codec`]:
 //!   the gRPC codec, which names the field of a request that does not decode.
 //! - [`faults`]: crash points for drills and tests (off unless armed).
+//! - [`repair`]: the participants' repair loop, which finishes the records
+//!   of sagas that ended while their events could not be applied.
 
 pub mod admin;
 pub mod bus;
@@ -27,6 +29,7 @@ pub mod grpc;
 pub mod idempotency;
 pub mod proto;
 pub mod redis;
+pub mod repair;
 pub mod runtime;
 pub mod telemetry;
 pub mod time;

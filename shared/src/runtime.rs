@@ -212,6 +212,21 @@ impl Platform {
         Ok(())
     }
 
+    /// Runs the repair loop of a participant while the service runs (see
+    /// [`crate::repair`]).
+    pub fn repair<P: crate::repair::Participant>(
+        &mut self,
+        participant: P,
+        cfg: &crate::config::RepairConfig,
+    ) -> Result<(), PlatformError> {
+        let outcomes = crate::repair::Outcomes::new(&cfg.order_url)?;
+        let (service, cfg, participant) = (self.service, cfg.clone(), Arc::new(participant));
+        self.spawn_background(move |stop| {
+            crate::repair::run(service, participant, outcomes, cfg, stop)
+        });
+        Ok(())
+    }
+
     /// Runs `task` in the background while the service runs; it must return
     /// soon after its token is cancelled.
     pub fn spawn_background<F, Fut>(&mut self, task: F)

@@ -8,6 +8,7 @@ mod contention;
 mod delivery;
 mod idempotency;
 mod inventory;
+mod outages;
 mod platform;
 mod properties;
 mod recovery;

@@ -140,6 +140,9 @@ pub struct TestSystem {
     pub reservation: Endpoints,
     /// The settings the services run with.
     pub config: SystemConfig,
+    /// Each service's own database (wherever its settings point), with its
+    /// schema on the search path.
+    service_dbs: Vec<PgPool>,
     system: Option<System>,
     processes: Option<processes::Processes>,
     cleanup: Option<Cleanup>,
@@ -246,7 +249,22 @@ impl TestSystem {
             reservation: reservation.grpc_url(),
         };
         let nats = async_nats::connect(system_nats).await?;
+        let mut service_dbs = Vec::new();
+        for db in [
+            &config.order.database,
+            &config.inventory.database,
+            &config.payment.database,
+            &config.reservation.database,
+        ] {
+            let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
+            service_dbs.push(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(options.options([("search_path", db.schema.as_str())])),
+            );
+        }
         Ok(Self {
+            service_dbs,
             db: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(3)
                 .connect(&db_url)
@@ -306,6 +324,9 @@ impl TestSystem {
             processes.stop().await;
         }
         self.db.close().await;
+        for db in &self.service_dbs {
+            db.close().await;
+        }
         if let Some(cleanup) = self.cleanup.take() {
             cleanup.run().await;
         }
@@ -485,12 +506,11 @@ impl TestSystem {
     /// Unpublished outbox rows across the four services.
     pub async fn outbox_backlog(&self) -> anyhow::Result<i64> {
         let mut total = 0;
-        for schema in SCHEMAS {
-            let sql =
-                format!("SELECT count(*) FROM \"{schema}\".outbox WHERE published_at IS NULL");
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&self.db)
-                .await?;
+        for db in &self.service_dbs {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(db)
+                    .await?;
             total += n;
         }
         Ok(total)

@@ -147,6 +147,7 @@ impl Processes {
         );
         cfg.order.order.inventory_url = endpoints[&Service::Inventory].grpc_url();
         cfg.order.order.reservation_url = endpoints[&Service::Reservation].grpc_url();
+        cfg.point_repair_at(&endpoints[&Service::Order].grpc_url());
 
         let write = |s: Service, config: &dyn erased::Toml| -> anyhow::Result<()> {
             std::fs::write(dir.join(format!("{}.toml", s.binary())), config.to_toml()?)?;

@@ -174,3 +174,137 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A PostgreSQL server of the test's own (`initdb` into a temporary
+/// directory, trust authentication, on a free port), stopped when dropped.
+/// It can be stopped like a crash (`stop`, immediate mode: no checkpoint,
+/// connections cut) and started again on the same port and data.
+pub struct PostgresServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    running: bool,
+}
+
+impl PostgresServer {
+    /// Creates the cluster and starts it.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin()?;
+        let port = crate::ports::free_port()?;
+        let dir = std::env::temp_dir().join(format!("saga-pg-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        as_postgres_owner(&dir)?;
+        let status = postgres_command(&bin.join("initdb"))
+            .args(["-D", &dir.join("data").to_string_lossy()])
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running initdb")?;
+        if !status.success() {
+            bail!("initdb failed in {}", dir.display());
+        }
+        let mut server = Self {
+            port,
+            dir,
+            bin,
+            running: false,
+        };
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let status = postgres_command(&self.bin.join("pg_ctl"))
+            .args(["-D", &data.to_string_lossy(), "-o", &options])
+            .args(["-l", &self.dir.join("log").to_string_lossy()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running pg_ctl")?;
+        if !status.success() {
+            bail!("pg_ctl {args:?} failed (log in {})", self.dir.display());
+        }
+        Ok(())
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "start"])?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops it at once, as a crash would: every connection is cut.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            self.pg_ctl(&["-m", "immediate", "-w", "stop"])?;
+            self.running = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory of the installed PostgreSQL server binaries.
+fn postgres_bin() -> anyhow::Result<std::path::PathBuf> {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no PostgreSQL server under /usr/lib/postgresql")?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .context("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// PostgreSQL refuses to run as root: as root, run it as `postgres`.
+fn postgres_command(program: &std::path::Path) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn as_postgres_owner(dir: &std::path::Path) -> anyhow::Result<()> {
+    if running_as_root() {
+        let status = Command::new("chown")
+            .args(["postgres:postgres", &dir.to_string_lossy()])
+            .status()?;
+        if !status.success() {
+            bail!("chown postgres {} failed", dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The repair loop: compensation and completion happen without an operator,
+//! even when the event that should have caused them was dead-lettered or
+//! outlived its stream.
+//!
+//! A participant (inventory, payment, reservation) lists the orders whose
+//! records it still holds open after `repair.after_secs` (stock RESERVED, a
+//! slot HELD, a payment CAPTURED it has not yet seen confirmed), asks
+//! order-svc how those sagas ended ([`Outcomes`], one request per
+//! `batch_size` orders), and finishes the ones that ended: a cancelled
+//! order's stock and slot are released and its charge refunded, a confirmed
+//! order's stock is sold and its slot confirmed. It runs the same use-cases as
+//! the event handlers, under the same row locks, so it may race a late event
+//! without doing anything twice. Orders still open, or unknown to order-svc,
+//! are left alone and looked at again next round. See docs/adr/0011.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::BoxError;
+use crate::config::{ConfigError, RepairConfig};
+use crate::proto::order::v1 as pb;
+use crate::proto::order::v1::order_service_client::OrderServiceClient;
+
+/// How a saga ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    Confirmed,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Confirmed => "confirmed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A participant that can finish what its records of a saga left open.
+pub trait Participant: Send + Sync + 'static {
+    /// Orders whose records here are still open and unchanged for
+    /// `older_than`, with ids above `after`, in id order, at most `limit`.
+    fn open_orders(
+        &self,
+        older_than: Duration,
+        after: Uuid,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Uuid>, BoxError>> + Send;
+
+    /// Finishes the records of these orders as their sagas ended. Returns
+    /// how many it changed (a record finished meanwhile is not counted).
+    fn finish(
+        &self,
+        ended: Vec<(Uuid, Outcome)>,
+    ) -> impl Future<Output = Result<usize, BoxError>> + Send;
+}
+
+/// Asks order-svc how sagas ended.
+#[derive(Clone)]
+pub struct Outcomes {
+    client: OrderServiceClient<Channel>,
+}
+
+impl Outcomes {
+    /// A client of order-svc at `url` (connected on first use).
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ConfigError::Invalid {
+            field: "repair.order_url".into(),
+            message: format!("{url:?}: {e}"),
+        })?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            client: OrderServiceClient::new(channel),
+        })
+    }
+
+    /// The outcome of each of `ids` that has ended; ids of orders still
+    /// open, or unknown to order-svc, are absent.
+    pub async fn of(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Outcome>, tonic::Status> {
+        let answer = self
+            .client
+            .clone()
+            .get_order_outcomes(pb::GetOrderOutcomesRequest {
+                order_ids: ids.iter().map(Uuid::to_string).collect(),
+            })
+            .await?
+            .into_inner();
+        Ok(answer
+            .outcomes
+            .into_iter()
+            .filter_map(|o| {
+                let id = Uuid::parse_str(&o.order_id).ok()?;
+                let outcome = match pb::OrderState::try_from(o.state).ok()? {
+                    pb::OrderState::Confirmed => Outcome::Confirmed,
+                    pb::OrderState::Cancelled => Outcome::Cancelled,
+                    _ => return None,
+                };
+                Some((id, outcome))
+            })
+            .collect())
+    }
+}
+
+/// What one pass found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Open records older than the threshold.
+    pub open: usize,
+    /// Of those, orders that had ended.
+    pub ended: usize,
+    /// Records this pass finished.
+    pub finished: usize,
+}
+
+/// One pass over every open record older than `cfg.after_secs`.
+pub async fn pass<P: Participant>(
+    service: &'static str,
+    participant: &P,
+    outcomes: &Outcomes,
+    cfg: &RepairConfig,
+) -> Result<Report, BoxError> {
+    let older_than = Duration::from_secs(cfg.after_secs);
+    let batch = cfg.batch_size.clamp(1, 500);
+    let mut report = Report::default();
+    let mut after = Uuid::nil();
+    loop {
+        let open = participant.open_orders(older_than, after, batch).await?;
+        let Some(last) = open.last() else { break };
+        after = *last;
+        report.open += open.len();
+        let ended = outcomes.of(&open).await?;
+        if !ended.is_empty() {
+            report.ended += ended.len();
+            let mut ended: Vec<(Uuid, Outcome)> = ended.into_iter().collect();
+            ended.sort();
+            for (order, outcome) in &ended {
+                tracing::info!(service, order_id = %order, outcome = outcome.as_str(), "finishing a saga's records left open");
+            }
+            let finished = participant.finish(ended).await?;
+            report.finished += finished;
+            metrics::counter!("saga_repairs_total", "service" => service)
+                .increment(finished as u64);
+        }
+        if open.len() < batch {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Runs [`pass`] every `cfg.interval_ms` until `stop`.
+pub async fn run<P: Participant>(
+    service: &'static str,
+    participant: Arc<P>,
+    outcomes: Outcomes,
+    cfg: RepairConfig,
+    stop: CancellationToken,
+) {
+    if cfg.interval_ms == 0 {
+        return;
+    }
+    let every = Duration::from_millis(cfg.interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match pass(service, participant.as_ref(), &outcomes, &cfg).await {
+            Ok(r) if r.finished > 0 => {
+                tracing::info!(
+                    service,
+                    open = r.open,
+                    ended = r.ended,
+                    finished = r.finished,
+                    "repair pass finished sagas' records"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(service, error = %e, "repair pass failed; next round retries"),
+        }
+    }
+}

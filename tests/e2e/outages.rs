@@ -1,0 +1,268 @@
+//! Failures that last: a participant's database down for a minute, and
+//! compensations or completions dead-lettered for good. Every order still
+//! ends complete, with no operator action.
+
+use std::time::Duration;
+
+use saga_shared::proto::order::v1::{self as ord, OrderState};
+use saga_tests::processes::Service;
+use saga_tests::servers::PostgresServer;
+use saga_tests::{TestSystem, eventually, http_get, order_request, state};
+use sagactl::dlq;
+
+use crate::WAIT;
+
+async fn cancel(sys: &TestSystem, id: &str) -> anyhow::Result<ord::Order> {
+    Ok(sys
+        .clients
+        .order
+        .clone()
+        .cancel_order(ord::CancelOrderRequest {
+            order_id: id.into(),
+        })
+        .await?
+        .into_inner()
+        .order
+        .unwrap_or_default())
+}
+
+async fn scalar(sys: &TestSystem, sql: &'static str, id: &str) -> anyhow::Result<Option<String>> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_optional(&sys.db)
+        .await?)
+}
+
+/// The audit, leaving out what waits in the DLQ (the letters a test made on
+/// purpose).
+async fn violations_besides_dead_letters(sys: &TestSystem) -> anyhow::Result<Vec<String>> {
+    Ok(sys
+        .violations()
+        .await?
+        .into_iter()
+        .filter(|v| !v.starts_with("dead letters"))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensations_and_completions_that_were_dead_lettered_are_finished_without_a_redrive()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        for bus in [
+            &mut cfg.inventory.bus,
+            &mut cfg.payment.bus,
+            &mut cfg.reservation.bus,
+        ] {
+            bus.max_deliver = 2;
+            bus.nak_base_delay_ms = 20;
+        }
+        cfg.order.bus.max_deliver = 1_000_000;
+        cfg.order.bus.nak_max_delay_ms = 200;
+        for repair in [
+            &mut cfg.inventory.repair,
+            &mut cfg.payment.repair,
+            &mut cfg.reservation.repair,
+        ] {
+            repair.interval_ms = 200;
+            repair.after_secs = 1;
+        }
+    })
+    .await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("rex", 100_000).await?;
+    let slot = sys.create_slot("s", 5).await?.slot_id;
+
+    // Selling the stock and confirming the place fail for good (rules an
+    // operator added by mistake): those events go to the DLQ.
+    for sql in [
+        "ALTER TABLE inventory.holds ADD CONSTRAINT no_sale CHECK (state <> 'COMMITTED') NOT VALID",
+        "ALTER TABLE reservation.bookings ADD CONSTRAINT no_confirm CHECK (state <> 'CONFIRMED') NOT VALID",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&sys.db)
+            .await?;
+    }
+    let sold = sys
+        .place(order_request("rex", &[("A", 2)], Some(&slot)))
+        .await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&sold.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+
+    // A charged order that cannot confirm (its confirmation keeps failing)
+    // is cancelled by its customer; its refund fails for good.
+    for sql in [
+        "ALTER TABLE orders.orders ADD CONSTRAINT no_confirmation CHECK (state <> 'CONFIRMED') NOT VALID",
+        "ALTER TABLE payment.wallet_ledger ADD CONSTRAINT no_refund CHECK (kind <> 'REFUND') NOT VALID",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&sys.db)
+            .await?;
+    }
+    let refunded = sys.place(order_request("rex", &[("A", 1)], None)).await?;
+    eventually("the second order to be charged", WAIT, || async {
+        Ok(scalar(
+            &sys,
+            "SELECT state FROM payment.payments WHERE order_id = $1::uuid",
+            &refunded.order_id,
+        )
+        .await?
+        .as_deref()
+            == Some("CAPTURED"))
+    })
+    .await?;
+    assert_eq!(
+        state(&cancel(&sys, &refunded.order_id).await?),
+        OrderState::Cancelled
+    );
+
+    let ns = sys.namespace();
+    eventually("three events to be dead-lettered", WAIT, || async {
+        Ok(dlq::list(&sys.js, &ns).await?.len() == 3)
+    })
+    .await?;
+    for sql in [
+        "ALTER TABLE inventory.holds DROP CONSTRAINT no_sale",
+        "ALTER TABLE reservation.bookings DROP CONSTRAINT no_confirm",
+        "ALTER TABLE orders.orders DROP CONSTRAINT no_confirmation",
+        "ALTER TABLE payment.wallet_ledger DROP CONSTRAINT no_refund",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&sys.db)
+            .await?;
+    }
+
+    // Nobody redrives: the participants finish on their own.
+    eventually("the stock to be sold", WAIT, || async {
+        let a = sys.stock("A").await?;
+        Ok((a.reserved, a.sold) == (0, 2))
+    })
+    .await?;
+    eventually("the place to be confirmed", WAIT, || async {
+        Ok(sys.slot(&slot).await?.confirmed == 1)
+    })
+    .await?;
+    eventually("the charge to be refunded", WAIT, || async {
+        Ok(scalar(
+            &sys,
+            "SELECT state FROM payment.payments WHERE order_id = $1::uuid",
+            &refunded.order_id,
+        )
+        .await?
+        .as_deref()
+            == Some("REFUNDED"))
+    })
+    .await?;
+    assert_eq!(
+        state(&sys.get_order(&refunded.order_id).await?),
+        OrderState::Cancelled,
+        "a late payments.succeeded does not revive a cancelled order"
+    );
+    assert_eq!(dlq::list(&sys.js, &ns).await?.len(), 3, "no redrive");
+    sys.quiesce(WAIT).await?;
+    assert_eq!(
+        violations_besides_dead_letters(&sys).await?,
+        Vec::<String>::new()
+    );
+    let w = sys.wallet("rex").await?;
+    assert_eq!(
+        w.charged_cents - w.refunded_cents,
+        200,
+        "only the sold order is paid"
+    );
+    sys.stop().await
+}
+
+/// `saga_event_retry_age_seconds` of a service, the largest over its labels.
+async fn retry_age(admin: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let (_, body) = http_get(admin, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("saga_event_retry_age_seconds"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participants_database_down_for_a_minute_loses_no_compensation_or_completion()
+-> anyhow::Result<()> {
+    let mut own = PostgresServer::start().await?;
+    let db = own.url("inventory_outage");
+    let mut sys = TestSystem::start_processes(|cfg| {
+        cfg.inventory.database.url = db.clone();
+        cfg.payment.gateway.latency_ms = 1_500;
+        cfg.payment.gateway.jitter_ms = 500;
+    })
+    .await?;
+    sys.seed_product("A", 100, 100).await?;
+    sys.top_up("oz", 1_000_000).await?;
+    let mut placed = Vec::new();
+    for _ in 0..20 {
+        placed.push(
+            sys.place(order_request("oz", &[("A", 2)], None))
+                .await?
+                .order_id,
+        );
+    }
+    eventually("every order to hold its stock", WAIT, || async {
+        for id in &placed {
+            if state(&sys.get_order(id).await?) == OrderState::Pending {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+
+    // Inventory's database goes away while charges are under way: half the
+    // orders are cancelled by their customers, the others confirm.
+    own.stop()?;
+    for id in &placed[..10] {
+        cancel(&sys, id).await?;
+    }
+    let during: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(
+                sys.place(order_request("oz", &[("A", 1)], None))
+                    .await?
+                    .order_id,
+            );
+        }
+        ids
+    };
+    // The stuck releases and sales show as a growing retry age.
+    let admin = sys.inventory.admin;
+    eventually("inventory's retry age to pass 20 s", WAIT, || async {
+        Ok(retry_age(admin).await? > 20.0)
+    })
+    .await?;
+    // The fault: a minute without the database.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    own.start_again().await?;
+
+    let all: Vec<String> = placed.iter().chain(&during).cloned().collect();
+    let done = sys
+        .wait_all_terminal(&all, Duration::from_secs(180))
+        .await?;
+    sys.quiesce(Duration::from_secs(180)).await?;
+    let confirmed: i64 = done
+        .iter()
+        .filter(|o| state(o) == OrderState::Confirmed)
+        .map(|o| o.lines.iter().map(|l| l.quantity).sum::<i64>())
+        .sum();
+    for o in &done[..10] {
+        assert_eq!(state(o), OrderState::Cancelled, "{o:?}");
+    }
+    let a = sys.stock("A").await?;
+    assert_eq!((a.reserved, a.sold), (0, confirmed), "{a:?}");
+    assert!(
+        dlq::list(&sys.js, &sys.namespace()).await?.is_empty(),
+        "an outage is not a dead letter"
+    );
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    let log = std::fs::read_to_string(sys.processes().log_path(Service::Inventory))?;
+    assert!(log.contains("age_secs"), "retries log their age");
+    sys.stop().await
+}
