@@ -57,9 +57,7 @@ impl From<InventoryError> for Status {
             InventoryError::Cache(ref c) => {
                 saga_shared::grpc::unavailable("stock cache unavailable", c)
             }
-            InventoryError::Db(ref db) => {
-                saga_shared::grpc::internal("inventory database error", db)
-            }
+            InventoryError::Db(ref db) => saga_shared::grpc::database("inventory database", db),
         }
     }
 }

@@ -89,7 +89,7 @@ impl From<OrderError> for Status {
                 Status::unavailable(c.to_string())
             }
             OrderError::Catalog(ref c) => saga_shared::grpc::internal("catalog misconfigured", c),
-            OrderError::Db(ref db) => saga_shared::grpc::internal("order database error", db),
+            OrderError::Db(ref db) => saga_shared::grpc::database("order database", db),
         }
     }
 }

@@ -54,7 +54,7 @@ impl From<Payment> for pb::Payment {
 }
 
 fn db(e: sqlx::Error) -> Status {
-    saga_shared::grpc::internal("payment database error", &e)
+    saga_shared::grpc::database("payment database", &e)
 }
 
 #[tonic::async_trait]

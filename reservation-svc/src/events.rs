@@ -46,7 +46,7 @@ impl Handler for OrderEvents {
     async fn prepare(&self, d: &Delivery) -> Result<Option<HeldLock>, HandlerError> {
         match &d.event {
             SagaEvent::OrderPlaced(e) => match slot_of(e.slot_id.as_ref())? {
-                Some(slot) => Ok(self.locks.acquire(slot).await),
+                Some(slot) => Ok(self.locks.acquire(slot).await.ok()),
                 None => Ok(None),
             },
             _ => Ok(None),

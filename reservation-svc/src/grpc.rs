@@ -35,7 +35,7 @@ impl From<Slot> for pb::Slot {
 }
 
 fn db(e: sqlx::Error) -> Status {
-    saga_shared::grpc::internal("reservation database error", &e)
+    saga_shared::grpc::database("reservation database", &e)
 }
 
 const LIST_DEFAULT: i64 = 100;

@@ -54,6 +54,7 @@ pub async fn assemble(
         &config.namespace,
         Duration::from_millis(config.reservation.lock_ttl_ms),
         Duration::from_millis(config.reservation.lock_wait_ms),
+        Duration::from_millis(config.redis.command_timeout_ms),
     );
     platform
         .consume(

@@ -21,22 +21,43 @@ pub struct HeldLock {
     token: String,
 }
 
+/// Why a slot's lock was not had (the caller goes ahead without it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockMiss {
+    /// Another contender held it for the whole wait.
+    #[error("held by another contender for the whole wait")]
+    Busy,
+    /// Redis failed, or did not answer within its command timeout.
+    #[error("Redis unavailable: {0}")]
+    Unavailable(String),
+}
+
 #[derive(Clone)]
 pub struct SlotLocks {
     redis: Pool,
     ns: String,
     ttl: Duration,
     wait: Duration,
+    command_timeout: Duration,
     unlock: Script,
 }
 
 impl SlotLocks {
-    pub fn new(redis: Pool, ns: &str, ttl: Duration, wait: Duration) -> Self {
+    /// Locks of `ttl`, waited for up to `wait`; each Redis call may take up
+    /// to `command_timeout`.
+    pub fn new(
+        redis: Pool,
+        ns: &str,
+        ttl: Duration,
+        wait: Duration,
+        command_timeout: Duration,
+    ) -> Self {
         Self {
             redis,
             ns: ns.to_owned(),
             ttl,
             wait,
+            command_timeout: command_timeout.max(Duration::from_millis(1)),
             unlock: Script::from_lua(UNLOCK),
         }
     }
@@ -45,15 +66,16 @@ impl SlotLocks {
         format!("rsv:{{{}:{slot}}}:lock", self.ns)
     }
 
-    /// Takes the slot's lock, waiting up to the configured time. `None` when
-    /// it could not be had (the caller goes ahead; Postgres fences).
-    pub async fn acquire(&self, slot: Uuid) -> Option<HeldLock> {
+    /// Takes the slot's lock, trying until the configured wait has passed.
+    /// Each try gets Redis's full command timeout: a wait that runs out is
+    /// [`LockMiss::Busy`], only a Redis that fails or does not answer is
+    /// [`LockMiss::Unavailable`].
+    pub async fn acquire(&self, slot: Uuid) -> Result<HeldLock, LockMiss> {
         let key = self.key(slot);
         let token = Uuid::new_v4().to_string();
         let deadline = Instant::now() + self.wait;
         let mut pause = Duration::from_millis(1);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
             let set = self.redis.next().set::<Value, _, _>(
                 &key,
                 token.as_str(),
@@ -61,29 +83,30 @@ impl SlotLocks {
                 Some(SetOptions::NX),
                 false,
             );
-            let set = match tokio::time::timeout(left.max(Duration::from_millis(1)), set).await {
+            let set = match tokio::time::timeout(self.command_timeout, set).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {left:?}")),
+                Err(_) => Err(format!("no answer within {:?}", self.command_timeout)),
             };
             match set {
                 Ok(Value::Null) => {}
                 Ok(_) => {
                     metrics::counter!("reservation_slot_lock_total", "outcome" => "acquired")
                         .increment(1);
-                    return Some(HeldLock { key, token });
+                    return Ok(HeldLock { key, token });
                 }
                 Err(e) => {
                     tracing::warn!(%slot, error = %e, "slot lock unavailable; going ahead without it");
                     metrics::counter!("reservation_slot_lock_total", "outcome" => "error")
                         .increment(1);
-                    return None;
+                    return Err(LockMiss::Unavailable(e));
                 }
             }
             let now = Instant::now();
             if now >= deadline {
+                tracing::debug!(%slot, "slot lock busy for the whole wait; going ahead without it");
                 metrics::counter!("reservation_slot_lock_total", "outcome" => "timed_out")
                     .increment(1);
-                return None;
+                return Err(LockMiss::Busy);
             }
             let jitter = rand::rng().random_range(0..=pause.as_micros() as u64);
             let sleep = (pause + Duration::from_micros(jitter)).min(deadline - now);

@@ -13,6 +13,7 @@
 //! | point | where |
 //! |---|---|
 //! | `consumer.after_commit` | an event's transaction committed, the message not yet acked |
+//! | `relay.after_take` | outbox rows taken (locked) by a relay, nothing published yet |
 //! | `relay.after_publish` | outbox rows published and acked by JetStream, not yet marked sent |
 //! | `inventory.after_redis_hold` | Redis holds the stock, Postgres has not recorded it |
 //! | `payment.after_charge` | the wallet was charged in the transaction, the event not yet written |
@@ -25,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const ENV: &str = "SAGA_CRASH_AT";
 
 /// Every crash point.
-pub const POINTS: [&str; 4] = [
+pub const POINTS: [&str; 5] = [
     "consumer.after_commit",
+    "relay.after_take",
     "relay.after_publish",
     "inventory.after_redis_hold",
     "payment.after_charge",

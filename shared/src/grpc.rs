@@ -59,6 +59,24 @@ pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> tonic
     tonic::Status::internal("internal error")
 }
 
+/// The status for a database error: `UNAVAILABLE` while the database cannot
+/// be reached or cannot serve (the client retries later), `ABORTED` for a
+/// conflict with another transaction (the client retries at once), and an
+/// opaque `INTERNAL` for anything else. The cause is logged, not sent.
+pub fn database(context: &str, err: &sqlx::Error) -> tonic::Status {
+    match crate::db::classify(err) {
+        crate::db::Failure::Unavailable => {
+            tracing::warn!(error = %err, "{context}: database unavailable");
+            tonic::Status::unavailable("the database is unavailable; retry later")
+        }
+        crate::db::Failure::Conflict => {
+            tracing::info!(error = %err, "{context}: conflict");
+            tonic::Status::aborted("the change conflicted with another; retry")
+        }
+        crate::db::Failure::Other => internal(context, err),
+    }
+}
+
 /// `UNAVAILABLE` for a dependency that is down (the client may retry).
 pub fn unavailable(context: &str, err: &(dyn std::error::Error + 'static)) -> tonic::Status {
     tracing::warn!(error = %err, "{context}");

@@ -39,7 +39,8 @@ impl From<IdempotencyError> for tonic::Status {
             IdempotencyError::InvalidKey(_) | IdempotencyError::Mismatch(_) => {
                 tonic::Status::invalid_argument(e.to_string())
             }
-            IdempotencyError::Corrupt(_) | IdempotencyError::Sql(_) => {
+            IdempotencyError::Sql(ref db) => crate::grpc::database("idempotency store", db),
+            IdempotencyError::Corrupt(_) => {
                 tracing::error!(error = %e, "idempotency store failed");
                 tonic::Status::internal("internal error")
             }

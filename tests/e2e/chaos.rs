@@ -240,6 +240,7 @@ async fn crash_points(sys: &mut TestSystem) -> anyhow::Result<()> {
     let load = Load::start(&sys.clients, &slots, 7);
     for (service, point) in [
         (Service::Order, "consumer.after_commit"),
+        (Service::Order, "relay.after_take"),
         (Service::Order, "relay.after_publish"),
         (Service::Inventory, "inventory.after_redis_hold"),
         (Service::Payment, "payment.after_charge"),
@@ -262,4 +263,42 @@ async fn crash_points(sys: &mut TestSystem) -> anyhow::Result<()> {
     assert!(ids.len() >= 20, "only {} orders placed", ids.len());
     all_ends_well(sys, &ids).await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_held_by_a_relay_that_died_are_published_by_the_next_one_at_once()
+-> anyhow::Result<()> {
+    // A relay round may take an hour: only a relay's death, not a timer,
+    // lets another have its rows.
+    let mut sys = TestSystem::start_processes(|cfg| {
+        for bus in [
+            &mut cfg.order.bus,
+            &mut cfg.inventory.bus,
+            &mut cfg.payment.bus,
+            &mut cfg.reservation.bus,
+        ] {
+            bus.relay_lease_secs = 3_600;
+        }
+    })
+    .await?;
+    sys.seed_product("R1", 100, 10).await?;
+    sys.top_up("rhea", 10_000).await?;
+    let processes = sys.processes();
+    processes.kill(Service::Order);
+    processes
+        .start(Service::Order, &[("SAGA_CRASH_AT", "relay.after_take")])
+        .await?;
+    // The order is stored with its event; the relay takes the event and dies.
+    let order = sys.place(order_request("rhea", &[("R1", 1)], None)).await?;
+    let processes = sys.processes();
+    let ended = processes
+        .wait_ended(Service::Order, Duration::from_secs(60))
+        .await?;
+    assert_eq!(ended, Ended::Signal(6), "died at relay.after_take");
+    processes.start(Service::Order, &[]).await?;
+    let done = sys.wait_terminal(&order.order_id, crate::WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    sys.quiesce(crate::WAIT).await?;
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
 }

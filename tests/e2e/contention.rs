@@ -1,4 +1,5 @@
-//! Many clients at once on the same SKU: never oversell.
+//! Many clients at once on the same SKU or slot: never oversell, and a slot
+//! lock that is busy is told apart from a Redis that is down.
 
 use std::sync::Arc;
 
@@ -57,4 +58,45 @@ async fn two_hundred_concurrent_orders_for_fifty_units_confirm_exactly_fifty() -
         .expect("no task holds the system")
         .stop()
         .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lock_held_by_another_runs_out_as_busy_and_only_a_dead_redis_is_an_error()
+-> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use reservation_svc::lock::{LockMiss, SlotLocks};
+    use saga_tests::servers::RedisServer;
+
+    let mut redis = RedisServer::start().await?;
+    let pool = saga_shared::redis::connect(&saga_shared::config::RedisConfig {
+        url: redis.url(),
+        command_timeout_ms: 500,
+        ..Default::default()
+    })
+    .await?;
+    let ns = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let locks = |wait_ms| {
+        SlotLocks::new(
+            pool.clone(),
+            &ns,
+            Duration::from_secs(30),
+            Duration::from_millis(wait_ms),
+            Duration::from_millis(500),
+        )
+    };
+    let slot = uuid::Uuid::now_v7();
+    let first = locks(0).acquire(slot).await;
+    assert!(first.is_ok(), "{first:?}");
+    // Its holder keeps it: a contender waits, then goes ahead without it.
+    for wait_ms in [0, 1, 50] {
+        assert_eq!(locks(wait_ms).acquire(slot).await, Err(LockMiss::Busy));
+    }
+    // A Redis that is gone is an error, not a busy lock.
+    redis.kill();
+    match locks(50).acquire(uuid::Uuid::now_v7()).await {
+        Err(LockMiss::Unavailable(why)) => assert!(!why.is_empty()),
+        other => panic!("a dead Redis answered {other:?}"),
+    }
+    Ok(())
 }

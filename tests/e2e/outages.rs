@@ -266,3 +266,222 @@ async fn a_participants_database_down_for_a_minute_loses_no_compensation_or_comp
     assert!(log.contains("age_secs"), "retries log their age");
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_answers_unavailable_while_the_database_is_down_and_works_once_it_is_back()
+-> anyhow::Result<()> {
+    use saga_shared::proto::inventory::v1 as inv;
+    use saga_shared::proto::payment::v1 as pay;
+    use saga_shared::proto::reservation::v1 as rsv;
+    use tonic::Code;
+
+    let mut own = PostgresServer::start().await?;
+    let url = own.url("all_down");
+    let sys = TestSystem::start_with(|cfg| {
+        for db in [
+            &mut cfg.order.database,
+            &mut cfg.inventory.database,
+            &mut cfg.payment.database,
+            &mut cfg.reservation.database,
+        ] {
+            db.url = url.clone();
+            db.acquire_timeout_ms = 1_000;
+        }
+        // The catalog must be asked: nothing remembered from before.
+        cfg.order.order.catalog_cache_secs = 0;
+    })
+    .await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("una", 10_000).await?;
+    let slot = sys.create_slot("s", 5).await?.slot_id;
+    let order = sys.place(order_request("una", &[("A", 1)], None)).await?;
+    sys.wait_terminal(&order.order_id, WAIT).await?;
+    let id = order.order_id.clone();
+    let fresh = uuid::Uuid::now_v7().to_string();
+
+    own.stop()?;
+    let c = &sys.clients;
+    let keyed = {
+        let mut r = tonic::Request::new(order_request("una", &[("A", 1)], None));
+        r.metadata_mut()
+            .insert(saga_shared::idempotency::METADATA_KEY, "k-1".parse()?);
+        r
+    };
+    let answers: Vec<(&str, Result<(), tonic::Status>)> = vec![
+        (
+            "PlaceOrder",
+            sys.place(order_request("una", &[("A", 1)], None))
+                .await
+                .map(drop),
+        ),
+        (
+            "PlaceOrder with a key",
+            c.order.clone().place_order(keyed).await.map(drop),
+        ),
+        ("GetOrder", sys.get_order(&id).await.map(drop)),
+        (
+            "ListOrders",
+            c.order
+                .clone()
+                .list_orders(ord::ListOrdersRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CancelOrder",
+            c.order
+                .clone()
+                .cancel_order(ord::CancelOrderRequest {
+                    order_id: id.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetOrderOutcomes",
+            c.order
+                .clone()
+                .get_order_outcomes(ord::GetOrderOutcomesRequest {
+                    order_ids: vec![id.clone()],
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "UpsertProduct",
+            c.inventory
+                .clone()
+                .upsert_product(inv::UpsertProductRequest {
+                    sku: "B".into(),
+                    name: "b".into(),
+                    unit_price_cents: 1,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetStock",
+            sys.stock("A").await.map(drop).map_err(to_status),
+        ),
+        (
+            "ListStock",
+            c.inventory
+                .clone()
+                .list_stock(inv::ListStockRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "AdjustStock",
+            c.inventory
+                .clone()
+                .adjust_stock(inv::AdjustStockRequest {
+                    sku: "A".into(),
+                    delta: 1,
+                    expected_version: 2,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "ReserveStock",
+            crate::inventory::reserve(&sys, &fresh, &[("A", 1)])
+                .await
+                .map(drop),
+        ),
+        (
+            "ReleaseStock",
+            c.inventory
+                .clone()
+                .release_stock(inv::ReleaseStockRequest {
+                    reservation_id: fresh.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "CommitStock",
+            c.inventory
+                .clone()
+                .commit_stock(inv::CommitStockRequest {
+                    reservation_id: fresh.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetWallet",
+            sys.wallet("una").await.map(drop).map_err(to_status),
+        ),
+        (
+            "TopUp",
+            c.payment
+                .clone()
+                .top_up(pay::TopUpRequest {
+                    customer_id: "una".into(),
+                    amount_cents: 1,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetPayment",
+            c.payment
+                .clone()
+                .get_payment(pay::GetPaymentRequest {
+                    order_id: id.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "CreateSlot",
+            c.reservation
+                .clone()
+                .create_slot(rsv::CreateSlotRequest {
+                    name: "t".into(),
+                    capacity: 1,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "GetSlot",
+            sys.slot(&slot).await.map(drop).map_err(to_status),
+        ),
+        (
+            "ListSlots",
+            c.reservation
+                .clone()
+                .list_slots(rsv::ListSlotsRequest::default())
+                .await
+                .map(drop),
+        ),
+    ];
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| !matches!(a, Err(s) if s.code() == Code::Unavailable))
+        .map(|(call, a)| format!("{call}: {a:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "not UNAVAILABLE:\n{}", wrong.join("\n"));
+
+    own.start_again().await?;
+    eventually("the services to answer again", WAIT, || async {
+        Ok(sys.get_order(&id).await.is_ok() && sys.stock("A").await.is_ok())
+    })
+    .await?;
+    let again = sys.place(order_request("una", &[("A", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&again.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    sys.stop().await
+}
+
+/// The status inside an error of a test helper.
+fn to_status(e: anyhow::Error) -> tonic::Status {
+    match e.downcast::<tonic::Status>() {
+        Ok(s) => s,
+        Err(e) => tonic::Status::unknown(e.to_string()),
+    }
+}

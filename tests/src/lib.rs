@@ -265,10 +265,10 @@ impl TestSystem {
         }
         Ok(Self {
             service_dbs,
+            // Lazily: a test may put every service on a server of its own.
             db: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(3)
-                .connect(&db_url)
-                .await?,
+                .connect_lazy(&db_url)?,
             redis: saga_shared::redis::connect_or_keep_trying(
                 &saga_shared::config::RedisConfig {
                     url: inventory_redis,
