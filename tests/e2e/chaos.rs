@@ -288,14 +288,20 @@ async fn outbox_rows_held_by_a_relay_that_died_are_published_by_the_next_one_at_
     processes
         .start(Service::Order, &[("SAGA_CRASH_AT", "relay.after_take")])
         .await?;
-    // The order is stored with its event; the relay takes the event and dies.
-    let order = sys.place(order_request("rhea", &[("R1", 1)], None)).await?;
+    // The order is stored with its event; the relay takes the event and
+    // dies, perhaps before the answer left: the client retries with its key.
+    let request = order_request("rhea", &[("R1", 1)], None);
+    let first = sys.place_with_key(request.clone(), Some("rhea-1")).await;
     let processes = sys.processes();
     let ended = processes
         .wait_ended(Service::Order, Duration::from_secs(60))
         .await?;
     assert_eq!(ended, Ended::Signal(6), "died at relay.after_take");
     processes.start(Service::Order, &[]).await?;
+    let order = match first {
+        Ok(order) => order,
+        Err(_) => sys.place_with_key(request, Some("rhea-1")).await?,
+    };
     let done = sys.wait_terminal(&order.order_id, crate::WAIT).await?;
     assert_eq!(state(&done), OrderState::Confirmed);
     sys.quiesce(crate::WAIT).await?;

