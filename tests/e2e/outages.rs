@@ -191,6 +191,9 @@ async fn a_participants_database_down_for_a_minute_loses_no_compensation_or_comp
     let db = own.url("inventory_outage");
     let mut sys = TestSystem::start_processes(|cfg| {
         cfg.inventory.database.url = db.clone();
+        // Failures come back fast (as in a failover): each delivery fails
+        // in half a second, not after the default 10 s wait for a connection.
+        cfg.inventory.database.acquire_timeout_ms = 500;
         cfg.payment.gateway.latency_ms = 1_500;
         cfg.payment.gateway.jitter_ms = 500;
     })
