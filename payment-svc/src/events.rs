@@ -7,6 +7,7 @@
 
 use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventMeta, EventType, Handler, HandlerError, Outbox, SagaEvent};
+use saga_shared::faults::{CrashPoint, crash_point};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -90,7 +91,7 @@ async fn reserved(
         Authorization::Approved if e.amount_cents == 0 => None,
         Authorization::Approved => {
             if store::charge(tx, order, &e.customer_id, e.amount_cents).await? {
-                saga_shared::faults::crash_point("payment.after_charge");
+                crash_point(CrashPoint::PaymentAfterCharge);
                 None
             } else {
                 Some(FailureReason::InsufficientFunds)

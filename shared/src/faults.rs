@@ -19,24 +19,62 @@
 //! | `payment.after_charge` | the wallet was charged in the transaction, the event not yet written |
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The variable that arms crash points.
 pub const ENV: &str = "SAGA_CRASH_AT";
 
-/// Every crash point.
-pub const POINTS: [&str; 5] = [
-    "consumer.after_commit",
-    "relay.after_take",
-    "relay.after_publish",
-    "inventory.after_redis_hold",
-    "payment.after_charge",
-];
+/// Every place where a crash leaves work half-done across systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrashPoint {
+    /// An event's transaction committed, the message not yet acked.
+    ConsumerAfterCommit,
+    /// Outbox rows taken (locked) by a relay, nothing published yet.
+    RelayAfterTake,
+    /// Outbox rows published and acked by JetStream, not yet marked sent.
+    RelayAfterPublish,
+    /// Redis holds the stock, Postgres has not recorded it.
+    InventoryAfterRedisHold,
+    /// The wallet was charged in the transaction, the event not yet written.
+    PaymentAfterCharge,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 5] = [
+        CrashPoint::ConsumerAfterCommit,
+        CrashPoint::RelayAfterTake,
+        CrashPoint::RelayAfterPublish,
+        CrashPoint::InventoryAfterRedisHold,
+        CrashPoint::PaymentAfterCharge,
+    ];
+
+    /// Its name in `SAGA_CRASH_AT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::ConsumerAfterCommit => "consumer.after_commit",
+            CrashPoint::RelayAfterTake => "relay.after_take",
+            CrashPoint::RelayAfterPublish => "relay.after_publish",
+            CrashPoint::InventoryAfterRedisHold => "inventory.after_redis_hold",
+            CrashPoint::PaymentAfterCharge => "payment.after_charge",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 struct Armed {
     /// point -> (crash at this hit, hits so far)
-    points: HashMap<&'static str, (u64, AtomicU64)>,
+    points: HashMap<CrashPoint, (u64, AtomicU64)>,
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -55,7 +93,7 @@ fn armed() -> Option<&'static Armed> {
 
 /// `point[@n]` items, comma separated; unknown points are ignored (with a
 /// message on stderr).
-fn parse(spec: &str) -> Vec<(&'static str, u64)> {
+fn parse(spec: &str) -> Vec<(CrashPoint, u64)> {
     spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -64,8 +102,8 @@ fn parse(spec: &str) -> Vec<(&'static str, u64)> {
                 Some((name, n)) => (name, n.parse().unwrap_or(1)),
                 None => (item, 1),
             };
-            match POINTS.iter().find(|p| **p == name) {
-                Some(p) => Some((*p, nth.max(1))),
+            match CrashPoint::parse(name) {
+                Some(p) => Some((p, nth.max(1))),
                 None => {
                     eprintln!("{ENV}: unknown crash point {name:?} ignored");
                     None
@@ -76,9 +114,9 @@ fn parse(spec: &str) -> Vec<(&'static str, u64)> {
 }
 
 /// Dies here if this crash point is armed and due.
-pub fn crash_point(point: &'static str) {
+pub fn crash_point(point: CrashPoint) {
     let Some(armed) = armed() else { return };
-    let Some((at, hits)) = armed.points.get(point) else {
+    let Some((at, hits)) = armed.points.get(&point) else {
         return;
     };
     if hits.fetch_add(1, Ordering::SeqCst) + 1 == *at {
@@ -89,16 +127,24 @@ pub fn crash_point(point: &'static str) {
 
 #[cfg(test)]
 mod tests {
+    use super::CrashPoint;
+
     #[test]
     fn specs_name_points_and_hits() {
         assert_eq!(
             super::parse("payment.after_charge@3, relay.after_publish,nope@2"),
-            vec![("payment.after_charge", 3), ("relay.after_publish", 1)]
+            vec![
+                (CrashPoint::PaymentAfterCharge, 3),
+                (CrashPoint::RelayAfterPublish, 1)
+            ]
         );
         assert_eq!(super::parse(""), vec![]);
         assert_eq!(
             super::parse("consumer.after_commit@0"),
-            vec![("consumer.after_commit", 1)]
+            vec![(CrashPoint::ConsumerAfterCommit, 1)]
         );
+        for p in CrashPoint::ALL {
+            assert_eq!(CrashPoint::parse(p.name()), Some(p));
+        }
     }
 }

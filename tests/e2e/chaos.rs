@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use saga_shared::faults::CrashPoint;
 use saga_shared::proto::order::v1::OrderState;
 use saga_tests::processes::{Ended, Service};
 use saga_tests::{TestSystem, order_request, state};
@@ -239,11 +240,11 @@ async fn crash_points(sys: &mut TestSystem) -> anyhow::Result<()> {
     let slots = seed_world(sys).await?;
     let load = Load::start(&sys.clients, &slots, 7);
     for (service, point) in [
-        (Service::Order, "consumer.after_commit"),
-        (Service::Order, "relay.after_take"),
-        (Service::Order, "relay.after_publish"),
-        (Service::Inventory, "inventory.after_redis_hold"),
-        (Service::Payment, "payment.after_charge"),
+        (Service::Order, CrashPoint::ConsumerAfterCommit),
+        (Service::Order, CrashPoint::RelayAfterTake),
+        (Service::Order, CrashPoint::RelayAfterPublish),
+        (Service::Inventory, CrashPoint::InventoryAfterRedisHold),
+        (Service::Payment, CrashPoint::PaymentAfterCharge),
     ] {
         let processes = sys.processes();
         processes.kill(service);
@@ -286,7 +287,10 @@ async fn outbox_rows_held_by_a_relay_that_died_are_published_by_the_next_one_at_
     let processes = sys.processes();
     processes.kill(Service::Order);
     processes
-        .start(Service::Order, &[("SAGA_CRASH_AT", "relay.after_take")])
+        .start(
+            Service::Order,
+            &[("SAGA_CRASH_AT", CrashPoint::RelayAfterTake.name())],
+        )
         .await?;
     // The order is stored with its event; the relay takes the event and
     // dies, perhaps before the answer left: the client retries with its key.

@@ -3,6 +3,7 @@
 //! transactions that fail after Redis was (or would have been) told, and
 //! counter epochs that never meet by accident.
 
+use saga_shared::faults::CrashPoint;
 use saga_shared::proto::inventory::v1 as inv;
 use saga_shared::proto::order::v1::OrderState;
 use saga_tests::processes::Service;
@@ -192,7 +193,7 @@ async fn a_retry_with_other_lines_after_a_call_died_midway_is_refused_and_leaks_
     sys.processes()
         .start(
             Service::Inventory,
-            &[("SAGA_CRASH_AT", "inventory.after_redis_hold")],
+            &[("SAGA_CRASH_AT", CrashPoint::InventoryAfterRedisHold.name())],
         )
         .await?;
     reserve(&sys, &id, &[("R", 5)])

@@ -30,6 +30,7 @@
 //! A conflict on the inbox row means another delivery already did the work:
 //! the transaction is dropped and the message acked.
 
+use crate::faults::CrashPoint;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -738,7 +739,7 @@ impl<H: Handler> Consumer<H> {
         }
         let committed = self.handler.apply(&mut tx, d, p).await?;
         tx.commit().await?;
-        crate::faults::crash_point("consumer.after_commit");
+        crate::faults::crash_point(CrashPoint::ConsumerAfterCommit);
         self.ctx.outbox.wake();
         Ok(Some(committed))
     }
@@ -762,7 +763,7 @@ impl<H: Handler> Consumer<H> {
             );
         }
         tx.commit().await?;
-        crate::faults::crash_point("consumer.after_commit");
+        crate::faults::crash_point(CrashPoint::ConsumerAfterCommit);
         self.ctx.outbox.wake();
         Ok(committed)
     }

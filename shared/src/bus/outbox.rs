@@ -15,6 +15,7 @@
 //! published but not yet marked. One connection per relay is held while it
 //! publishes, never one per event.
 
+use crate::faults::CrashPoint;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,7 +188,7 @@ impl Relay {
             return Ok(0);
         }
         let taken = rows.len();
-        crate::faults::crash_point("relay.after_take");
+        crate::faults::crash_point(CrashPoint::RelayAfterTake);
         let (sent, failed) = match tokio::time::timeout(limit, self.publish(rows)).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -200,7 +201,7 @@ impl Relay {
             }
         };
         if !sent.is_empty() {
-            crate::faults::crash_point("relay.after_publish");
+            crate::faults::crash_point(CrashPoint::RelayAfterPublish);
             sqlx::query(
                 "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL \
                  WHERE id = ANY($1)",

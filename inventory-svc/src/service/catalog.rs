@@ -1,0 +1,81 @@
+//! Products and their stock: the catalog entries and AdjustStock.
+
+use sqlx::PgConnection;
+
+use super::{Inventory, InventoryError, Result};
+use crate::breaker::Path;
+use crate::domain::{self, Product};
+use crate::store;
+
+impl Inventory {
+    /// Creates or updates a catalog entry. A new SKU gets its (empty) Redis
+    /// counter at once; if Redis is down, the first reservation builds it.
+    pub async fn upsert_product(
+        &self,
+        sku: &str,
+        name: &str,
+        unit_price_cents: i64,
+    ) -> Result<(Product, bool)> {
+        domain::validate_product(sku, name, unit_price_cents)?;
+        let (product, created) = self
+            .store
+            .upsert_product(sku, name, unit_price_cents)
+            .await?;
+        if created
+            && self.breaker.path() == Path::Redis
+            && let Err(e) = self.rebuild(std::slice::from_ref(&product.sku)).await
+        {
+            tracing::warn!(sku, error = %e, "new product's counter not built yet");
+        }
+        Ok((product, created))
+    }
+
+    pub async fn product(&self, sku: &str) -> Result<Product> {
+        saga_shared::validate::ident("sku", sku, domain::MAX_SKU_LEN)?;
+        self.store
+            .product(sku)
+            .await?
+            .ok_or_else(|| InventoryError::UnknownSku(sku.to_owned()))
+    }
+
+    /// Adds or removes units on hand if `expected_version` is current, in
+    /// the caller's transaction (which must commit soon: it holds the SKU's
+    /// row lock). Removing units moves the counter's epoch on, so that Redis
+    /// cannot grant them before it is rebuilt; call [`Inventory::after_adjust`]
+    /// once the transaction has committed. If it rolls back, Redis is as it
+    /// was.
+    pub async fn adjust_in(
+        &self,
+        tx: &mut PgConnection,
+        sku: &str,
+        delta: i64,
+        expected_version: i64,
+    ) -> Result<Product> {
+        domain::validate_adjust(sku, delta, expected_version)?;
+        let (products, _) =
+            store::snapshots(tx, &[sku.to_owned()], self.closed_window(), true).await?;
+        let Some(product) = products.into_iter().next() else {
+            return Err(InventoryError::UnknownSku(sku.to_owned()));
+        };
+        let on_hand = domain::adjust(&product, delta, expected_version)?;
+        let updated = store::set_on_hand(tx, sku, on_hand).await?;
+        if delta < 0 {
+            let epoch = store::next_epoch(tx).await?;
+            store::set_epoch(tx, sku, epoch).await?;
+        }
+        metrics::counter!("inventory_stock_adjustments_total").increment(1);
+        Ok(updated)
+    }
+
+    /// Brings the Redis counter of `sku` up to an adjustment that committed.
+    /// Best effort: a counter left behind undercounts (units added) or is
+    /// fenced (units removed) until its next use or reconciliation.
+    pub async fn after_adjust(&self, sku: &str) {
+        if self.breaker.path() == Path::Postgres {
+            return;
+        }
+        if let Err(e) = self.rebuild_or_fall_back(&[sku.to_owned()]).await {
+            tracing::warn!(sku, error = %e, "counter not rebuilt after an adjustment");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Holding stock: the Redis grant (or the decision to use Postgres) before
+//! the transaction, then the record in the caller's transaction.
+
+use saga_shared::faults::{CrashPoint, crash_point};
+use sqlx::PgConnection;
+
+use super::{AfterCommit, Inventory, InventoryError, Result};
+use crate::cache::{CacheError, Reserve};
+use crate::domain::{Holder, Line, OrderHoldState};
+use crate::store::{self, Claimed, HoldRow, PgReserve};
+
+/// Why an order cannot be held at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    OutOfStock,
+    UnknownSku,
+    InvalidLines,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OutOfStock => "out_of_stock",
+            RejectReason::UnknownSku => "unknown_sku",
+            RejectReason::InvalidLines => "invalid_lines",
+        }
+    }
+}
+
+/// The first half of holding an order, done before its transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveStep {
+    /// Redis holds every line; record them under these counter epochs.
+    Granted { lines: Vec<Line>, epochs: Vec<i64> },
+    /// Redis is not in use: hold through Postgres in the transaction.
+    ViaPostgres { lines: Vec<Line> },
+    /// Nothing is held.
+    Rejected { sku: String, reason: RejectReason },
+    /// The order was cancelled before it was placed here: hold nothing.
+    Closed,
+    /// Postgres already has a decision for this order.
+    Decided,
+}
+
+/// What the second half of holding an order did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// Newly held, at these prices.
+    Held(Vec<HoldRow>),
+    /// Newly rejected.
+    Rejected { sku: String, reason: RejectReason },
+    /// Decided before (a duplicate, or a tombstone): nothing changed.
+    Unchanged(OrderHoldState),
+}
+
+impl Inventory {
+    /// Holds `lines` (sorted, as [`domain::order_lines`] returns them) for
+    /// `holder` in Redis, all or none; or says to use Postgres. A counter that
+    /// is missing is rebuilt first; a grant from a counter whose epoch is no
+    /// longer Postgres's is given back and redone after a rebuild.
+    pub async fn reserve_step(&self, holder: Holder, lines: Vec<Line>) -> Result<ReserveStep> {
+        let ledger = holder.ledger_id();
+        if self.store.order_state(ledger).await?.is_some() {
+            return Ok(ReserveStep::Decided);
+        }
+        const ATTEMPTS: usize = 4;
+        for _ in 0..ATTEMPTS {
+            let Some(answer) = self.via_redis(self.cache.reserve(ledger, &lines)).await? else {
+                return Ok(ReserveStep::ViaPostgres { lines });
+            };
+            let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+            match answer {
+                Reserve::Granted(epochs) => {
+                    let current = self.store.prices_and_epochs(&skus).await?;
+                    let stale: Vec<String> = lines
+                        .iter()
+                        .zip(&epochs)
+                        .filter(|(line, epoch)| {
+                            !current
+                                .iter()
+                                .any(|c| c.sku == line.sku && c.redis_epoch == **epoch)
+                        })
+                        .map(|(line, _)| line.sku.clone())
+                        .collect();
+                    if stale.is_empty() {
+                        crash_point(CrashPoint::InventoryAfterRedisHold);
+                        return Ok(ReserveStep::Granted { lines, epochs });
+                    }
+                    tracing::info!(
+                        ?stale,
+                        "counter epoch differs from Postgres; redoing the hold"
+                    );
+                    let all: Vec<&str> = skus.iter().map(String::as_str).collect();
+                    if self
+                        .via_redis(self.cache.revoke(ledger, &all))
+                        .await?
+                        .is_none()
+                    {
+                        return Ok(ReserveStep::ViaPostgres { lines });
+                    }
+                    self.rebuild_or_fall_back(&stale).await?;
+                }
+                Reserve::Rejected { index, .. } => {
+                    return Ok(ReserveStep::Rejected {
+                        sku: lines[index].sku.clone(),
+                        reason: RejectReason::OutOfStock,
+                    });
+                }
+                Reserve::NotReady { index } => {
+                    let known = self.store.prices_and_epochs(&skus).await?;
+                    if let Some(unknown) =
+                        lines.iter().find(|l| !known.iter().any(|k| k.sku == l.sku))
+                    {
+                        return Ok(ReserveStep::Rejected {
+                            sku: unknown.sku.clone(),
+                            reason: RejectReason::UnknownSku,
+                        });
+                    }
+                    tracing::info!(sku = %lines[index].sku, "counter missing in Redis; rebuilding");
+                    self.rebuild_or_fall_back(&skus).await?;
+                }
+                Reserve::Closed { .. } => return Ok(ReserveStep::Closed),
+                Reserve::Mismatch { index, held } => {
+                    let id = holder.reservation_id().unwrap_or(ledger);
+                    return Err(InventoryError::ReservationConflict {
+                        id,
+                        why: format!(
+                            "already holds {held} of {:?} under this id, not {}; a retry must ask for the same lines",
+                            lines[index].sku, lines[index].quantity
+                        ),
+                    });
+                }
+            }
+        }
+        Err(InventoryError::Cache(CacheError::Reply(format!(
+            "counters kept changing during {ATTEMPTS} attempts"
+        ))))
+    }
+
+    /// The second half of holding stock for `holder`, in the caller's
+    /// transaction. A grant Redis made for a decision that was closed
+    /// meanwhile (a release or a rejection overtook it) is given back once
+    /// the transaction commits: see the [`AfterCommit`] returned.
+    pub async fn apply_reserve(
+        &self,
+        tx: &mut PgConnection,
+        holder: Holder,
+        step: ReserveStep,
+    ) -> Result<(Reserved, AfterCommit)> {
+        let ledger = holder.ledger_id();
+        let mut after = AfterCommit::Nothing;
+        let (path, reserved) = match step {
+            ReserveStep::Granted { lines, epochs } => {
+                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
+                    Claimed::New => {
+                        let held = store::record_holds(tx, ledger, &lines, &epochs).await?;
+                        ("redis", Reserved::Held(held))
+                    }
+                    Claimed::Existing(state) => {
+                        if matches!(state, OrderHoldState::Released | OrderHoldState::Rejected) {
+                            after = AfterCommit::Release {
+                                ledger,
+                                skus: lines.into_iter().map(|l| l.sku).collect(),
+                            };
+                        }
+                        ("redis", Reserved::Unchanged(state))
+                    }
+                }
+            }
+            ReserveStep::ViaPostgres { lines } => {
+                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
+                    Claimed::New => match store::reserve_in_postgres(tx, ledger, &lines).await? {
+                        PgReserve::Held(held) => ("postgres", Reserved::Held(held)),
+                        PgReserve::Short(sku) => {
+                            let reason = RejectReason::OutOfStock;
+                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
+                            ("postgres", Reserved::Rejected { sku, reason })
+                        }
+                        PgReserve::Unknown(sku) => {
+                            let reason = RejectReason::UnknownSku;
+                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
+                            ("postgres", Reserved::Rejected { sku, reason })
+                        }
+                    },
+                    Claimed::Existing(state) => ("postgres", Reserved::Unchanged(state)),
+                }
+            }
+            ReserveStep::Rejected { sku, reason } => {
+                match store::claim_order_with(
+                    tx,
+                    holder,
+                    OrderHoldState::Rejected,
+                    Some(reason.as_str()),
+                    Some(&sku),
+                )
+                .await?
+                {
+                    Claimed::New => ("redis", Reserved::Rejected { sku, reason }),
+                    Claimed::Existing(state) => ("redis", Reserved::Unchanged(state)),
+                }
+            }
+            ReserveStep::Closed => {
+                store::claim_order(
+                    tx,
+                    holder,
+                    OrderHoldState::Released,
+                    Some("cancelled before placement"),
+                )
+                .await?;
+                ("redis", Reserved::Unchanged(OrderHoldState::Released))
+            }
+            ReserveStep::Decided => {
+                let state = store::lock_order(tx, ledger)
+                    .await?
+                    .unwrap_or(OrderHoldState::Released);
+                ("none", Reserved::Unchanged(state))
+            }
+        };
+        let outcome = match &reserved {
+            Reserved::Held(_) => "held",
+            Reserved::Rejected { .. } => "rejected",
+            Reserved::Unchanged(_) => "unchanged",
+        };
+        metrics::counter!("inventory_reservations_total", "path" => path, "outcome" => outcome)
+            .increment(1);
+        Ok((reserved, after))
+    }
+}
