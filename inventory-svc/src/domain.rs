@@ -14,7 +14,7 @@ pub const MAX_UNIT_PRICE_CENTS: i64 = 1_000_000_000;
 pub const MAX_ON_HAND: i64 = 1_000_000_000_000;
 
 /// A catalog entry and its stock, as Postgres has it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Product {
     pub sku: String,
     pub name: String,

@@ -12,6 +12,32 @@ use crate::domain::{Holder, Line, OrderHoldState, Product};
 
 const PRODUCT_COLUMNS: &str = "sku, name, unit_price_cents, on_hand, reserved, sold, version";
 
+/// A `products` row (its catalog and stock columns).
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    sku: String,
+    name: String,
+    unit_price_cents: i64,
+    on_hand: i64,
+    reserved: i64,
+    sold: i64,
+    version: i64,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Product {
+            sku: r.sku,
+            name: r.name,
+            unit_price_cents: r.unit_price_cents,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
+            sold: r.sold,
+            version: r.version,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -70,7 +96,7 @@ impl Store {
         #[derive(sqlx::FromRow)]
         struct Upserted {
             #[sqlx(flatten)]
-            product: Product,
+            product: ProductRow,
             created: bool,
         }
         let row: Upserted = sqlx::query_as(
@@ -86,40 +112,43 @@ impl Store {
         .bind(unit_price_cents)
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.product, row.created))
+        Ok((row.product.into(), row.created))
     }
 
     pub async fn product(&self, sku: &str) -> sqlx::Result<Option<Product>> {
-        sqlx::query_as(
+        let row: Option<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
              FROM products WHERE sku = $1",
         )
         .bind(sku)
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        Ok(row.map(Into::into))
     }
 
     /// The given SKUs that exist, ordered by SKU.
     pub async fn products(&self, skus: &[String]) -> sqlx::Result<Vec<Product>> {
-        sqlx::query_as(
+        let rows: Vec<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
              FROM products WHERE sku = ANY($1) ORDER BY sku",
         )
         .bind(skus)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// A page of products after `after` (exclusive), ordered by SKU.
     pub async fn list(&self, after: &str, limit: i64) -> sqlx::Result<Vec<Product>> {
-        sqlx::query_as(
+        let rows: Vec<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
              FROM products WHERE sku > $1 ORDER BY sku LIMIT $2",
         )
         .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Every SKU (for a full rebuild).
@@ -203,7 +232,7 @@ pub async fn snapshots(
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
-        product: Product,
+        product: ProductRow,
         redis_epoch: i64,
     }
     let query = if lock {
@@ -247,7 +276,7 @@ pub async fn snapshots(
             }
         }
         snapshots.push(snap);
-        products.push(row.product);
+        products.push(row.product.into());
     }
     Ok((products, snapshots))
 }
@@ -281,11 +310,12 @@ pub async fn set_on_hand(
         "UPDATE products SET on_hand = $2, version = version + 1, updated_at = now() \
          WHERE sku = $1 RETURNING {PRODUCT_COLUMNS}"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row: ProductRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(sku)
         .bind(on_hand)
         .fetch_one(conn)
-        .await
+        .await?;
+    Ok(row.into())
 }
 
 /// Takes the decision row of `holder`: inserts it with `state` if missing,
@@ -449,13 +479,14 @@ pub async fn reserve_in_postgres(
     lines: &[Line],
 ) -> sqlx::Result<PgReserve> {
     let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
-    let rows: Vec<Product> = sqlx::query_as(
+    let rows: Vec<ProductRow> = sqlx::query_as(
         "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
          FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
     .bind(&skus)
     .fetch_all(&mut *conn)
     .await?;
+    let rows: Vec<Product> = rows.into_iter().map(Into::into).collect();
     let mut held = Vec::with_capacity(lines.len());
     for line in lines {
         let Some(p) = rows.iter().find(|p| p.sku == line.sku) else {

@@ -10,7 +10,7 @@ pub const MAX_CUSTOMER_ID_LEN: usize = 64;
 /// The most one top-up may add (10 billion in major units).
 pub const MAX_TOP_UP_CENTS: i64 = 1_000_000_000_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wallet {
     pub customer_id: String,
     pub balance_cents: i64,
@@ -21,6 +21,9 @@ pub struct Wallet {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaymentState {
+    /// Being taken, inside the transaction that settles it (never seen
+    /// committed).
+    Pending,
     Captured,
     Failed,
     Refunded,
@@ -31,6 +34,7 @@ pub enum PaymentState {
 impl PaymentState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Pending => "PENDING",
             Self::Captured => "CAPTURED",
             Self::Failed => "FAILED",
             Self::Refunded => "REFUNDED",
@@ -39,9 +43,15 @@ impl PaymentState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Captured, Self::Failed, Self::Refunded, Self::Voided]
-            .into_iter()
-            .find(|p| p.as_str() == s)
+        [
+            Self::Pending,
+            Self::Captured,
+            Self::Failed,
+            Self::Refunded,
+            Self::Voided,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
     }
 }
 
@@ -64,16 +74,22 @@ impl FailureReason {
             Self::CardDeclined => "card_declined",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::InsufficientFunds, Self::CardDeclined]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payment {
     pub payment_id: Uuid,
     pub order_id: Uuid,
     pub customer_id: String,
     pub amount_cents: i64,
-    pub state: String,
-    pub failure_reason: Option<String>,
+    pub state: PaymentState,
+    pub failure_reason: Option<FailureReason>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -6,23 +6,31 @@
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
 use saga_shared::bus::consumer::event_uuid;
-use saga_shared::bus::{Delivery, EventMeta, EventType, Handler, HandlerError, Outbox, SagaEvent};
-use saga_shared::faults::{CrashPoint, crash_point};
-use saga_shared::proto::events::v1 as pb;
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::domain::{self, FailureReason, PaymentState};
-use crate::gateway::{Authorization, Gateway};
-use crate::store;
+use crate::gateway::Authorization;
+use crate::service::{PaymentError, Payments};
 
 pub struct OrderEvents {
-    gateway: Gateway,
+    payments: Payments,
 }
 
 impl OrderEvents {
-    pub fn new(gateway: Gateway) -> Self {
-        Self { gateway }
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+impl From<PaymentError> for HandlerError {
+    fn from(e: PaymentError) -> Self {
+        match e {
+            PaymentError::Db(db) => db.into(),
+            PaymentError::Vanished(_) => HandlerError::Transient(Box::new(e)),
+            PaymentError::Invalid(_)
+            | PaymentError::NotFound(_)
+            | PaymentError::Overflow { .. } => HandlerError::Permanent(Box::new(e)),
+        }
     }
 }
 
@@ -42,7 +50,7 @@ impl Handler for OrderEvents {
         match &d.event {
             SagaEvent::OrderReserved(_) => {
                 let order = event_uuid("order_id", d.event.order_id())?;
-                Ok(Some(self.gateway.authorize(order).await))
+                Ok(Some(self.payments.authorize(order).await))
             }
             _ => Ok(None),
         }
@@ -55,112 +63,25 @@ impl Handler for OrderEvents {
         auth: Option<Authorization>,
     ) -> Result<(), HandlerError> {
         let order = event_uuid("order_id", d.event.order_id())?;
+        let meta = d.follow_up(order);
         match (&d.event, auth) {
-            (SagaEvent::OrderReserved(e), Some(auth)) => reserved(tx, d, order, e, auth).await,
-            (SagaEvent::OrderCancelled(e), _) => cancelled(tx, d, order, &e.customer_id).await,
-            (other, _) => Err(HandlerError::permanent(format!(
-                "payment does not handle {}",
-                other.event_type()
-            ))),
-        }
-    }
-}
-
-async fn reserved(
-    tx: &mut PgConnection,
-    d: &Delivery,
-    order: Uuid,
-    e: &pb::OrderReserved,
-    auth: Authorization,
-) -> Result<(), HandlerError> {
-    domain::validate_customer("customer_id", &e.customer_id)
-        .map_err(|fe| HandlerError::permanent(fe.to_string()))?;
-    if e.amount_cents < 0 {
-        return Err(HandlerError::permanent(format!(
-            "amount_cents: negative ({})",
-            e.amount_cents
-        )));
-    }
-    let Some(payment_id) = store::begin_payment(tx, order, &e.customer_id, e.amount_cents).await?
-    else {
-        // Charged already, or the order was cancelled before this arrived.
-        return Ok(());
-    };
-    let failure = match auth {
-        Authorization::Declined => Some(FailureReason::CardDeclined),
-        Authorization::Approved if e.amount_cents == 0 => None,
-        Authorization::Approved => {
-            if store::charge(tx, order, &e.customer_id, e.amount_cents).await? {
-                crash_point(CrashPoint::PaymentAfterCharge);
-                None
-            } else {
-                Some(FailureReason::InsufficientFunds)
+            (SagaEvent::OrderReserved(e), Some(auth)) => {
+                self.payments
+                    .charge(tx, order, &e.customer_id, e.amount_cents, auth, &meta)
+                    .await?;
+            }
+            (SagaEvent::OrderCancelled(e), _) => {
+                self.payments
+                    .cancel(tx, order, &e.customer_id, &meta)
+                    .await?;
+            }
+            (other, _) => {
+                return Err(HandlerError::permanent(format!(
+                    "payment does not handle {}",
+                    other.event_type()
+                )));
             }
         }
-    };
-    let event = match failure {
-        None => {
-            store::settle(tx, order, PaymentState::Captured, None).await?;
-            metrics::counter!("payment_captured_cents_total").increment(e.amount_cents as u64);
-            SagaEvent::PaymentSucceeded(pb::PaymentSucceeded {
-                order_id: order.to_string(),
-                payment_id: payment_id.to_string(),
-                customer_id: e.customer_id.clone(),
-                amount_cents: e.amount_cents,
-            })
-        }
-        Some(reason) => {
-            store::settle(tx, order, PaymentState::Failed, Some(reason)).await?;
-            metrics::counter!("payment_failures_total", "reason" => reason.as_str()).increment(1);
-            SagaEvent::PaymentFailed(pb::PaymentFailed {
-                order_id: order.to_string(),
-                customer_id: e.customer_id.clone(),
-                reason: match reason {
-                    FailureReason::InsufficientFunds => pb::PaymentFailureReason::InsufficientFunds,
-                    FailureReason::CardDeclined => pb::PaymentFailureReason::CardDeclined,
-                } as i32,
-            })
-        }
-    };
-    Outbox::enqueue(tx, &d.follow_up(order), &event).await?;
-    Ok(())
-}
-
-async fn cancelled(
-    tx: &mut PgConnection,
-    d: &Delivery,
-    order: Uuid,
-    customer: &str,
-) -> Result<(), HandlerError> {
-    if store::void(tx, order, customer).await? {
-        return Ok(());
+        Ok(())
     }
-    refund_captured(tx, order, &d.follow_up(order)).await?;
-    Ok(())
-}
-
-/// Refunds the order's payment if it is captured, writing
-/// `payments.refunded` with `meta`; false if there was nothing to refund.
-/// The order's payment row must exist.
-pub async fn refund_captured(
-    tx: &mut PgConnection,
-    order: Uuid,
-    meta: &EventMeta,
-) -> Result<bool, HandlerError> {
-    let Some(payment) = store::lock_payment(tx, order).await? else {
-        return Err(HandlerError::transient("payment vanished while locking it"));
-    };
-    if PaymentState::parse(&payment.state) != Some(PaymentState::Captured) {
-        return Ok(false);
-    }
-    store::refund(tx, &payment).await?;
-    metrics::counter!("payment_refunded_cents_total").increment(payment.amount_cents as u64);
-    let event = SagaEvent::PaymentRefunded(pb::PaymentRefunded {
-        order_id: order.to_string(),
-        payment_id: payment.payment_id.to_string(),
-        customer_id: payment.customer_id.clone(),
-        amount_cents: payment.amount_cents,
-    });
-    Outbox::enqueue(tx, meta, &event).await?;
-    Ok(true)
 }

@@ -1,4 +1,5 @@
-//! The gRPC boundary of payment.
+//! The gRPC boundary of payment: proto <-> domain, and the one mapping of
+//! errors to status codes.
 
 use saga_shared::idempotency::{self, Begin};
 use saga_shared::proto::payment::v1 as pb;
@@ -6,16 +7,28 @@ use saga_shared::proto::payment::v1::payment_service_server::PaymentService;
 use saga_shared::validate;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, Payment, PaymentState, Wallet};
-use crate::store::{self, Store, TopUpError};
+use crate::domain::{Payment, PaymentState, Wallet};
+use crate::service::{PaymentError, Payments};
 
 pub struct PaymentGrpc {
-    store: Store,
+    payments: Payments,
 }
 
 impl PaymentGrpc {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+impl From<PaymentError> for Status {
+    fn from(e: PaymentError) -> Self {
+        match e {
+            PaymentError::Invalid(fe) => fe.into(),
+            PaymentError::NotFound(msg) => Status::not_found(msg),
+            PaymentError::Overflow { .. } => Status::invalid_argument(e.to_string()),
+            PaymentError::Vanished(_) => Status::aborted(format!("{e}; retry")),
+            PaymentError::Db(ref db) => saga_shared::grpc::database("payment database", db),
+        }
     }
 }
 
@@ -33,12 +46,12 @@ impl From<Wallet> for pb::Wallet {
 
 impl From<Payment> for pb::Payment {
     fn from(p: Payment) -> Self {
-        let state = match PaymentState::parse(&p.state) {
-            Some(PaymentState::Captured) => pb::PaymentState::Captured,
-            Some(PaymentState::Failed) => pb::PaymentState::Failed,
-            Some(PaymentState::Refunded) => pb::PaymentState::Refunded,
-            Some(PaymentState::Voided) => pb::PaymentState::Voided,
-            None => pb::PaymentState::Unspecified,
+        let state = match p.state {
+            PaymentState::Captured => pb::PaymentState::Captured,
+            PaymentState::Failed => pb::PaymentState::Failed,
+            PaymentState::Refunded => pb::PaymentState::Refunded,
+            PaymentState::Voided => pb::PaymentState::Voided,
+            PaymentState::Pending => pb::PaymentState::Unspecified,
         };
         pb::Payment {
             payment_id: p.payment_id.to_string(),
@@ -46,15 +59,14 @@ impl From<Payment> for pb::Payment {
             customer_id: p.customer_id,
             amount_cents: p.amount_cents,
             state: state as i32,
-            failure_reason: p.failure_reason.unwrap_or_default(),
+            failure_reason: p
+                .failure_reason
+                .map(|f| f.as_str().to_owned())
+                .unwrap_or_default(),
             created_at: Some(saga_shared::time::to_proto(p.created_at)),
             updated_at: Some(saga_shared::time::to_proto(p.updated_at)),
         }
     }
-}
-
-fn db(e: sqlx::Error) -> Status {
-    saga_shared::grpc::database("payment database", &e)
 }
 
 #[tonic::async_trait]
@@ -63,14 +75,10 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::GetWalletRequest>,
     ) -> Result<Response<pb::GetWalletResponse>, Status> {
-        let customer = request.into_inner().customer_id;
-        domain::validate_customer("customer_id", &customer)?;
         let wallet = self
-            .store
-            .wallet(&customer)
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Status::not_found(format!("customer_id: no wallet for {customer:?}")))?;
+            .payments
+            .wallet(&request.into_inner().customer_id)
+            .await?;
         Ok(Response::new(pb::GetWalletResponse {
             wallet: Some(wallet.into()),
         }))
@@ -82,24 +90,27 @@ impl PaymentService for PaymentGrpc {
     ) -> Result<Response<pb::TopUpResponse>, Status> {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
-        domain::validate_top_up(&r.customer_id, r.amount_cents)?;
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        crate::domain::validate_top_up(&r.customer_id, r.amount_cents)?;
+        let mut tx = self
+            .payments
+            .store()
+            .pool()
+            .begin()
+            .await
+            .map_err(PaymentError::from)?;
         let ticket = match idempotency::begin(&mut tx, "payment.TopUp", key, &r).await? {
             Begin::Replay(response) => return Ok(Response::new(response)),
             Begin::Proceed(ticket) => ticket,
         };
-        let wallet = match store::top_up(&mut tx, &r.customer_id, r.amount_cents).await {
-            Ok(w) => w,
-            Err(e @ TopUpError::Overflow { .. }) => {
-                return Err(Status::invalid_argument(e.to_string()));
-            }
-            Err(TopUpError::Sql(e)) => return Err(db(e)),
-        };
+        let wallet = self
+            .payments
+            .top_up_in(&mut tx, &r.customer_id, r.amount_cents)
+            .await?;
         let response = pb::TopUpResponse {
             wallet: Some(wallet.into()),
         };
         ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.map_err(PaymentError::from)?;
         Ok(Response::new(response))
     }
 
@@ -108,12 +119,7 @@ impl PaymentService for PaymentGrpc {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let order = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let payment = self
-            .store
-            .payment(order)
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Status::not_found(format!("order_id: no payment for order {order}")))?;
+        let payment = self.payments.payment(order).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment.into()),
         }))

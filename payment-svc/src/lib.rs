@@ -6,9 +6,9 @@
 //! a CHECK keeps every wallet conserved. The card gateway is simulated
 //! (decline rate, latency, seed).
 //!
-//! Layout: [`domain`], [`store`] (SQL), [`gateway`], [`events`], [`repair`]
-//! (refunds of cancelled orders whose event could not be applied), [`grpc`],
-//! [`config`].
+//! Layout: [`domain`] (rules, no I/O), [`store`] (SQL), [`gateway`]
+//! (simulated), [`service`] (the use-cases, which [`events`], [`grpc`] and
+//! [`repair`] call), [`config`].
 
 pub mod config;
 pub mod domain;
@@ -16,6 +16,7 @@ pub mod events;
 pub mod gateway;
 pub mod grpc;
 pub mod repair;
+pub mod service;
 pub mod store;
 
 use std::future::Future;
@@ -45,18 +46,20 @@ pub async fn connect(config: &PaymentConfig) -> Result<Platform, PlatformError> 
 
 /// The second half of [`build`]: the service on a connected platform.
 pub async fn assemble(mut platform: Platform, config: PaymentConfig) -> Result<App, PlatformError> {
-    let gateway = gateway::Gateway::new(config.gateway.clone());
+    let payments = service::Payments::new(
+        store::Store::new(platform.pool.clone()),
+        gateway::Gateway::new(config.gateway.clone()),
+        platform.outbox.clone(),
+    );
     platform
         .consume(
             StreamKind::Orders,
-            Arc::new(events::OrderEvents::new(gateway)),
+            Arc::new(events::OrderEvents::new(payments.clone())),
         )
         .await?;
-    let repair = repair::CaptureRepair::new(platform.pool.clone(), platform.outbox.clone());
-    platform.repair(repair, &config.repair)?;
-    let store = store::Store::new(platform.pool.clone());
+    platform.repair(repair::CaptureRepair::new(payments.clone()), &config.repair)?;
     let routes =
-        tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc::new(store)));
+        tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc::new(payments)));
     platform.into_app(routes, &[PaymentServiceServer::<grpc::PaymentGrpc>::NAME])
 }
 

@@ -5,30 +5,31 @@
 use std::time::Duration;
 
 use saga_shared::BoxError;
-use saga_shared::bus::{EventMeta, Outbox};
+use saga_shared::bus::EventMeta;
 use saga_shared::repair::{Outcome, Participant};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::events::refund_captured;
+use crate::service::Payments;
 use crate::store;
 
 pub struct CaptureRepair {
-    pool: PgPool,
-    outbox: Outbox,
+    payments: Payments,
 }
 
 impl CaptureRepair {
-    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
-        Self { pool, outbox }
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
     }
 
     async fn refund(&self, order: Uuid) -> Result<bool, BoxError> {
-        let mut tx = self.pool.begin().await?;
-        let refunded = refund_captured(&mut tx, order, &EventMeta::new(order, None)).await?;
+        let mut tx = self.payments.store().pool().begin().await?;
+        let refunded = self
+            .payments
+            .refund_captured(&mut tx, order, &EventMeta::new(order, None))
+            .await?;
         store::mark_checked(&mut *tx, &[order]).await?;
         tx.commit().await?;
-        self.outbox.wake();
+        self.payments.wake_outbox();
         Ok(refunded)
     }
 }
@@ -40,7 +41,8 @@ impl Participant for CaptureRepair {
         after: Uuid,
         limit: usize,
     ) -> Result<Vec<Uuid>, BoxError> {
-        Ok(store::unchecked_captures(&self.pool, older_than, after, limit as i64).await?)
+        let pool = self.payments.store().pool();
+        Ok(store::unchecked_captures(pool, older_than, after, limit as i64).await?)
     }
 
     async fn finish(&self, ended: Vec<(Uuid, Outcome)>) -> Result<usize, BoxError> {
@@ -50,7 +52,7 @@ impl Participant for CaptureRepair {
             .map(|(id, _)| *id)
             .collect();
         if !confirmed.is_empty() {
-            store::mark_checked(&self.pool, &confirmed).await?;
+            store::mark_checked(self.payments.store().pool(), &confirmed).await?;
         }
         let mut refunded = 0;
         for (order, _) in ended.iter().filter(|(_, o)| *o == Outcome::Cancelled) {

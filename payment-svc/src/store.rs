@@ -16,6 +16,66 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// A `wallets` row.
+#[derive(sqlx::FromRow)]
+struct WalletRow {
+    customer_id: String,
+    balance_cents: i64,
+    topped_up_cents: i64,
+    charged_cents: i64,
+    refunded_cents: i64,
+}
+
+impl From<WalletRow> for Wallet {
+    fn from(r: WalletRow) -> Self {
+        Wallet {
+            customer_id: r.customer_id,
+            balance_cents: r.balance_cents,
+            topped_up_cents: r.topped_up_cents,
+            charged_cents: r.charged_cents,
+            refunded_cents: r.refunded_cents,
+        }
+    }
+}
+
+/// A `payments` row; states and reasons as the table spells them.
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    payment_id: Uuid,
+    order_id: Uuid,
+    customer_id: String,
+    amount_cents: i64,
+    state: String,
+    failure_reason: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = sqlx::Error;
+
+    fn try_from(r: PaymentRow) -> sqlx::Result<Self> {
+        let corrupt = |what: &str, v: &str| {
+            sqlx::Error::Decode(format!("unknown payment {what} {v:?}").into())
+        };
+        Ok(Payment {
+            state: PaymentState::parse(&r.state).ok_or_else(|| corrupt("state", &r.state))?,
+            failure_reason: match r.failure_reason.as_deref() {
+                Some(f) => {
+                    Some(FailureReason::parse(f).ok_or_else(|| corrupt("failure reason", f))?)
+                }
+                None => None,
+            },
+            payment_id: r.payment_id,
+            order_id: r.order_id,
+            customer_id: r.customer_id,
+            amount_cents: r.amount_cents,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
 /// Why a top-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopUpError {
@@ -36,20 +96,22 @@ impl Store {
 
     pub async fn wallet(&self, customer: &str) -> sqlx::Result<Option<Wallet>> {
         let sql = format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE customer_id = $1");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(customer)
             .fetch_optional(&self.pool)
-            .await
+            .await?;
+        Ok(row.map(Into::into))
     }
 
     pub async fn payment(&self, order: Uuid) -> sqlx::Result<Option<Payment>> {
         let sql = format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 AND state <> 'PENDING'"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(order)
             .fetch_optional(&self.pool)
-            .await
+            .await?;
+        row.map(Payment::try_from).transpose()
     }
 }
 
@@ -99,7 +161,7 @@ pub async fn top_up(
              updated_at = now() \
          RETURNING {WALLET_COLUMNS}"
     );
-    let wallet: Wallet = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let wallet: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(customer)
         .bind(amount)
         .fetch_one(&mut *conn)
@@ -117,7 +179,7 @@ pub async fn top_up(
     ledger(conn, customer, None, "TOPUP", amount)
         .await
         .map_err(TopUpError::Sql)?;
-    Ok(wallet)
+    Ok(wallet.into())
 }
 
 async fn ledger(
@@ -227,10 +289,11 @@ pub async fn void(conn: &mut PgConnection, order: Uuid, customer: &str) -> sqlx:
 /// Locks the order's payment.
 pub async fn lock_payment(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<Option<Payment>> {
     let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE");
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(order)
         .fetch_optional(conn)
-        .await
+        .await?;
+    row.map(Payment::try_from).transpose()
 }
 
 /// Gives a captured payment back to the wallet.

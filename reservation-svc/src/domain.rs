@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_CAPACITY: i64 = 100_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {
     pub id: Uuid,
     pub name: String,

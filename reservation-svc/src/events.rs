@@ -6,22 +6,32 @@
 //! - `orders.confirmed`: the held place is confirmed.
 
 use saga_shared::bus::consumer::event_uuid;
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
-use saga_shared::proto::events::v1 as pb;
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::BookingState;
-use crate::lock::{HeldLock, SlotLocks};
-use crate::store::{self, HoldAttempt};
+use crate::lock::HeldLock;
+use crate::service::{ReservationError, Reservations};
 
 pub struct OrderEvents {
-    locks: SlotLocks,
+    reservations: Reservations,
 }
 
 impl OrderEvents {
-    pub fn new(locks: SlotLocks) -> Self {
-        Self { locks }
+    pub fn new(reservations: Reservations) -> Self {
+        Self { reservations }
+    }
+}
+
+impl From<ReservationError> for HandlerError {
+    fn from(e: ReservationError) -> Self {
+        match e {
+            ReservationError::Db(db) => db.into(),
+            ReservationError::Concurrent(_) => HandlerError::Transient(Box::new(e)),
+            ReservationError::Invalid(_)
+            | ReservationError::NotFound(_)
+            | ReservationError::CannotConfirm { .. } => HandlerError::Permanent(Box::new(e)),
+        }
     }
 }
 
@@ -46,7 +56,7 @@ impl Handler for OrderEvents {
     async fn prepare(&self, d: &Delivery) -> Result<Option<HeldLock>, HandlerError> {
         match &d.event {
             SagaEvent::OrderPlaced(e) => match slot_of(e.slot_id.as_ref())? {
-                Some(slot) => Ok(self.locks.acquire(slot).await.ok()),
+                Some(slot) => Ok(self.reservations.lock(slot).await),
                 None => Ok(None),
             },
             _ => Ok(None),
@@ -62,100 +72,35 @@ impl Handler for OrderEvents {
         let order = event_uuid("order_id", d.event.order_id())?;
         match &d.event {
             SagaEvent::OrderPlaced(e) => {
-                let Some(slot) = slot_of(e.slot_id.as_ref())? else {
-                    return Ok(());
-                };
-                placed(tx, d, order, slot).await
+                if let Some(slot) = slot_of(e.slot_id.as_ref())? {
+                    self.reservations
+                        .hold(tx, order, slot, &d.follow_up(order))
+                        .await?;
+                }
             }
             SagaEvent::OrderCancelled(e) => {
-                let Some(slot) = slot_of(e.slot_id.as_ref())? else {
-                    return Ok(());
-                };
-                if store::insert_booking(
-                    tx,
-                    order,
-                    Some(slot),
-                    BookingState::Released,
-                    Some("cancelled before placement"),
-                )
-                .await?
-                {
-                    return Ok(());
+                if let Some(slot) = slot_of(e.slot_id.as_ref())? {
+                    self.reservations.cancel(tx, order, slot).await?;
                 }
-                store::finish_held(tx, order, BookingState::Released).await?;
-                Ok(())
             }
             SagaEvent::OrderConfirmed(e) => {
-                if slot_of(e.slot_id.as_ref())?.is_none() {
-                    return Ok(());
-                }
-                match store::lock_booking(tx, order).await? {
-                    Some((BookingState::Held, Some(slot))) => {
-                        store::close_booking(tx, order, slot, BookingState::Confirmed).await?;
-                        Ok(())
-                    }
-                    Some((BookingState::Confirmed, _)) => Ok(()),
-                    Some((state, _)) => Err(HandlerError::permanent(format!(
-                        "order {order} confirmed but its booking is {state}"
-                    ))),
-                    None => Err(HandlerError::permanent(format!(
-                        "order {order} confirmed but its slot was never held"
-                    ))),
+                if slot_of(e.slot_id.as_ref())?.is_some() {
+                    self.reservations.confirm(tx, order).await?;
                 }
             }
-            other => Err(HandlerError::permanent(format!(
-                "reservation does not handle {}",
-                other.event_type()
-            ))),
+            other => {
+                return Err(HandlerError::permanent(format!(
+                    "reservation does not handle {}",
+                    other.event_type()
+                )));
+            }
         }
+        Ok(())
     }
 
     async fn finish(&self, lock: Option<HeldLock>) {
         if let Some(lock) = lock {
-            self.locks.release(lock).await;
+            self.reservations.unlock(lock).await;
         }
     }
-}
-
-async fn placed(
-    tx: &mut PgConnection,
-    d: &Delivery,
-    order: Uuid,
-    slot: Uuid,
-) -> Result<(), HandlerError> {
-    if store::lock_booking(tx, order).await?.is_some() {
-        // A duplicate, or the cancellation came first.
-        return Ok(());
-    }
-    let (state, reason, event) = match store::try_hold(tx, slot).await? {
-        HoldAttempt::Held => (
-            BookingState::Held,
-            None,
-            SagaEvent::ReservationHeld(pb::ReservationHeld {
-                order_id: order.to_string(),
-                slot_id: slot.to_string(),
-            }),
-        ),
-        attempt => {
-            let (reason, why) = match attempt {
-                HoldAttempt::Full => (pb::ReservationRejectReason::SlotFull, "slot_full"),
-                _ => (pb::ReservationRejectReason::UnknownSlot, "unknown_slot"),
-            };
-            (
-                BookingState::Rejected,
-                Some(why),
-                SagaEvent::ReservationRejected(pb::ReservationRejected {
-                    order_id: order.to_string(),
-                    slot_id: slot.to_string(),
-                    reason: reason as i32,
-                }),
-            )
-        }
-    };
-    if !store::insert_booking(tx, order, Some(slot), state, reason).await? {
-        // A cancellation committed its tombstone meanwhile: undo by retrying.
-        return Err(HandlerError::transient("booking decided concurrently"));
-    }
-    Outbox::enqueue(tx, &d.follow_up(order), &event).await?;
-    Ok(())
 }

@@ -1,22 +1,34 @@
-//! The gRPC boundary of reservation.
+//! The gRPC boundary of reservation: proto <-> domain, and the one mapping
+//! of errors to status codes.
 
 use saga_shared::idempotency::{self, Begin};
 use saga_shared::proto::reservation::v1 as pb;
 use saga_shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use saga_shared::validate;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::domain::{self, Slot};
-use crate::store::{self, Store};
+use crate::service::{ReservationError, Reservations};
 
 pub struct ReservationGrpc {
-    store: Store,
+    reservations: Reservations,
 }
 
 impl ReservationGrpc {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(reservations: Reservations) -> Self {
+        Self { reservations }
+    }
+}
+
+impl From<ReservationError> for Status {
+    fn from(e: ReservationError) -> Self {
+        match e {
+            ReservationError::Invalid(fe) => fe.into(),
+            ReservationError::NotFound(msg) => Status::not_found(msg),
+            ReservationError::Concurrent(_) => Status::aborted(format!("{e}; retry")),
+            ReservationError::CannotConfirm { .. } => Status::failed_precondition(e.to_string()),
+            ReservationError::Db(ref db) => saga_shared::grpc::database("reservation database", db),
+        }
     }
 }
 
@@ -34,10 +46,6 @@ impl From<Slot> for pb::Slot {
     }
 }
 
-fn db(e: sqlx::Error) -> Status {
-    saga_shared::grpc::database("reservation database", &e)
-}
-
 const LIST_DEFAULT: i64 = 100;
 const LIST_MAX: i64 = 500;
 
@@ -50,19 +58,26 @@ impl ReservationService for ReservationGrpc {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         domain::validate_new_slot(&r.name, r.capacity)?;
-        let mut tx = self.store.pool().begin().await.map_err(db)?;
+        let mut tx = self
+            .reservations
+            .store()
+            .pool()
+            .begin()
+            .await
+            .map_err(ReservationError::from)?;
         let ticket = match idempotency::begin(&mut tx, "reservation.CreateSlot", key, &r).await? {
             Begin::Replay(response) => return Ok(Response::new(response)),
             Begin::Proceed(ticket) => ticket,
         };
-        let slot = store::insert_slot(&mut tx, Uuid::now_v7(), r.name.trim(), r.capacity)
-            .await
-            .map_err(db)?;
+        let slot = self
+            .reservations
+            .create_slot_in(&mut tx, &r.name, r.capacity)
+            .await?;
         let response = pb::CreateSlotResponse {
             slot: Some(slot.into()),
         };
         ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.map_err(ReservationError::from)?;
         Ok(Response::new(response))
     }
 
@@ -71,12 +86,7 @@ impl ReservationService for ReservationGrpc {
         request: Request<pb::GetSlotRequest>,
     ) -> Result<Response<pb::GetSlotResponse>, Status> {
         let id = validate::uuid("slot_id", &request.into_inner().slot_id)?;
-        let slot = self
-            .store
-            .slot(id)
-            .await
-            .map_err(db)?
-            .ok_or_else(|| Status::not_found(format!("slot_id: no slot {id}")))?;
+        let slot = self.reservations.slot(id).await?;
         Ok(Response::new(pb::GetSlotResponse {
             slot: Some(slot.into()),
         }))
@@ -93,7 +103,7 @@ impl ReservationService for ReservationGrpc {
         } else {
             Some(validate::uuid("page_token", &r.page_token)?)
         };
-        let slots = self.store.list(after, limit + 1).await.map_err(db)?;
+        let slots = self.reservations.slots(after, limit + 1).await?;
         let (slots, next_page_token) = saga_shared::grpc::page(slots, limit, |s| s.id.to_string());
         Ok(Response::new(pb::ListSlotsResponse {
             slots: slots.into_iter().map(Into::into).collect(),

@@ -5,9 +5,9 @@
 //! correctness never depends on it: Postgres takes the place with a
 //! conditional update and a CHECK keeps `held + confirmed <= capacity`.
 //!
-//! Layout: [`domain`], [`store`] (SQL), [`lock`] (Redis), [`events`],
-//! [`repair`] (places of sagas that ended while their events could not be
-//! applied), [`grpc`], [`config`].
+//! Layout: [`domain`] (rules, no I/O), [`store`] (SQL), [`lock`] (Redis),
+//! [`service`] (the use-cases, which [`events`], [`grpc`] and [`repair`]
+//! call), [`config`].
 
 pub mod config;
 pub mod domain;
@@ -15,6 +15,7 @@ pub mod events;
 pub mod grpc;
 pub mod lock;
 pub mod repair;
+pub mod service;
 pub mod store;
 
 use std::future::Future;
@@ -56,19 +57,19 @@ pub async fn assemble(
         Duration::from_millis(config.reservation.lock_wait_ms),
         Duration::from_millis(config.redis.command_timeout_ms),
     );
+    let reservations = service::Reservations::new(store::Store::new(platform.pool.clone()), locks);
     platform
         .consume(
             StreamKind::Orders,
-            Arc::new(events::OrderEvents::new(locks)),
+            Arc::new(events::OrderEvents::new(reservations.clone())),
         )
         .await?;
     platform.repair(
-        repair::BookingRepair::new(platform.pool.clone()),
+        repair::BookingRepair::new(reservations.clone()),
         &config.repair,
     )?;
-    let store = store::Store::new(platform.pool.clone());
     let routes = tonic::service::Routes::new(ReservationServiceServer::new(
-        grpc::ReservationGrpc::new(store),
+        grpc::ReservationGrpc::new(reservations),
     ));
     platform.into_app(
         routes,

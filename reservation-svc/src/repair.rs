@@ -6,19 +6,19 @@ use std::time::Duration;
 
 use saga_shared::BoxError;
 use saga_shared::repair::{Outcome, Participant};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::BookingState;
+use crate::service::Reservations;
 use crate::store;
 
 pub struct BookingRepair {
-    pool: PgPool,
+    reservations: Reservations,
 }
 
 impl BookingRepair {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(reservations: Reservations) -> Self {
+        Self { reservations }
     }
 }
 
@@ -29,7 +29,8 @@ impl Participant for BookingRepair {
         after: Uuid,
         limit: usize,
     ) -> Result<Vec<Uuid>, BoxError> {
-        Ok(store::held_bookings(&self.pool, older_than, after, limit as i64).await?)
+        let pool = self.reservations.store().pool();
+        Ok(store::held_bookings(pool, older_than, after, limit as i64).await?)
     }
 
     async fn finish(&self, ended: Vec<(Uuid, Outcome)>) -> Result<usize, BoxError> {
@@ -39,11 +40,9 @@ impl Participant for BookingRepair {
                 Outcome::Confirmed => BookingState::Confirmed,
                 Outcome::Cancelled => BookingState::Released,
             };
-            let mut tx = self.pool.begin().await?;
-            if store::finish_held(&mut tx, order, to).await? {
+            if self.reservations.finish_held(order, to).await? {
                 finished += 1;
             }
-            tx.commit().await?;
         }
         Ok(finished)
     }

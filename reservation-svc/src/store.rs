@@ -8,6 +8,30 @@ use crate::domain::{BookingState, Slot};
 
 const SLOT_COLUMNS: &str = "id, name, capacity, held, confirmed, created_at";
 
+/// A `slots` row.
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    id: Uuid,
+    name: String,
+    capacity: i32,
+    held: i32,
+    confirmed: i32,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<SlotRow> for Slot {
+    fn from(r: SlotRow) -> Self {
+        Slot {
+            id: r.id,
+            name: r.name,
+            capacity: r.capacity,
+            held: r.held,
+            confirmed: r.confirmed,
+            created_at: r.created_at,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -32,10 +56,11 @@ impl Store {
 
     pub async fn slot(&self, id: Uuid) -> sqlx::Result<Option<Slot>> {
         let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE id = $1");
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.pool)
-            .await
+            .await?;
+        Ok(row.map(Into::into))
     }
 
     /// A page of slots after `after` (exclusive), oldest first.
@@ -44,11 +69,12 @@ impl Store {
             "SELECT {SLOT_COLUMNS} FROM slots WHERE ($1::uuid IS NULL OR id > $1) \
              ORDER BY id LIMIT $2"
         );
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }
 
@@ -61,12 +87,13 @@ pub async fn insert_slot(
     let sql = format!(
         "INSERT INTO slots (id, name, capacity) VALUES ($1, $2, $3) RETURNING {SLOT_COLUMNS}"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row: SlotRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(name)
         .bind(capacity)
         .fetch_one(conn)
-        .await
+        .await?;
+    Ok(row.into())
 }
 
 /// Locks the order's booking, if there is one.
