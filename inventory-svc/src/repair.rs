@@ -10,7 +10,7 @@ use saga_shared::repair::{Outcome, Participant};
 use uuid::Uuid;
 
 use crate::domain::Holder;
-use crate::service::{Closed, Inventory, InventoryError};
+use crate::service::{CloseAs, Closed, Inventory, InventoryError};
 
 pub struct SagaRepair {
     inventory: Inventory,
@@ -22,18 +22,11 @@ impl SagaRepair {
     }
 
     async fn finish_one(&self, order: Uuid, outcome: Outcome) -> Result<bool, InventoryError> {
-        let holder = Holder::Order(order);
-        let (closed, after) = saga_shared::db::retry("repair", || async {
-            let mut tx = self.inventory.store().pool().begin().await?;
-            let done = match outcome {
-                Outcome::Cancelled => self.inventory.apply_release(&mut tx, holder, &[]).await?,
-                Outcome::Confirmed => self.inventory.apply_commit(&mut tx, holder).await?,
-            };
-            tx.commit().await?;
-            Ok::<_, InventoryError>(done)
-        })
-        .await?;
-        self.inventory.after_commit(after).await;
+        let how = match outcome {
+            Outcome::Cancelled => CloseAs::Release,
+            Outcome::Confirmed => CloseAs::Commit,
+        };
+        let closed = self.inventory.close(Holder::Order(order), how).await?;
         Ok(matches!(closed, Closed::Done(_)))
     }
 }

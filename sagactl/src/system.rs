@@ -9,6 +9,7 @@ use inventory_svc::InventoryConfig;
 use order_svc::OrderConfig;
 use payment_svc::PaymentConfig;
 use reservation_svc::ReservationConfig;
+use saga_shared::config::{BusConfig, DatabaseConfig, NatsConfig, RepairConfig};
 use saga_shared::runtime::{App, PlatformError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,20 +46,64 @@ impl SystemConfig {
 
     /// Points every service at one database URL.
     pub fn with_database_url(mut self, url: &str) -> Self {
-        self.order.database.url = url.to_owned();
-        self.inventory.database.url = url.to_owned();
-        self.payment.database.url = url.to_owned();
-        self.reservation.database.url = url.to_owned();
+        for db in self.databases_mut() {
+            db.url = url.to_owned();
+        }
         self
+    }
+
+    /// The database section of each service.
+    pub fn databases_mut(&mut self) -> [&mut DatabaseConfig; 4] {
+        [
+            &mut self.order.database,
+            &mut self.inventory.database,
+            &mut self.payment.database,
+            &mut self.reservation.database,
+        ]
+    }
+
+    /// The NATS section of each service.
+    pub fn nats_mut(&mut self) -> [&mut NatsConfig; 4] {
+        [
+            &mut self.order.nats,
+            &mut self.inventory.nats,
+            &mut self.payment.nats,
+            &mut self.reservation.nats,
+        ]
+    }
+
+    /// The bus section of each service.
+    pub fn buses_mut(&mut self) -> [&mut BusConfig; 4] {
+        [
+            &mut self.order.bus,
+            &mut self.inventory.bus,
+            &mut self.payment.bus,
+            &mut self.reservation.bus,
+        ]
+    }
+
+    /// The bus sections of the participants (inventory, payment,
+    /// reservation).
+    pub fn participant_buses_mut(&mut self) -> [&mut BusConfig; 3] {
+        [
+            &mut self.inventory.bus,
+            &mut self.payment.bus,
+            &mut self.reservation.bus,
+        ]
+    }
+
+    /// The repair section of each participant.
+    pub fn repairs_mut(&mut self) -> [&mut RepairConfig; 3] {
+        [
+            &mut self.inventory.repair,
+            &mut self.payment.repair,
+            &mut self.reservation.repair,
+        ]
     }
 
     /// Points the participants' repair loops at order-svc.
     pub fn point_repair_at(&mut self, order_url: &str) {
-        for repair in [
-            &mut self.inventory.repair,
-            &mut self.payment.repair,
-            &mut self.reservation.repair,
-        ] {
+        for repair in self.repairs_mut() {
             repair.order_url = order_url.to_owned();
         }
     }

@@ -31,22 +31,12 @@ fn crash_friendly(cfg: &mut SystemConfig) {
     cfg.order.order.sweep_interval_ms = 200;
     cfg.inventory.inventory.orphan_grace_secs = 3;
     cfg.inventory.inventory.reconcile_interval_ms = 500;
-    for bus in [
-        &mut cfg.order.bus,
-        &mut cfg.inventory.bus,
-        &mut cfg.payment.bus,
-        &mut cfg.reservation.bus,
-    ] {
+    for bus in cfg.buses_mut() {
         bus.ack_wait_secs = 3;
         bus.relay_lease_secs = 3;
         bus.max_deliver = 20;
     }
-    for db in [
-        &mut cfg.order.database,
-        &mut cfg.inventory.database,
-        &mut cfg.payment.database,
-        &mut cfg.reservation.database,
-    ] {
+    for db in cfg.databases_mut() {
         db.max_connections = 5;
     }
 }
@@ -272,12 +262,7 @@ async fn outbox_rows_held_by_a_relay_that_died_are_published_by_the_next_one_at_
     // A relay round may take an hour: only a relay's death, not a timer,
     // lets another have its rows.
     let mut sys = TestSystem::start_processes(|cfg| {
-        for bus in [
-            &mut cfg.order.bus,
-            &mut cfg.inventory.bus,
-            &mut cfg.payment.bus,
-            &mut cfg.reservation.bus,
-        ] {
+        for bus in cfg.buses_mut() {
             bus.relay_lease_secs = 3_600;
         }
     })

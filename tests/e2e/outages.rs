@@ -12,20 +12,6 @@ use sagactl::dlq;
 
 use crate::WAIT;
 
-async fn cancel(sys: &TestSystem, id: &str) -> anyhow::Result<ord::Order> {
-    Ok(sys
-        .clients
-        .order
-        .clone()
-        .cancel_order(ord::CancelOrderRequest {
-            order_id: id.into(),
-        })
-        .await?
-        .into_inner()
-        .order
-        .unwrap_or_default())
-}
-
 async fn scalar(sys: &TestSystem, sql: &'static str, id: &str) -> anyhow::Result<Option<String>> {
     Ok(sqlx::query_scalar(sql)
         .bind(id)
@@ -48,21 +34,13 @@ async fn violations_besides_dead_letters(sys: &TestSystem) -> anyhow::Result<Vec
 async fn compensations_and_completions_that_were_dead_lettered_are_finished_without_a_redrive()
 -> anyhow::Result<()> {
     let sys = TestSystem::start_with(|cfg| {
-        for bus in [
-            &mut cfg.inventory.bus,
-            &mut cfg.payment.bus,
-            &mut cfg.reservation.bus,
-        ] {
+        for bus in cfg.participant_buses_mut() {
             bus.max_deliver = 2;
             bus.nak_base_delay_ms = 20;
         }
         cfg.order.bus.max_deliver = 1_000_000;
         cfg.order.bus.nak_max_delay_ms = 200;
-        for repair in [
-            &mut cfg.inventory.repair,
-            &mut cfg.payment.repair,
-            &mut cfg.reservation.repair,
-        ] {
+        for repair in cfg.repairs_mut() {
             repair.interval_ms = 200;
             repair.after_secs = 1;
         }
@@ -113,7 +91,7 @@ async fn compensations_and_completions_that_were_dead_lettered_are_finished_with
     })
     .await?;
     assert_eq!(
-        state(&cancel(&sys, &refunded.order_id).await?),
+        state(&sys.cancel(&refunded.order_id).await?),
         OrderState::Cancelled
     );
 
@@ -221,8 +199,9 @@ async fn a_participants_database_down_for_a_minute_loses_no_compensation_or_comp
     // Inventory's database goes away while charges are under way: half the
     // orders are cancelled by their customers, the others confirm.
     own.stop()?;
+    let stopped = tokio::time::Instant::now();
     for id in &placed[..10] {
-        cancel(&sys, id).await?;
+        sys.cancel(id).await?;
     }
     let during: Vec<String> = {
         let mut ids = Vec::new();
@@ -241,8 +220,8 @@ async fn a_participants_database_down_for_a_minute_loses_no_compensation_or_comp
         Ok(retry_age(admin).await? > 20.0)
     })
     .await?;
-    // The fault: a minute without the database.
-    tokio::time::sleep(Duration::from_secs(40)).await;
+    // The fault being injected: a minute without the database.
+    tokio::time::sleep_until(stopped + Duration::from_secs(60)).await;
     own.start_again().await?;
 
     let all: Vec<String> = placed.iter().chain(&during).cloned().collect();
@@ -281,12 +260,7 @@ async fn every_call_answers_unavailable_while_the_database_is_down_and_works_onc
     let mut own = PostgresServer::start().await?;
     let url = own.url("all_down");
     let sys = TestSystem::start_with(|cfg| {
-        for db in [
-            &mut cfg.order.database,
-            &mut cfg.inventory.database,
-            &mut cfg.payment.database,
-            &mut cfg.reservation.database,
-        ] {
+        for db in cfg.databases_mut() {
             db.url = url.clone();
             db.acquire_timeout_ms = 1_000;
         }
@@ -330,16 +304,7 @@ async fn every_call_answers_unavailable_while_the_database_is_down_and_works_onc
                 .await
                 .map(drop),
         ),
-        (
-            "CancelOrder",
-            c.order
-                .clone()
-                .cancel_order(ord::CancelOrderRequest {
-                    order_id: id.clone(),
-                })
-                .await
-                .map(drop),
-        ),
+        ("CancelOrder", sys.cancel(&id).await.map(drop)),
         (
             "GetOrderOutcomes",
             c.order

@@ -217,12 +217,7 @@ async fn nats_restarted_under_load_loses_no_event() -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
     let url = nats.url();
     let sys = TestSystem::start_with(|cfg| {
-        for n in [
-            &mut cfg.order.nats,
-            &mut cfg.inventory.nats,
-            &mut cfg.payment.nats,
-            &mut cfg.reservation.nats,
-        ] {
+        for n in cfg.nats_mut() {
             n.url = url.clone();
         }
     })

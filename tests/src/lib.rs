@@ -56,9 +56,6 @@ pub const CONSUMERS: [(StreamKind, &str); 6] = [
     (StreamKind::Payments, "order-svc"),
 ];
 
-/// Every service schema.
-pub const SCHEMAS: [&str; 4] = ["orders", "inventory", "payment", "reservation"];
-
 /// Polls `check` until it says yes, failing after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
 where
@@ -185,20 +182,10 @@ impl TestSystem {
             .with_namespace(&ns)
             .with_database_url(&db_url)
             .with_free_ports();
-        for db in [
-            &mut cfg.order.database,
-            &mut cfg.inventory.database,
-            &mut cfg.payment.database,
-            &mut cfg.reservation.database,
-        ] {
+        for db in cfg.databases_mut() {
             db.max_connections = 5;
         }
-        for nats in [
-            &mut cfg.order.nats,
-            &mut cfg.inventory.nats,
-            &mut cfg.payment.nats,
-            &mut cfg.reservation.nats,
-        ] {
+        for nats in cfg.nats_mut() {
             nats.url = nats_url();
         }
         cfg.inventory.redis.url = redis_url();
@@ -461,6 +448,18 @@ impl TestSystem {
             .order
             .clone()
             .get_order(ord::GetOrderRequest {
+                order_id: id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().order.unwrap_or_default())
+    }
+
+    /// CancelOrder as a client would send it.
+    pub async fn cancel(&self, id: &str) -> Result<ord::Order, Status> {
+        self.clients
+            .order
+            .clone()
+            .cancel_order(ord::CancelOrderRequest {
                 order_id: id.into(),
             })
             .await

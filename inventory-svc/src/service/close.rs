@@ -32,7 +32,38 @@ pub enum AfterCommit {
     Commit { ledger: Uuid, skus: Vec<String> },
 }
 
+/// How a holder's holds end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseAs {
+    /// Given back (the order was cancelled, the reservation released).
+    Release,
+    /// Sold (the order was confirmed, the reservation committed).
+    Commit,
+}
+
 impl Inventory {
+    /// Ends the holds of `holder` in a transaction of its own (retried on
+    /// conflicts), then tells Redis: for the direct calls and the repair
+    /// loop (events do the same in their inbox transaction).
+    pub async fn close(&self, holder: Holder, how: CloseAs) -> Result<Closed> {
+        let what = match how {
+            CloseAs::Release => "release",
+            CloseAs::Commit => "commit",
+        };
+        let (closed, after) = saga_shared::db::retry(what, || async {
+            let mut tx = self.store.pool().begin().await?;
+            let done = match how {
+                CloseAs::Release => self.apply_release(&mut tx, holder, &[]).await?,
+                CloseAs::Commit => self.apply_commit(&mut tx, holder).await?,
+            };
+            tx.commit().await?;
+            Ok::<_, InventoryError>(done)
+        })
+        .await?;
+        self.after_commit(after).await;
+        Ok(closed)
+    }
+
     /// Releases the holds of `holder` in the caller's transaction, or leaves
     /// a tombstone if it was never reserved here. `skus`: the SKUs the
     /// release names, if known (for a tombstone, Redis marks them released

@@ -2,11 +2,10 @@
 //! id space of their own (docs/adr/0008).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 
 use uuid::Uuid;
 
-use super::{AfterCommit, Inventory, InventoryError, Result};
+use super::{CloseAs, Inventory, InventoryError, Result};
 use crate::domain::{Holder, Line, OrderHoldState};
 use crate::store::{self, StoredReservation};
 
@@ -15,18 +14,6 @@ impl Inventory {
     pub async fn reservation(&self, ledger: Uuid) -> Result<Option<StoredReservation>> {
         let mut conn = self.store.pool().acquire().await?;
         Ok(store::reservation(&mut conn, ledger).await?)
-    }
-
-    /// Runs one direct call's transaction (retried on conflicts) and tells
-    /// Redis once it has committed.
-    async fn direct<F, Fut>(&self, what: &str, work: F) -> Result<()>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<AfterCommit>>,
-    {
-        let after = saga_shared::db::retry(what, work).await?;
-        self.after_commit(after).await;
-        Ok(())
     }
 
     /// ReserveStock: hold `lines` under the caller's `id`, or answer the
@@ -46,14 +33,15 @@ impl Inventory {
         if let Some(unknown) = lines.iter().find(|l| !known.iter().any(|p| p.sku == l.sku)) {
             return Err(InventoryError::UnknownSku(unknown.sku.clone()));
         }
-        self.direct("ReserveStock", || async {
+        let after = saga_shared::db::retry("ReserveStock", || async {
             let step = self.reserve_step(holder, lines.clone()).await?;
             let mut tx = self.store.pool().begin().await?;
             let (_, after) = self.apply_reserve(&mut tx, holder, step).await?;
             tx.commit().await?;
-            Ok(after)
+            Ok::<_, InventoryError>(after)
         })
         .await?;
+        self.after_commit(after).await;
         let stored = self
             .reservation(ledger)
             .await?
@@ -68,13 +56,7 @@ impl Inventory {
         if self.reservation(ledger).await?.is_none() && self.store.saga_known(id).await? {
             return Err(InventoryError::BelongsToSaga(id));
         }
-        self.direct("ReleaseStock", || async {
-            let mut tx = self.store.pool().begin().await?;
-            let (_, after) = self.apply_release(&mut tx, holder, &[]).await?;
-            tx.commit().await?;
-            Ok(after)
-        })
-        .await?;
+        self.close(holder, CloseAs::Release).await?;
         self.reservation(ledger)
             .await?
             .ok_or(InventoryError::UnknownReservation(id))
@@ -91,13 +73,7 @@ impl Inventory {
                 InventoryError::UnknownReservation(id)
             });
         }
-        self.direct("CommitStock", || async {
-            let mut tx = self.store.pool().begin().await?;
-            let (_, after) = self.apply_commit(&mut tx, holder).await?;
-            tx.commit().await?;
-            Ok(after)
-        })
-        .await?;
+        self.close(holder, CloseAs::Commit).await?;
         self.reservation(ledger)
             .await?
             .ok_or(InventoryError::UnknownReservation(id))

@@ -36,7 +36,7 @@ use crate::cache::{CacheError, StockCache};
 use crate::config::InventorySettings;
 use crate::store::Store;
 
-pub use close::{AfterCommit, Closed};
+pub use close::{AfterCommit, CloseAs, Closed};
 pub use error::{InventoryError, Result};
 pub use reconcile::{ReconcileReport, SkuFix};
 pub use reserve::{RejectReason, ReserveStep, Reserved};

@@ -169,12 +169,6 @@ impl Relay {
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let limit = Duration::from_secs(self.cfg.relay_lease_secs.max(1));
         let mut tx = self.pool.begin().await?;
-        // A relay paused mid-round (not dead, so its connection stays open)
-        // keeps its rows at most this long: then Postgres ends its session.
-        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
-            .bind((limit + Duration::from_secs(5)).as_millis().to_string())
-            .execute(&mut *tx)
-            .await?;
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
                  traceparent, tracestate, created_at FROM outbox \
@@ -188,6 +182,12 @@ impl Relay {
             return Ok(0);
         }
         let taken = rows.len();
+        // A relay paused mid-round (not dead, so its connection stays open)
+        // keeps its rows at most this long: then Postgres ends its session.
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind((limit + Duration::from_secs(5)).as_millis().to_string())
+            .execute(&mut *tx)
+            .await?;
         crate::faults::crash_point(CrashPoint::RelayAfterTake);
         let (sent, failed) = match tokio::time::timeout(limit, self.publish(rows)).await {
             Ok(outcome) => outcome,
