@@ -178,3 +178,42 @@ async fn messages_waiting_in_a_consumers_hands_are_not_redelivered_behind_its_ba
     assert_eq!(sys.violations().await?, Vec::<String>::new());
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_follow_a_quiet_spell_are_delivered_once_to_every_consumer()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let ns = sys.namespace();
+    sys.seed_product("Q", 100, 100).await?;
+    sys.top_up("quin", 100_000).await?;
+    let slot = sys.create_slot("q", 10).await?.slot_id;
+    for _ in 0..3 {
+        // The scenario: consumers idle for longer than a pull request's
+        // idle heartbeat and than an ack wait, then work arrives.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        let o = sys
+            .place(order_request("quin", &[("Q", 1)], Some(&slot)))
+            .await?;
+        assert_eq!(
+            state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+            OrderState::Confirmed
+        );
+    }
+    sys.quiesce(WAIT).await?;
+    for (stream, durable) in saga_tests::CONSUMERS {
+        let messages = sys
+            .js
+            .get_stream(ns.stream(stream))
+            .await?
+            .info()
+            .await?
+            .state
+            .messages;
+        let info = consumer_info(&sys, &ns, stream, durable).await?;
+        assert_eq!(
+            info.delivered.consumer_sequence, messages,
+            "{durable} on {stream:?}: deliveries beyond one per message were redeliveries"
+        );
+    }
+    sys.stop().await
+}

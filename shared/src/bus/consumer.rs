@@ -465,11 +465,16 @@ impl<H: Handler> Consumer<H> {
                         room.available_permits()
                     }
                 };
+                // No idle heartbeat: async-nats 0.51's batch stream returns
+                // Pending on a heartbeat without asking to be woken, so the
+                // messages after it sat unread until the request's own timer
+                // fired (and some were redelivered). The server answers 408 at
+                // expiry, which ends the request; a lost connection ends it at
+                // async-nats's timer (expiry + 5 s).
                 let batch = consumer
                     .batch()
                     .max_messages(free)
                     .expires(super::durable::PULL_EXPIRES)
-                    .heartbeat(super::durable::PULL_HEARTBEAT)
                     .messages()
                     .await;
                 let mut batch = match batch {

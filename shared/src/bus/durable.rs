@@ -238,5 +238,3 @@ fn is_not_found(kind: &async_nats::jetstream::context::ConsumerInfoErrorKind) ->
 /// How long a pull request waits for messages before the consumer asks
 /// again (and notices a lost durable or connection).
 pub const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Idle heartbeat of a pull request.
-pub const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
