@@ -1,34 +1,30 @@
 //! Settings of the inventory service. Environment prefix: `INVENTORY_SVC__`
-//! (e.g. `INVENTORY_SVC__REDIS__URL`).
+//! (e.g. `INVENTORY_SVC__REDIS__URL`); an optional TOML file is named by
+//! `INVENTORY_SVC_CONFIG`. The sections every service has come from
+//! [`saga_shared::service_config!`].
 
-use saga_shared::config::{
-    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RedisConfig, RepairConfig, TelemetryConfig,
-};
-use saga_shared::runtime::PlatformConfig;
+use saga_shared::config::{RedisConfig, RepairConfig};
+use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
 
-pub const SERVICE: &str = "inventory-svc";
-pub const ENV_PREFIX: &str = "INVENTORY_SVC__";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InventoryConfig {
-    /// Prefix of stream names, subjects and Redis keys.
-    pub namespace: String,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    pub redis: RedisConfig,
-    /// gRPC listener (default 127.0.0.1:50052).
-    pub grpc: ListenConfig,
-    /// Admin HTTP listener (default 127.0.0.1:9092).
-    pub admin: ListenConfig,
-    pub bus: BusConfig,
-    pub telemetry: TelemetryConfig,
-    pub inventory: InventorySettings,
-    /// Finishing the stock of sagas that ended while their events could not
-    /// be applied.
-    pub repair: RepairConfig,
+saga_shared::service_config! {
+    pub struct InventoryConfig {
+        service: "inventory-svc",
+        env_prefix: "INVENTORY_SVC__",
+        file_var: "INVENTORY_SVC_CONFIG",
+        own_stream: Inventory,
+        schema: "inventory",
+        grpc_port: 50052,
+        admin_port: 9092,
+        pub redis: RedisConfig,
+        pub inventory: InventorySettings,
+        /// Finishing the stock of sagas that ended while their events could
+        /// not be applied.
+        pub repair: RepairConfig,
+    }
 }
+
+impl Check for InventoryConfig {}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,43 +70,6 @@ impl Default for InventorySettings {
             breaker_threshold: 3,
             probe_interval_ms: 500,
             reconcile_interval_ms: 30_000,
-        }
-    }
-}
-
-impl Default for InventoryConfig {
-    fn default() -> Self {
-        Self {
-            namespace: "saga".into(),
-            database: DatabaseConfig::with_schema("inventory"),
-            nats: NatsConfig::default(),
-            redis: RedisConfig::default(),
-            grpc: ListenConfig::on_port(50052),
-            admin: ListenConfig::on_port(9092),
-            bus: BusConfig::default(),
-            telemetry: TelemetryConfig::default(),
-            inventory: InventorySettings::default(),
-            repair: RepairConfig::default(),
-        }
-    }
-}
-
-impl InventoryConfig {
-    /// Defaults, then `file`, then `INVENTORY_SVC__*` variables.
-    pub fn load(file: Option<&std::path::Path>) -> Result<Self, saga_shared::config::ConfigError> {
-        saga_shared::config::load(ENV_PREFIX, file)
-    }
-
-    pub fn platform(&self) -> PlatformConfig<'_> {
-        PlatformConfig {
-            service: SERVICE,
-            own_stream: saga_shared::bus::StreamKind::Inventory,
-            namespace: &self.namespace,
-            database: &self.database,
-            nats: &self.nats,
-            bus: &self.bus,
-            grpc: &self.grpc,
-            admin: &self.admin,
         }
     }
 }

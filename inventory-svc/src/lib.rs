@@ -5,34 +5,33 @@
 //! holds every line or none, idempotently per order, on a counter derived
 //! from Postgres and fenced by an epoch.
 //!
-//! When Redis fails, a circuit breaker ([`breaker`]) sends reservations
-//! through Postgres (`SELECT ... FOR UPDATE` in SKU order); the
-//! [`reconciler`] brings Redis back once its counters are rebuilt, and
-//! otherwise keeps comparing them with Postgres in the background.
+//! When Redis fails, a circuit breaker ([`service::breaker`]) sends
+//! reservations through Postgres (`SELECT ... FOR UPDATE` in SKU order); the
+//! [`service::reconciler`] brings Redis back once its counters are rebuilt,
+//! and otherwise keeps comparing them with Postgres in the background.
 //!
-//! Layout: [`domain`] (rules, no I/O), [`store`] (SQL), [`cache`] (Redis
-//! scripts), [`breaker`], [`service`] (the operations), [`reconciler`],
-//! [`events`] (JetStream handlers), [`repair`] (finishing sagas whose
-//! events could not be applied), [`grpc`] (the API), [`config`].
+//! Layout, the same in every service: [`domain`] (rules, no I/O), [`store`]
+//! (SQL; [`store::cache`] the Redis counters and scripts), [`service`] (the
+//! use-cases), [`events`] (JetStream handlers), [`grpc`] (the API),
+//! [`config`].
 
-pub mod breaker;
-pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
-pub mod reconciler;
-pub mod repair;
 pub mod service;
 pub mod store;
 
-use std::future::Future;
+// Old paths, until the CLI and the test harness use the new ones.
+pub use store::cache;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use saga_shared::bus::StreamKind;
 use saga_shared::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
+use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
 use tonic::server::NamedService;
 
@@ -40,59 +39,62 @@ pub use config::InventoryConfig;
 
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Connects, migrates and binds; the returned app knows its addresses.
-pub async fn build(config: InventoryConfig) -> Result<App, PlatformError> {
-    let platform = connect(&config).await?;
-    assemble(platform, config).await
-}
+/// The inventory service: [`Service`] connects, builds and runs it.
+pub struct InventorySvc;
 
-/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
-/// bound listeners, whose addresses other services may need first.
-pub async fn connect(config: &InventoryConfig) -> Result<Platform, PlatformError> {
-    Platform::connect(config.platform(), &MIGRATIONS).await
-}
+impl Service for InventorySvc {
+    type Config = InventoryConfig;
 
-/// The second half of [`build`]: the service on a connected platform.
-pub async fn assemble(
-    mut platform: Platform,
-    config: InventoryConfig,
-) -> Result<App, PlatformError> {
-    let (redis, connected) = platform.connect_redis(&config.redis).await?;
-    let inventory = inventory(&config, platform.pool.clone(), redis, connected);
-    let status = inventory.clone();
-    platform.readiness.add_optional(
-        "reserve_path",
-        Arc::new(move || {
-            let s = status.breaker().status();
-            Box::pin(async move {
-                match s.open_for {
-                    None => Ok("redis (fast path)".to_owned()),
-                    Some(_) if s.pinned => Ok("postgres (pinned by configuration)".to_owned()),
-                    Some(d) => Err(format!(
-                        "postgres: Redis breaker open for {:.1}s ({})",
-                        d.as_secs_f64(),
-                        s.last_error
-                    )),
-                }
-            })
-        }),
-    );
-    platform
-        .consume(
-            StreamKind::Orders,
-            Arc::new(events::OrderEvents::new(inventory.clone())),
+    fn migrations() -> &'static Migrator {
+        &MIGRATIONS
+    }
+
+    /// The service on a connected platform: its consumers, background tasks
+    /// and gRPC routes.
+    async fn assemble(
+        mut platform: Platform,
+        config: InventoryConfig,
+    ) -> Result<App, PlatformError> {
+        let (redis, connected) = platform.connect_redis(&config.redis).await?;
+        let inventory = inventory(&config, platform.pool.clone(), redis, connected);
+        let status = inventory.clone();
+        platform.readiness.add_optional(
+            "reserve_path",
+            Arc::new(move || {
+                let s = status.breaker().status();
+                Box::pin(async move {
+                    match s.open_for {
+                        None => Ok("redis (fast path)".to_owned()),
+                        Some(_) if s.pinned => Ok("postgres (pinned by configuration)".to_owned()),
+                        Some(d) => Err(format!(
+                            "postgres: Redis breaker open for {:.1}s ({})",
+                            d.as_secs_f64(),
+                            s.last_error
+                        )),
+                    }
+                })
+            }),
+        );
+        platform
+            .consume(
+                StreamKind::Orders,
+                Arc::new(events::OrderEvents::new(inventory.clone())),
+            )
+            .await?;
+        let background = inventory.clone();
+        platform.spawn_background(move |stop| service::reconciler::run(background, stop));
+        platform.repair(
+            service::repair::SagaRepair::new(inventory.clone()),
+            &config.repair,
+        )?;
+        let routes = tonic::service::Routes::new(InventoryServiceServer::new(
+            grpc::InventoryGrpc::new(inventory),
+        ));
+        platform.into_app(
+            routes,
+            &[InventoryServiceServer::<grpc::InventoryGrpc>::NAME],
         )
-        .await?;
-    let background = inventory.clone();
-    platform.spawn_background(move |stop| reconciler::run(background, stop));
-    platform.repair(repair::SagaRepair::new(inventory.clone()), &config.repair)?;
-    let routes = tonic::service::Routes::new(InventoryServiceServer::new(
-        grpc::InventoryGrpc::new(inventory),
-    ));
-    platform.into_app(
-        routes,
-        &[InventoryServiceServer::<grpc::InventoryGrpc>::NAME],
-    )
+    }
 }
 
 /// The inventory operations over a migrated pool and a Redis pool (also
@@ -105,14 +107,14 @@ pub fn inventory(
     redis_up: bool,
 ) -> service::Inventory {
     let pinned = config.inventory.reserve_path == config::ReservePath::Postgres;
-    let breaker = Arc::new(breaker::Breaker::new(
+    let breaker = Arc::new(service::breaker::Breaker::new(
         config.inventory.breaker_threshold,
         pinned,
     ));
     if !redis_up {
         breaker.trip("Redis did not answer at start");
     }
-    let cache = cache::StockCache::new(
+    let cache = store::cache::StockCache::new(
         redis,
         &config.namespace,
         Duration::from_millis(config.redis.command_timeout_ms),
@@ -124,12 +126,4 @@ pub fn inventory(
         config.inventory.clone(),
         breaker,
     )
-}
-
-/// Builds and runs the service until `shutdown` resolves.
-pub async fn run(
-    config: InventoryConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), PlatformError> {
-    build(config).await?.run(shutdown).await
 }

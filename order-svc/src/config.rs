@@ -1,28 +1,25 @@
 //! Settings of the order service. Environment prefix: `ORDER_SVC__`
-//! (e.g. `ORDER_SVC__ORDER__DEADLINE_SECS=60`).
+//! (e.g. `ORDER_SVC__ORDER__DEADLINE_SECS=60`); an optional TOML file is
+//! named by `ORDER_SVC_CONFIG`. The sections every service has come from
+//! [`saga_shared::service_config!`].
 
-use saga_shared::config::{BusConfig, DatabaseConfig, ListenConfig, NatsConfig, TelemetryConfig};
-use saga_shared::runtime::PlatformConfig;
+use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
 
-pub const SERVICE: &str = "order-svc";
-pub const ENV_PREFIX: &str = "ORDER_SVC__";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OrderConfig {
-    /// Prefix of stream names and subjects.
-    pub namespace: String,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    /// gRPC listener (default 127.0.0.1:50051).
-    pub grpc: ListenConfig,
-    /// Admin HTTP listener (default 127.0.0.1:9091).
-    pub admin: ListenConfig,
-    pub bus: BusConfig,
-    pub telemetry: TelemetryConfig,
-    pub order: OrderSettings,
+saga_shared::service_config! {
+    pub struct OrderConfig {
+        service: "order-svc",
+        env_prefix: "ORDER_SVC__",
+        file_var: "ORDER_SVC_CONFIG",
+        own_stream: Orders,
+        schema: "orders",
+        grpc_port: 50051,
+        admin_port: 9091,
+        pub order: OrderSettings,
+    }
 }
+
+impl Check for OrderConfig {}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,41 +51,6 @@ impl Default for OrderSettings {
             inventory_url: "http://127.0.0.1:50052".into(),
             reservation_url: "http://127.0.0.1:50054".into(),
             catalog_cache_secs: 60,
-        }
-    }
-}
-
-impl Default for OrderConfig {
-    fn default() -> Self {
-        Self {
-            namespace: "saga".into(),
-            database: DatabaseConfig::with_schema("orders"),
-            nats: NatsConfig::default(),
-            grpc: ListenConfig::on_port(50051),
-            admin: ListenConfig::on_port(9091),
-            bus: BusConfig::default(),
-            telemetry: TelemetryConfig::default(),
-            order: OrderSettings::default(),
-        }
-    }
-}
-
-impl OrderConfig {
-    /// Defaults, then `file`, then `ORDER_SVC__*` variables.
-    pub fn load(file: Option<&std::path::Path>) -> Result<Self, saga_shared::config::ConfigError> {
-        saga_shared::config::load(ENV_PREFIX, file)
-    }
-
-    pub fn platform(&self) -> PlatformConfig<'_> {
-        PlatformConfig {
-            service: SERVICE,
-            own_stream: saga_shared::bus::StreamKind::Orders,
-            namespace: &self.namespace,
-            database: &self.database,
-            nats: &self.nats,
-            bus: &self.bus,
-            grpc: &self.grpc,
-            admin: &self.admin,
         }
     }
 }

@@ -9,8 +9,8 @@ use saga_shared::proto::order::v1::order_service_server::OrderService;
 use saga_shared::validate::{self, FieldError};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::CatalogError;
 use crate::domain::{self, CancelReason, Order, OrderState, Refusal};
+use crate::service::CatalogError;
 use crate::service::{OrderError, Orders};
 use crate::store::ListFilter;
 

@@ -8,11 +8,11 @@
 //! every participant compensates). Orders left open past their deadline are
 //! cancelled (`timeout`).
 //!
-//! Layout: [`domain`] (the state machine, no I/O), [`store`] (SQL),
-//! [`catalog`] (do the SKUs and slot exist?), [`service`], [`events`],
-//! [`grpc`], [`config`].
+//! Layout, the same in every service: [`domain`] (the state machine, no
+//! I/O), [`store`] (SQL), [`service`] (the use-cases, which [`events`] and
+//! [`grpc`] call; it asks inventory and reservation whether SKUs and slots
+//! exist), [`config`].
 
-pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod events;
@@ -20,13 +20,13 @@ pub mod grpc;
 pub mod service;
 pub mod store;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use saga_shared::bus::StreamKind;
 use saga_shared::proto::order::v1::order_service_server::OrderServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
+use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
 use tonic::server::NamedService;
 
@@ -34,55 +34,48 @@ pub use config::OrderConfig;
 
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Connects, migrates and binds; the returned app knows its addresses.
-pub async fn build(config: OrderConfig) -> Result<App, PlatformError> {
-    let platform = connect(&config).await?;
-    assemble(platform, config).await
-}
+/// The order service: [`Service`] connects, builds and runs it.
+pub struct OrderSvc;
 
-/// The first half of [`build`]: Postgres (migrated), NATS (streams) and the
-/// bound listeners, whose addresses other services may need first.
-pub async fn connect(config: &OrderConfig) -> Result<Platform, PlatformError> {
-    Platform::connect(config.platform(), &MIGRATIONS).await
-}
+impl Service for OrderSvc {
+    type Config = OrderConfig;
 
-/// The second half of [`build`]: the service on a connected platform.
-pub async fn assemble(mut platform: Platform, config: OrderConfig) -> Result<App, PlatformError> {
-    let catalog = catalog::Catalog::new(
-        &config.order.inventory_url,
-        &config.order.reservation_url,
-        Duration::from_secs(config.order.catalog_cache_secs),
-    )
-    .map_err(|e| {
-        PlatformError::Config(saga_shared::config::ConfigError::Invalid {
-            field: "order".into(),
-            message: e.to_string(),
-        })
-    })?;
-    let orders = Arc::new(service::Orders::new(
-        store::Store::new(platform.pool.clone()),
-        platform.outbox.clone(),
-        catalog,
-        config.order.clone(),
-    ));
-    let handler = Arc::new(events::ParticipantEvents::new(orders.clone()));
-    for stream in [
-        StreamKind::Inventory,
-        StreamKind::Reservations,
-        StreamKind::Payments,
-    ] {
-        platform.consume(stream, handler.clone()).await?;
+    fn migrations() -> &'static Migrator {
+        &MIGRATIONS
     }
-    let sweeper = orders.clone();
-    platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
-    let routes = tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc::new(orders)));
-    platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
-}
 
-/// Builds and runs the service until `shutdown` resolves.
-pub async fn run(
-    config: OrderConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), PlatformError> {
-    build(config).await?.run(shutdown).await
+    /// The service on a connected platform: its consumers, background tasks
+    /// and gRPC routes.
+    async fn assemble(mut platform: Platform, config: OrderConfig) -> Result<App, PlatformError> {
+        let catalog = service::Catalog::new(
+            &config.order.inventory_url,
+            &config.order.reservation_url,
+            Duration::from_secs(config.order.catalog_cache_secs),
+        )
+        .map_err(|e| {
+            PlatformError::Config(saga_shared::config::ConfigError::Invalid {
+                field: "order".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let orders = Arc::new(service::Orders::new(
+            store::Store::new(platform.pool.clone()),
+            platform.outbox.clone(),
+            catalog,
+            config.order.clone(),
+        ));
+        let handler = Arc::new(events::ParticipantEvents::new(orders.clone()));
+        for stream in [
+            StreamKind::Inventory,
+            StreamKind::Reservations,
+            StreamKind::Payments,
+        ] {
+            platform.consume(stream, handler.clone()).await?;
+        }
+        let sweeper = orders.clone();
+        platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
+        let routes =
+            tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc::new(orders)));
+        platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
+    }
 }

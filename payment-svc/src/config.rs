@@ -1,32 +1,41 @@
 //! Settings of the payment service. Environment prefix: `PAYMENT_SVC__`
-//! (e.g. `PAYMENT_SVC__GATEWAY__DECLINE_RATE=0.1`).
+//! (e.g. `PAYMENT_SVC__GATEWAY__DECLINE_RATE=0.1`); an optional TOML file is
+//! named by `PAYMENT_SVC_CONFIG`. The sections every service has come from
+//! [`saga_shared::service_config!`].
 
-use saga_shared::config::{
-    BusConfig, DatabaseConfig, ListenConfig, NatsConfig, RepairConfig, TelemetryConfig,
-};
-use saga_shared::runtime::PlatformConfig;
+use saga_shared::config::{ConfigError, RepairConfig};
+use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
 
-pub const SERVICE: &str = "payment-svc";
-pub const ENV_PREFIX: &str = "PAYMENT_SVC__";
+saga_shared::service_config! {
+    pub struct PaymentConfig {
+        service: "payment-svc",
+        env_prefix: "PAYMENT_SVC__",
+        file_var: "PAYMENT_SVC_CONFIG",
+        own_stream: Payments,
+        schema: "payment",
+        grpc_port: 50053,
+        admin_port: 9093,
+        pub gateway: GatewayConfig,
+        /// Finishing what sagas that ended left open here, when their events
+        /// could not be applied.
+        pub repair: RepairConfig,
+    }
+}
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PaymentConfig {
-    /// Prefix of stream names and subjects.
-    pub namespace: String,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    /// gRPC listener (default 127.0.0.1:50053).
-    pub grpc: ListenConfig,
-    /// Admin HTTP listener (default 127.0.0.1:9093).
-    pub admin: ListenConfig,
-    pub bus: BusConfig,
-    pub telemetry: TelemetryConfig,
-    pub gateway: GatewayConfig,
-    /// Finishing what sagas that ended left open here, when their events
-    /// could not be applied.
-    pub repair: RepairConfig,
+impl Check for PaymentConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.gateway.decline_rate) {
+            return Err(ConfigError::Invalid {
+                field: "gateway.decline_rate".into(),
+                message: format!(
+                    "must be within 0.0..=1.0, got {}",
+                    self.gateway.decline_rate
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The simulated card gateway.
@@ -50,52 +59,6 @@ impl Default for GatewayConfig {
             latency_ms: 0,
             jitter_ms: 0,
             seed: 0,
-        }
-    }
-}
-
-impl Default for PaymentConfig {
-    fn default() -> Self {
-        Self {
-            namespace: "saga".into(),
-            database: DatabaseConfig::with_schema("payment"),
-            nats: NatsConfig::default(),
-            grpc: ListenConfig::on_port(50053),
-            admin: ListenConfig::on_port(9093),
-            bus: BusConfig::default(),
-            telemetry: TelemetryConfig::default(),
-            gateway: GatewayConfig::default(),
-            repair: RepairConfig::default(),
-        }
-    }
-}
-
-impl PaymentConfig {
-    /// Defaults, then `file`, then `PAYMENT_SVC__*` variables.
-    pub fn load(file: Option<&std::path::Path>) -> Result<Self, saga_shared::config::ConfigError> {
-        let config: Self = saga_shared::config::load(ENV_PREFIX, file)?;
-        if !(0.0..=1.0).contains(&config.gateway.decline_rate) {
-            return Err(saga_shared::config::ConfigError::Invalid {
-                field: "gateway.decline_rate".into(),
-                message: format!(
-                    "must be within 0.0..=1.0, got {}",
-                    config.gateway.decline_rate
-                ),
-            });
-        }
-        Ok(config)
-    }
-
-    pub fn platform(&self) -> PlatformConfig<'_> {
-        PlatformConfig {
-            service: SERVICE,
-            own_stream: saga_shared::bus::StreamKind::Payments,
-            namespace: &self.namespace,
-            database: &self.database,
-            nats: &self.nats,
-            bus: &self.bus,
-            grpc: &self.grpc,
-            admin: &self.admin,
         }
     }
 }

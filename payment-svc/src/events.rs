@@ -9,7 +9,7 @@ use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use sqlx::PgConnection;
 
-use crate::gateway::Authorization;
+use crate::service::Authorization;
 use crate::service::{PaymentError, Payments};
 
 pub struct OrderEvents {

@@ -10,8 +10,7 @@ use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::lock::HeldLock;
-use crate::service::{ReservationError, Reservations};
+use crate::service::{HeldLock, ReservationError, Reservations};
 
 pub struct OrderEvents {
     reservations: Reservations,

@@ -11,6 +11,7 @@ use payment_svc::PaymentConfig;
 use reservation_svc::ReservationConfig;
 use saga_shared::config::{BusConfig, DatabaseConfig, NatsConfig, RepairConfig};
 use saga_shared::runtime::{App, PlatformError};
+use saga_shared::service::Service;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -160,31 +161,31 @@ impl System {
     /// at where inventory and reservation listen, and the participants'
     /// repair loops at where order-svc listens.
     pub async fn start(mut cfg: SystemConfig) -> anyhow::Result<Self> {
-        let inventory = inventory_svc::connect(&cfg.inventory)
+        let inventory = inventory_svc::InventorySvc::connect(&cfg.inventory)
             .await
             .context("starting inventory-svc")?;
-        let reservation = reservation_svc::connect(&cfg.reservation)
+        let reservation = reservation_svc::ReservationSvc::connect(&cfg.reservation)
             .await
             .context("starting reservation-svc")?;
-        let payment = payment_svc::connect(&cfg.payment)
+        let payment = payment_svc::PaymentSvc::connect(&cfg.payment)
             .await
             .context("starting payment-svc")?;
-        let order = order_svc::connect(&cfg.order)
+        let order = order_svc::OrderSvc::connect(&cfg.order)
             .await
             .context("starting order-svc")?;
         cfg.order.order.inventory_url = format!("http://{}", inventory.grpc_addr());
         cfg.order.order.reservation_url = format!("http://{}", reservation.grpc_addr());
         cfg.point_repair_at(&format!("http://{}", order.grpc_addr()));
-        let inventory = inventory_svc::assemble(inventory, cfg.inventory)
+        let inventory = inventory_svc::InventorySvc::assemble(inventory, cfg.inventory)
             .await
             .context("starting inventory-svc")?;
-        let reservation = reservation_svc::assemble(reservation, cfg.reservation)
+        let reservation = reservation_svc::ReservationSvc::assemble(reservation, cfg.reservation)
             .await
             .context("starting reservation-svc")?;
-        let payment = payment_svc::assemble(payment, cfg.payment)
+        let payment = payment_svc::PaymentSvc::assemble(payment, cfg.payment)
             .await
             .context("starting payment-svc")?;
-        let order = order_svc::assemble(order, cfg.order)
+        let order = order_svc::OrderSvc::assemble(order, cfg.order)
             .await
             .context("starting order-svc")?;
 

@@ -12,7 +12,9 @@
 //! - [`grpc`], [`admin`]: the gRPC server (health, reflection, tracing) and the
 //!   admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
 //! - [`runtime`]: [`runtime::Platform`] wires the above for one service and
-//!   runs it until a shutdown future resolves.
+//!   runs it until a shutdown future resolves; [`service`]: the settings
+//!   sections every service has ([`service_config!`]) and the [`service::Service`]
+//!   trait that connects, assembles, runs and starts one.
 //! - [`validate`]: field-named validation errors for requests; [`codec`]:
 //!   the gRPC codec, which names the field of a request that does not decode.
 //! - [`faults`]: crash points for drills and tests (off unless armed).
@@ -31,6 +33,7 @@ pub mod proto;
 pub mod redis;
 pub mod repair;
 pub mod runtime;
+pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod validate;

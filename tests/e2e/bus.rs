@@ -6,6 +6,7 @@
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use saga_shared::bus::{Namespace, StreamKind};
 use saga_shared::proto::order::v1::OrderState;
+use saga_shared::service::Service;
 use saga_tests::{TestSystem, eventually, order_request, state};
 use sagactl::dlq;
 
@@ -46,7 +47,7 @@ async fn a_durable_restarted_with_other_settings_takes_them_and_refuses_what_can
     cfg.admin.listen.set_port(0);
     cfg.bus.ack_wait_secs = 9;
     cfg.bus.concurrency = 400;
-    let second = payment_svc::build(cfg.clone()).await?;
+    let second = payment_svc::PaymentSvc::build(cfg.clone()).await?;
     let after = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
     assert_eq!(after.config.ack_wait, std::time::Duration::from_secs(9));
     assert_eq!(after.config.max_ack_pending, 1600);
@@ -69,7 +70,7 @@ async fn a_durable_restarted_with_other_settings_takes_them_and_refuses_what_can
         })
         .await?;
     cfg.namespace = other.as_str().to_owned();
-    let refused = payment_svc::build(cfg).await;
+    let refused = payment_svc::PaymentSvc::build(cfg).await;
     saga_shared::bus::streams::delete_streams(&sys.js, &other).await;
     let error = match refused {
         Ok(_) => panic!("started on a durable with another subject filter"),

@@ -65,7 +65,7 @@ async fn a_slot_lock_held_by_another_runs_out_as_busy_and_only_a_dead_redis_is_a
 -> anyhow::Result<()> {
     use std::time::Duration;
 
-    use reservation_svc::lock::{LockMiss, SlotLocks};
+    use reservation_svc::store::lock::{LockMiss, SlotLocks};
     use saga_tests::servers::RedisServer;
 
     let mut redis = RedisServer::start().await?;

@@ -363,7 +363,10 @@ async fn an_orphan_hold_in_redis_is_released_only_after_the_grace_period() -> an
             }],
         )
         .await?;
-    assert!(matches!(granted, inventory_svc::cache::Reserve::Granted(_)));
+    assert!(matches!(
+        granted,
+        inventory_svc::store::cache::Reserve::Granted(_)
+    ));
     assert_eq!(sys.redis_counter("O").await?.avail, Some(5));
 
     let report = patient.reconcile(None).await?;

@@ -148,14 +148,14 @@ async fn a_declined_card_and_a_customer_cancellation_end_cancelled_with_net_char
     })
     .await?;
     // The gateway decides per order id under the seed; ask it in advance.
-    let gateway = payment_svc::gateway::Gateway::new(payment_svc::config::GatewayConfig {
+    let gateway = payment_svc::service::gateway::Gateway::new(payment_svc::config::GatewayConfig {
         decline_rate: 0.5,
         seed: SEED,
         ..Default::default()
     });
     let declined = |id: &str| {
         gateway.decide(id.parse().expect("order ids are UUIDs"))
-            == payment_svc::gateway::Authorization::Declined
+            == payment_svc::service::gateway::Authorization::Declined
     };
     sys.seed_product("A", 500, 1_000).await?;
     sys.top_up("dora", 1_000_000).await?;

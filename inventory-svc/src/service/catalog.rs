@@ -3,8 +3,8 @@
 use sqlx::PgConnection;
 
 use super::{Inventory, InventoryError, Result};
-use crate::breaker::Path;
 use crate::domain::{self, Product};
+use crate::service::breaker::Path;
 use crate::store;
 
 impl Inventory {

@@ -5,8 +5,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Inventory, InventoryError, Result};
-use crate::breaker::Path;
 use crate::domain::{Holder, Line, OrderHoldState};
+use crate::service::breaker::Path;
 use crate::store::{self, Claimed};
 
 /// What releasing or committing did.

@@ -4,9 +4,9 @@ use saga_shared::db::Retryable;
 use saga_shared::validate::FieldError;
 use uuid::Uuid;
 
-use crate::cache::CacheError;
 use crate::domain::AdjustError;
 use crate::store::RecordError;
+use crate::store::cache::CacheError;
 
 /// Why an inventory operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,22 +19,27 @@
 //! The use-cases are grouped by job: [`catalog`] (products and stock
 //! adjustments), [`reserve`] (holding stock), [`close`] (releasing and
 //! selling it), [`direct`] (the direct reservation calls), [`reconcile`]
-//! (Redis counters against Postgres), [`error`].
+//! (Redis counters against Postgres), [`reconciler`] (the background task
+//! that runs it), [`breaker`] (Redis or Postgres), [`repair`] (finishing
+//! sagas whose events could not be applied), [`error`].
 
+pub mod breaker;
 mod catalog;
 mod close;
 mod direct;
 mod error;
 mod reconcile;
+pub mod reconciler;
+pub mod repair;
 mod reserve;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::{Breaker, Path};
-use crate::cache::{CacheError, StockCache};
 use crate::config::InventorySettings;
+use crate::service::breaker::{Breaker, Path};
 use crate::store::Store;
+use crate::store::cache::{CacheError, StockCache};
 
 pub use close::{AfterCommit, CloseAs, Closed};
 pub use error::{InventoryError, Result};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{Inventory, InventoryError, Result};
-use crate::cache::{CounterView, Rebuilt, SkuSnapshot};
 use crate::store;
+use crate::store::cache::{CounterView, Rebuilt, SkuSnapshot};
 
 /// One SKU a reconciliation pass changed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use saga_shared::faults::{CrashPoint, crash_point};
 use sqlx::PgConnection;
 
 use super::{AfterCommit, Inventory, InventoryError, Result};
-use crate::cache::{CacheError, Reserve};
 use crate::domain::{Holder, Line, OrderHoldState};
+use crate::store::cache::{CacheError, Reserve};
 use crate::store::{self, Claimed, HoldRow, PgReserve};
 
 /// Why an order cannot be held at all.

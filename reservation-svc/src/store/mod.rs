@@ -1,6 +1,8 @@
 //! Postgres access for slots and bookings. Functions taking
 //! `&mut PgConnection` run in the caller's transaction.
 
+pub mod lock;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use crate::domain::Line;
 
-const RESERVE: &str = include_str!("lua/reserve.lua");
-const CLOSE: &str = include_str!("lua/close.lua");
-const REBUILD: &str = include_str!("lua/rebuild.lua");
+const RESERVE: &str = include_str!("../lua/reserve.lua");
+const CLOSE: &str = include_str!("../lua/close.lua");
+const REBUILD: &str = include_str!("../lua/rebuild.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -12,7 +12,7 @@ use fred::types::{Expiration, SetOptions, Value};
 use rand::Rng;
 use uuid::Uuid;
 
-const UNLOCK: &str = include_str!("lua/unlock.lua");
+const UNLOCK: &str = include_str!("../lua/unlock.lua");
 
 /// A lock this process holds.
 #[derive(Clone, Debug, PartialEq, Eq)]

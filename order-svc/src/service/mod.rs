@@ -2,6 +2,8 @@
 //! the events each change owes, written through the outbox in the same
 //! transaction.
 
+mod catalog;
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,10 +13,10 @@ use saga_shared::validate::FieldError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, CatalogError};
 use crate::config::OrderSettings;
 use crate::domain::{CancelReason, Effect, Input, Limits, NewOrder, Order, Refusal};
 use crate::store::{self, Store};
+pub use catalog::{Catalog, CatalogError};
 
 /// Why an order operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,8 @@
 //! (Redis). Each saga use-case runs in the caller's transaction and writes
 //! the event it owes through the outbox there.
 
+pub mod repair;
+
 use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use saga_shared::validate::FieldError;
@@ -10,8 +12,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, BookingState, Slot};
-use crate::lock::{HeldLock, SlotLocks};
+use crate::store::lock::SlotLocks;
 use crate::store::{self, HoldAttempt, Store};
+
+pub use crate::store::lock::HeldLock;
 
 /// Why a reservation operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,15 @@
 //! Postgres access for inventory: products, the per-order decision and the
 //! ledger of holds. Functions taking `&mut PgConnection` run inside the
-//! caller's transaction.
+//! caller's transaction. [`cache`]: the Redis side of stock.
+
+pub mod cache;
 
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::cache::SkuSnapshot;
+use self::cache::SkuSnapshot;
 use crate::domain::{Holder, Line, OrderHoldState, Product};
 
 const PRODUCT_COLUMNS: &str = "sku, name, unit_price_cents, on_hand, reserved, sold, version";

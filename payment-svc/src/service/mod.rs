@@ -3,6 +3,9 @@
 //! Each saga use-case runs in the caller's transaction and writes the event
 //! it owes through the outbox there.
 
+pub mod gateway;
+pub mod repair;
+
 use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
 use saga_shared::faults::{CrashPoint, crash_point};
 use saga_shared::proto::events::v1 as pb;
@@ -11,8 +14,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, FailureReason, Payment, PaymentState, Wallet};
-use crate::gateway::{Authorization, Gateway};
 use crate::store::{self, Store, TopUpError};
+
+pub use gateway::{Authorization, Gateway};
 
 /// Why a payment operation failed.
 #[derive(Debug, thiserror::Error)]

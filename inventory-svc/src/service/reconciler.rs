@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Path;
+use crate::service::breaker::Path;
 use crate::service::{Inventory, InventoryError};
 
 pub async fn run(inventory: Inventory, stop: CancellationToken) {
