@@ -1,7 +1,7 @@
 //! The gRPC boundary of inventory: proto <-> domain, and the one mapping of
 //! errors to status codes.
 
-use saga_shared::idempotency::{self, Begin};
+use saga_shared::idempotency;
 use saga_shared::proto::inventory::v1 as pb;
 use saga_shared::proto::inventory::v1::inventory_service_server::InventoryService;
 use saga_shared::validate;
@@ -215,30 +215,26 @@ impl InventoryService for InventoryGrpc {
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
+        let sku = r.sku.clone();
         // The key (if any) and the adjustment commit together: a retry of a
         // request that succeeded gets its answer, not a stale-version error.
-        let mut tx = self
-            .inventory
-            .store()
-            .pool()
-            .begin()
-            .await
-            .map_err(InventoryError::from)?;
-        let ticket = match idempotency::begin(&mut tx, "inventory.AdjustStock", key, &r).await? {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Proceed(ticket) => ticket,
-        };
-        let product = self
-            .inventory
-            .adjust_in(&mut tx, &r.sku, r.delta, r.expected_version)
-            .await?;
-        let response = pb::AdjustStockResponse {
-            stock: Some(product.into()),
-        };
-        ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(InventoryError::from)?;
-        self.inventory.after_adjust(&r.sku).await;
-        Ok(Response::new(response))
+        let inventory = self.inventory.clone();
+        let pool = self.inventory.store().pool();
+        let answer = idempotency::once(pool, "inventory.AdjustStock", key, r, |tx, r| {
+            Box::pin(async move {
+                let product = inventory
+                    .adjust_in(tx, &r.sku, r.delta, r.expected_version)
+                    .await?;
+                Ok(pb::AdjustStockResponse {
+                    stock: Some(product.into()),
+                })
+            })
+        })
+        .await?;
+        if !answer.replayed {
+            self.inventory.after_adjust(&sku).await;
+        }
+        Ok(Response::new(answer.response))
     }
 
     async fn reserve_stock(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use saga_shared::idempotency::{self, Begin};
+use saga_shared::idempotency;
 use saga_shared::proto::order::v1 as pb;
 use saga_shared::proto::order::v1::order_service_server::OrderService;
 use saga_shared::validate::{self, FieldError};
@@ -127,20 +127,21 @@ impl OrderService for OrderGrpc {
         }
         self.orders.check_references(&new).await?;
 
-        let mut tx = pool.begin().await.map_err(db)?;
-        let ticket = match idempotency::begin(&mut tx, "order.PlaceOrder", key, &r).await? {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Proceed(ticket) => ticket,
-        };
-        let order = self.orders.place_in(&mut tx, new).await?;
-        tracing::info!(order_id = %order.id, "order placed");
-        let response = pb::PlaceOrderResponse {
-            order: Some(order.into()),
-        };
-        ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(db)?;
-        self.orders.outbox().wake();
-        Ok(Response::new(response))
+        let orders = self.orders.clone();
+        let answer = idempotency::once(pool, "order.PlaceOrder", key, r, |tx, _| {
+            Box::pin(async move {
+                let order = orders.place_in(tx, new).await?;
+                tracing::info!(order_id = %order.id, "order placed");
+                Ok(pb::PlaceOrderResponse {
+                    order: Some(order.into()),
+                })
+            })
+        })
+        .await?;
+        if !answer.replayed {
+            self.orders.outbox().wake();
+        }
+        Ok(Response::new(answer.response))
     }
 
     async fn get_order(

@@ -1,7 +1,7 @@
 //! The gRPC boundary of payment: proto <-> domain, and the one mapping of
 //! errors to status codes.
 
-use saga_shared::idempotency::{self, Begin};
+use saga_shared::idempotency;
 use saga_shared::proto::payment::v1 as pb;
 use saga_shared::proto::payment::v1::payment_service_server::PaymentService;
 use saga_shared::validate;
@@ -91,27 +91,20 @@ impl PaymentService for PaymentGrpc {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         crate::domain::validate_top_up(&r.customer_id, r.amount_cents)?;
-        let mut tx = self
-            .payments
-            .store()
-            .pool()
-            .begin()
-            .await
-            .map_err(PaymentError::from)?;
-        let ticket = match idempotency::begin(&mut tx, "payment.TopUp", key, &r).await? {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Proceed(ticket) => ticket,
-        };
-        let wallet = self
-            .payments
-            .top_up_in(&mut tx, &r.customer_id, r.amount_cents)
-            .await?;
-        let response = pb::TopUpResponse {
-            wallet: Some(wallet.into()),
-        };
-        ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(PaymentError::from)?;
-        Ok(Response::new(response))
+        let payments = self.payments.clone();
+        let pool = self.payments.store().pool();
+        let answer = idempotency::once(pool, "payment.TopUp", key, r, |tx, r| {
+            Box::pin(async move {
+                let wallet = payments
+                    .top_up_in(tx, &r.customer_id, r.amount_cents)
+                    .await?;
+                Ok(pb::TopUpResponse {
+                    wallet: Some(wallet.into()),
+                })
+            })
+        })
+        .await?;
+        Ok(Response::new(answer.response))
     }
 
     async fn get_payment(

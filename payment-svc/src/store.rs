@@ -1,6 +1,7 @@
 //! Postgres access for wallets, payments and the ledger. Functions taking
 //! `&mut PgConnection` run in the caller's transaction.
 
+use saga_shared::repair::Page;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -117,21 +118,12 @@ impl Store {
 
 /// Orders with a capture whose saga outcome payment has not checked, older
 /// than `older_than`, with ids above `after`, in id order.
-pub async fn unchecked_captures(
-    pool: &PgPool,
-    older_than: std::time::Duration,
-    after: Uuid,
-    limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT order_id FROM payments WHERE state = 'CAPTURED' AND NOT outcome_checked \
-           AND order_id > $1 AND updated_at < now() - make_interval(secs => $2) \
-         ORDER BY order_id LIMIT $3",
+pub async fn unchecked_captures(pool: &PgPool, page: Page) -> sqlx::Result<Vec<Uuid>> {
+    page.of(
+        pool,
+        "payments",
+        "state = 'CAPTURED' AND NOT outcome_checked",
     )
-    .bind(after)
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
     .await
 }
 

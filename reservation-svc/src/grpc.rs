@@ -1,7 +1,7 @@
 //! The gRPC boundary of reservation: proto <-> domain, and the one mapping
 //! of errors to status codes.
 
-use saga_shared::idempotency::{self, Begin};
+use saga_shared::idempotency;
 use saga_shared::proto::reservation::v1 as pb;
 use saga_shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use saga_shared::validate;
@@ -58,27 +58,18 @@ impl ReservationService for ReservationGrpc {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         domain::validate_new_slot(&r.name, r.capacity)?;
-        let mut tx = self
-            .reservations
-            .store()
-            .pool()
-            .begin()
-            .await
-            .map_err(ReservationError::from)?;
-        let ticket = match idempotency::begin(&mut tx, "reservation.CreateSlot", key, &r).await? {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Proceed(ticket) => ticket,
-        };
-        let slot = self
-            .reservations
-            .create_slot_in(&mut tx, &r.name, r.capacity)
-            .await?;
-        let response = pb::CreateSlotResponse {
-            slot: Some(slot.into()),
-        };
-        ticket.complete(&mut tx, &response).await?;
-        tx.commit().await.map_err(ReservationError::from)?;
-        Ok(Response::new(response))
+        let reservations = self.reservations.clone();
+        let pool = self.reservations.store().pool();
+        let answer = idempotency::once(pool, "reservation.CreateSlot", key, r, |tx, r| {
+            Box::pin(async move {
+                let slot = reservations.create_slot_in(tx, &r.name, r.capacity).await?;
+                Ok(pb::CreateSlotResponse {
+                    slot: Some(slot.into()),
+                })
+            })
+        })
+        .await?;
+        Ok(Response::new(answer.response))
     }
 
     async fn get_slot(

@@ -10,7 +10,11 @@
 //!   first rolled back, does the work itself). No caller sees a half-done call.
 //!
 //! Keys live in Postgres, so a restart or a Redis flush forgets nothing.
+//!
+//! A handler uses [`once`], which does all of the above around its work;
+//! [`begin`] and [`Ticket::complete`] are the steps it is made of.
 
+use futures::future::BoxFuture;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -63,6 +67,55 @@ pub fn key_of<T>(request: &tonic::Request<T>) -> Result<Option<String>, Idempote
         )));
     }
     Ok(Some(key.to_owned()))
+}
+
+/// What [`once`] answered.
+#[derive(Debug)]
+pub struct Answer<R> {
+    pub response: R,
+    /// The key's first call had completed: its stored response, and the
+    /// work did not run again (nor should anything that follows it).
+    pub replayed: bool,
+}
+
+/// A mutating call, once per `idempotency-key` (see the module): begins a
+/// transaction on `pool`, claims the key of `request` (a retry of a
+/// completed call is answered with the stored response and `work` does not
+/// run), runs `work` in the transaction, stores its response with the key
+/// and commits. Without a key, `work` runs in a transaction of its own.
+///
+/// `work` gets the transaction and the request; what else it needs it
+/// owns (clone the service handle into it).
+pub async fn once<Q, R, F>(
+    pool: &sqlx::PgPool,
+    scope: &'static str,
+    key: Option<String>,
+    request: Q,
+    work: F,
+) -> Result<Answer<R>, tonic::Status>
+where
+    Q: Message + Send,
+    R: Message + Default,
+    F: for<'c> FnOnce(&'c mut PgConnection, &'c Q) -> BoxFuture<'c, Result<R, tonic::Status>>,
+{
+    let db = |e: sqlx::Error| crate::grpc::database(scope, &e);
+    let mut tx = pool.begin().await.map_err(db)?;
+    let ticket = match begin(&mut tx, scope, key, &request).await? {
+        Begin::Replay(response) => {
+            return Ok(Answer {
+                response,
+                replayed: true,
+            });
+        }
+        Begin::Proceed(ticket) => ticket,
+    };
+    let response = work(&mut tx, &request).await?;
+    ticket.complete(&mut tx, &response).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(Answer {
+        response,
+        replayed: false,
+    })
 }
 
 /// What a call that may carry a key does next.

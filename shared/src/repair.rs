@@ -45,21 +45,50 @@ impl Outcome {
 
 /// A participant that can finish what its records of a saga left open.
 pub trait Participant: Send + Sync + 'static {
-    /// Orders whose records here are still open and unchanged for
-    /// `older_than`, with ids above `after`, in id order, at most `limit`.
-    fn open_orders(
-        &self,
-        older_than: Duration,
-        after: Uuid,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<Uuid>, BoxError>> + Send;
+    /// Orders whose records here are still open, one [`Page`] of them.
+    fn open_orders(&self, page: Page) -> impl Future<Output = Result<Vec<Uuid>, BoxError>> + Send;
 
-    /// Finishes the records of these orders as their sagas ended. Returns
-    /// how many it changed (a record finished meanwhile is not counted).
+    /// Finishes this order's records as its saga ended. Returns whether it
+    /// changed them (a record finished meanwhile is not counted). An error
+    /// is logged and the order is tried again on the next pass.
     fn finish(
         &self,
-        ended: Vec<(Uuid, Outcome)>,
-    ) -> impl Future<Output = Result<usize, BoxError>> + Send;
+        order: Uuid,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<bool, BoxError>> + Send;
+}
+
+/// Which open records [`Participant::open_orders`] returns: those unchanged
+/// for `older_than`, with order ids above `after`, in id order, at most
+/// `limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub older_than: Duration,
+    pub after: Uuid,
+    pub limit: i64,
+}
+
+impl Page {
+    /// This page of the rows of `table` that are `open` (an SQL condition),
+    /// by their `order_id` and `updated_at` columns. `table` and `open` are
+    /// the caller's constants, never input.
+    pub async fn of(
+        self,
+        pool: &sqlx::PgPool,
+        table: &'static str,
+        open: &'static str,
+    ) -> sqlx::Result<Vec<Uuid>> {
+        let sql = format!(
+            "SELECT order_id FROM {table} WHERE {open} AND order_id > $1 \
+               AND updated_at < now() - make_interval(secs => $2) ORDER BY order_id LIMIT $3"
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(self.after)
+            .bind(self.older_than.as_secs_f64())
+            .bind(self.limit)
+            .fetch_all(pool)
+            .await
+    }
 }
 
 /// Asks order-svc how sagas ended.
@@ -134,7 +163,12 @@ pub async fn pass<P: Participant>(
     let mut report = Report::default();
     let mut after = Uuid::nil();
     loop {
-        let open = participant.open_orders(older_than, after, batch).await?;
+        let page = Page {
+            older_than,
+            after,
+            limit: batch as i64,
+        };
+        let open = participant.open_orders(page).await?;
         let Some(last) = open.last() else { break };
         after = *last;
         report.open += open.len();
@@ -143,10 +177,17 @@ pub async fn pass<P: Participant>(
             report.ended += ended.len();
             let mut ended: Vec<(Uuid, Outcome)> = ended.into_iter().collect();
             ended.sort();
-            for (order, outcome) in &ended {
+            let mut finished = 0;
+            for (order, outcome) in ended {
                 tracing::info!(service, order_id = %order, outcome = outcome.as_str(), "finishing a saga's records left open");
+                match participant.finish(order, outcome).await {
+                    Ok(true) => finished += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(service, order_id = %order, outcome = outcome.as_str(), error = %e, "records of an ended saga not finished; next pass retries");
+                    }
+                }
             }
-            let finished = participant.finish(ended).await?;
             report.finished += finished;
             metrics::counter!("saga_repairs_total", "service" => service)
                 .increment(finished as u64);

@@ -4,6 +4,7 @@
 
 pub mod cache;
 
+use saga_shared::repair::Page;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -194,21 +195,12 @@ impl Store {
     /// Sagas whose holds are still RESERVED, unchanged for `older_than`,
     /// with ids above `after`, in id order: the repair loop asks their
     /// orders how they ended.
-    pub async fn open_sagas(
-        &self,
-        older_than: Duration,
-        after: Uuid,
-        limit: i64,
-    ) -> sqlx::Result<Vec<Uuid>> {
-        sqlx::query_scalar(
-            "SELECT order_id FROM order_holds WHERE state = 'RESERVED' AND kind = 'saga' \
-               AND order_id > $1 AND updated_at < now() - make_interval(secs => $2) \
-             ORDER BY order_id LIMIT $3",
+    pub async fn open_sagas(&self, page: Page) -> sqlx::Result<Vec<Uuid>> {
+        page.of(
+            &self.pool,
+            "order_holds",
+            "state = 'RESERVED' AND kind = 'saga'",
         )
-        .bind(after)
-        .bind(older_than.as_secs_f64())
-        .bind(limit)
-        .fetch_all(&self.pool)
         .await
     }
 

@@ -2,7 +2,7 @@
 //! whose order was cancelled is refunded, through the same use-case as
 //! `orders.cancelled`; one whose order was confirmed is noted as checked.
 
-use std::time::Duration;
+use saga_shared::repair::Page;
 
 use saga_shared::BoxError;
 use saga_shared::bus::EventMeta;
@@ -35,35 +35,19 @@ impl CaptureRepair {
 }
 
 impl Participant for CaptureRepair {
-    async fn open_orders(
-        &self,
-        older_than: Duration,
-        after: Uuid,
-        limit: usize,
-    ) -> Result<Vec<Uuid>, BoxError> {
-        let pool = self.payments.store().pool();
-        Ok(store::unchecked_captures(pool, older_than, after, limit as i64).await?)
+    async fn open_orders(&self, page: Page) -> Result<Vec<Uuid>, BoxError> {
+        Ok(store::unchecked_captures(self.payments.store().pool(), page).await?)
     }
 
-    async fn finish(&self, ended: Vec<(Uuid, Outcome)>) -> Result<usize, BoxError> {
-        let confirmed: Vec<Uuid> = ended
-            .iter()
-            .filter(|(_, o)| *o == Outcome::Confirmed)
-            .map(|(id, _)| *id)
-            .collect();
-        if !confirmed.is_empty() {
-            store::mark_checked(self.payments.store().pool(), &confirmed).await?;
-        }
-        let mut refunded = 0;
-        for (order, _) in ended.iter().filter(|(_, o)| *o == Outcome::Cancelled) {
-            match self.refund(*order).await {
-                Ok(true) => refunded += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(order_id = %order, error = %e, "capture of a cancelled order not refunded");
-                }
+    /// A confirmed order's capture is marked checked (it stays); a cancelled
+    /// one's is refunded. Only a refund counts as a change.
+    async fn finish(&self, order: Uuid, outcome: Outcome) -> Result<bool, BoxError> {
+        match outcome {
+            Outcome::Confirmed => {
+                store::mark_checked(self.payments.store().pool(), &[order]).await?;
+                Ok(false)
             }
+            Outcome::Cancelled => self.refund(order).await,
         }
-        Ok(refunded)
     }
 }

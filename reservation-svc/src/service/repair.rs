@@ -2,7 +2,7 @@
 //! place still HELD for an order whose saga ended is released (cancelled) or
 //! confirmed (confirmed), as `orders.cancelled` and `orders.confirmed` do.
 
-use std::time::Duration;
+use saga_shared::repair::Page;
 
 use saga_shared::BoxError;
 use saga_shared::repair::{Outcome, Participant};
@@ -23,27 +23,15 @@ impl BookingRepair {
 }
 
 impl Participant for BookingRepair {
-    async fn open_orders(
-        &self,
-        older_than: Duration,
-        after: Uuid,
-        limit: usize,
-    ) -> Result<Vec<Uuid>, BoxError> {
-        let pool = self.reservations.store().pool();
-        Ok(store::held_bookings(pool, older_than, after, limit as i64).await?)
+    async fn open_orders(&self, page: Page) -> Result<Vec<Uuid>, BoxError> {
+        Ok(store::held_bookings(self.reservations.store().pool(), page).await?)
     }
 
-    async fn finish(&self, ended: Vec<(Uuid, Outcome)>) -> Result<usize, BoxError> {
-        let mut finished = 0;
-        for (order, outcome) in ended {
-            let to = match outcome {
-                Outcome::Confirmed => BookingState::Confirmed,
-                Outcome::Cancelled => BookingState::Released,
-            };
-            if self.reservations.finish_held(order, to).await? {
-                finished += 1;
-            }
-        }
-        Ok(finished)
+    async fn finish(&self, order: Uuid, outcome: Outcome) -> Result<bool, BoxError> {
+        let to = match outcome {
+            Outcome::Confirmed => BookingState::Confirmed,
+            Outcome::Cancelled => BookingState::Released,
+        };
+        Ok(self.reservations.finish_held(order, to).await?)
     }
 }

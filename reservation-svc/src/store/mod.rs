@@ -3,6 +3,7 @@
 
 pub mod lock;
 
+use saga_shared::repair::Page;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -180,21 +181,8 @@ pub async fn finish_held(
 
 /// Bookings still HELD, unchanged for `older_than`, with order ids above
 /// `after`, in id order.
-pub async fn held_bookings(
-    pool: &PgPool,
-    older_than: std::time::Duration,
-    after: Uuid,
-    limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT order_id FROM bookings WHERE state = 'HELD' AND order_id > $1 \
-           AND updated_at < now() - make_interval(secs => $2) ORDER BY order_id LIMIT $3",
-    )
-    .bind(after)
-    .bind(older_than.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+pub async fn held_bookings(pool: &PgPool, page: Page) -> sqlx::Result<Vec<Uuid>> {
+    page.of(pool, "bookings", "state = 'HELD'").await
 }
 
 /// Moves a HELD booking to `to` (RELEASED gives the place back, CONFIRMED
