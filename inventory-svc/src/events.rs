@@ -12,7 +12,6 @@
 //! has committed (`committed`). When the breaker has sent reservations to
 //! Postgres, Redis is not involved at all.
 
-use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
@@ -80,7 +79,7 @@ impl Handler for OrderEvents {
     }
 
     async fn prepare(&self, d: &Delivery) -> Result<Prepared, HandlerError> {
-        let order = event_uuid("order_id", d.event.order_id())?;
+        let order = d.order_id;
         match &d.event {
             SagaEvent::OrderPlaced(e) => {
                 let lines = domain::order_lines(
@@ -117,7 +116,7 @@ impl Handler for OrderEvents {
         d: &Delivery,
         prepared: Prepared,
     ) -> Result<AfterCommit, HandlerError> {
-        let order = event_uuid("order_id", d.event.order_id())?;
+        let order = d.order_id;
         let holder = Holder::Order(order);
         match (&d.event, prepared) {
             (SagaEvent::OrderPlaced(_), Prepared::Reserve(step)) => {

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
@@ -71,7 +70,7 @@ impl Handler for ParticipantEvents {
     }
 
     async fn apply(&self, tx: &mut PgConnection, d: &Delivery, (): ()) -> Result<(), HandlerError> {
-        let id = event_uuid("order_id", d.event.order_id())?;
+        let id = d.order_id;
         let input = input_of(&d.event)?;
         match self.orders.advance(tx, id, input, d.follow_up(id)).await {
             Ok(Some(_)) => Ok(()),

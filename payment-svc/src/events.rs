@@ -5,7 +5,6 @@
 //! - `orders.cancelled`: refund a captured payment (`payments.refunded`), or
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
-use saga_shared::bus::consumer::event_uuid;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
 use sqlx::PgConnection;
 
@@ -49,7 +48,7 @@ impl Handler for OrderEvents {
     async fn prepare(&self, d: &Delivery) -> Result<Option<Authorization>, HandlerError> {
         match &d.event {
             SagaEvent::OrderReserved(_) => {
-                let order = event_uuid("order_id", d.event.order_id())?;
+                let order = d.order_id;
                 Ok(Some(self.payments.authorize(order).await))
             }
             _ => Ok(None),
@@ -62,7 +61,7 @@ impl Handler for OrderEvents {
         d: &Delivery,
         auth: Option<Authorization>,
     ) -> Result<(), HandlerError> {
-        let order = event_uuid("order_id", d.event.order_id())?;
+        let order = d.order_id;
         let meta = d.follow_up(order);
         match (&d.event, auth) {
             (SagaEvent::OrderReserved(e), Some(auth)) => {

@@ -68,7 +68,7 @@ impl Handler for OrderEvents {
         d: &Delivery,
         _lock: Option<HeldLock>,
     ) -> Result<(), HandlerError> {
-        let order = event_uuid("order_id", d.event.order_id())?;
+        let order = d.order_id;
         match &d.event {
             SagaEvent::OrderPlaced(e) => {
                 if let Some(slot) = slot_of(e.slot_id.as_ref())? {

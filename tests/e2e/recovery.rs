@@ -124,7 +124,7 @@ async fn a_saga_whose_event_is_dead_lettered_still_ends_by_its_deadline() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_event_is_dead_lettered_at_once_and_the_rest_keeps_flowing()
+async fn undecodable_events_and_events_without_an_order_are_dead_lettered_at_once_and_the_rest_keeps_flowing()
 -> anyhow::Result<()> {
     let sys = TestSystem::start().await?;
     sys.seed_product("A", 100, 10).await?;
@@ -138,26 +138,62 @@ async fn an_undecodable_event_is_dead_lettered_at_once_and_the_rest_keeps_flowin
         )
         .await?
         .await?;
+    // A body that decodes, about an order whose id is not a UUID.
+    let meta = EventMeta::new(Uuid::now_v7(), None);
+    let no_order = SagaEvent::OrderPlaced(saga_shared::proto::events::v1::OrderPlaced {
+        order_id: "not-an-order".into(),
+        customer_id: "rae".into(),
+        lines: Vec::new(),
+        slot_id: None,
+        placed_at: None,
+    });
+    sys.js
+        .publish_with_headers(
+            sys.namespace().subject(EventType::OrderPlaced),
+            meta.to_headers(EventType::OrderPlaced),
+            no_order.encode().into(),
+        )
+        .await?
+        .await?;
     let o = sys.place(order_request("rae", &[("A", 1)], None)).await?;
     assert_eq!(
         state(&sys.wait_terminal(&o.order_id, WAIT).await?),
         OrderState::Confirmed
     );
     eventually(
-        "inventory and reservation to dead-letter it",
+        "inventory and reservation to dead-letter both",
         WAIT,
-        || async { Ok(dead_letters(&sys).await?.len() == 2) },
+        || async { Ok(dead_letters(&sys).await?.len() == 4) },
     )
     .await?;
-    let mut consumers: Vec<String> = Vec::new();
+    let mut consumers: Vec<(String, bool)> = Vec::new();
     for letter in dead_letters(&sys).await? {
-        assert_eq!(letter.delivered, "1", "not retried: it can never decode");
-        assert!(letter.error.contains("undecodable"), "{}", letter.error);
-        assert!(letter.decoded(&sys.namespace()).is_err());
-        consumers.push(letter.consumer);
+        assert_eq!(
+            letter.delivered, "1",
+            "not retried: it can never be handled"
+        );
+        let undecodable = letter.error.contains("undecodable");
+        if undecodable {
+            assert!(letter.decoded(&sys.namespace()).is_err());
+        } else {
+            assert!(
+                letter.error.contains("order_id: not a UUID"),
+                "{}",
+                letter.error
+            );
+        }
+        consumers.push((letter.consumer, undecodable));
     }
     consumers.sort();
-    assert_eq!(consumers, ["inventory-svc", "reservation-svc"]);
+    assert_eq!(
+        consumers,
+        [
+            ("inventory-svc".to_owned(), false),
+            ("inventory-svc".to_owned(), true),
+            ("reservation-svc".to_owned(), false),
+            ("reservation-svc".to_owned(), true)
+        ]
+    );
     sys.stop().await
 }
 

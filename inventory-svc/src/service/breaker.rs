@@ -4,7 +4,7 @@
 //! in a row it opens: reservations go through Postgres (`SELECT ... FOR
 //! UPDATE`). It does not close on a request's success: the reconciler probes
 //! Redis while it is open and, once Redis answers, rebuilds every counter
-//! that may be stale before closing it (see `Reconciler::recover`). A
+//! that may be stale before closing it (see `reconciler::recover`). A
 //! breaker pinned open (configuration `reserve_path = "postgres"`) never
 //! closes.
 

@@ -123,6 +123,9 @@ pub fn event_uuid(field: &str, value: &str) -> Result<Uuid, HandlerError> {
 pub struct Delivery {
     pub meta: EventMeta,
     pub event: SagaEvent,
+    /// The event's order, parsed once here for every handler (an event
+    /// whose `order_id` is not a UUID is dead-lettered before any handler).
+    pub order_id: Uuid,
     pub subject: String,
     pub stream: String,
     pub stream_seq: u64,
@@ -569,6 +572,9 @@ impl<H: Handler> Consumer<H> {
             Ok(e) => e,
             Err(e) => return Opened::Poison(format!("undecodable {event_type} body: {e}")),
         };
+        let Ok(order_id) = Uuid::parse_str(event.order_id()) else {
+            return Opened::Poison(format!("order_id: not a UUID: {:?}", event.order_id()));
+        };
         let span = tracing::info_span!(
             "handle_event",
             otel.name = %format!("handle {event_type}"),
@@ -583,6 +589,7 @@ impl<H: Handler> Consumer<H> {
         Opened::Event(Box::new(Delivery {
             meta,
             event,
+            order_id,
             subject: msg.subject.to_string(),
             stream: info.stream.to_owned(),
             stream_seq: info.stream_sequence,
