@@ -1,8 +1,10 @@
 //! Inventory rules, free of I/O: products and their stock arithmetic, the
-//! per-order hold state, and what makes a request or an event's lines valid.
+//! per-order hold state, what makes a request or an event's lines valid, and
+//! when a Redis counter agrees with Postgres ([`redis_disagreements`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use saga_shared::validate::{self, FieldError};
 use uuid::Uuid;
@@ -238,6 +240,176 @@ pub fn order_lines(
     Ok(out)
 }
 
+/// A SKU's counter as Redis has it (for reconciliation, audits and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterView {
+    pub avail: Option<i64>,
+    pub epoch: Option<i64>,
+    /// order id -> hold
+    pub holds: BTreeMap<String, HoldView>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldView {
+    pub qty: i64,
+    /// When Redis granted it (ms since the epoch).
+    pub granted_ms: i64,
+}
+
+/// What Postgres has of one SKU, as far as its Redis counter must agree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StockRecord {
+    pub on_hand: i64,
+    pub sold: i64,
+    /// The counter epoch Postgres has.
+    pub epoch: i64,
+    /// Holds RESERVED: ledger id -> quantity.
+    pub held: BTreeMap<String, i64>,
+    /// Holds Postgres has decided (released or committed): ledger id ->
+    /// what it decided.
+    pub decided: BTreeMap<String, String>,
+}
+
+/// One way a Redis counter disagrees with Postgres.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disagreement {
+    /// No counter (Redis was flushed, or it was never built).
+    NoCounter,
+    /// The counter is of another epoch than Postgres's: stale.
+    StaleEpoch { redis: Option<i64>, postgres: i64 },
+    /// Both hold for the order, different quantities.
+    QuantityDiffers {
+        order: String,
+        redis: i64,
+        postgres: i64,
+    },
+    /// Redis still holds for an order Postgres has decided.
+    HeldAfterDecision {
+        order: String,
+        qty: i64,
+        decided: String,
+    },
+    /// Redis holds for an order Postgres has never heard of, for longer
+    /// than a reservation takes to be recorded.
+    Orphan {
+        order: String,
+        qty: i64,
+        grace: Duration,
+    },
+    /// Postgres holds for an order, Redis does not.
+    MissingInRedis { order: String, qty: i64 },
+    /// The count is off: `postgres` is what Postgres leaves free, before the
+    /// holds in flight.
+    Count {
+        redis: i64,
+        postgres: i64,
+        in_flight: i64,
+    },
+}
+
+impl fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoCounter => write!(f, "no counter in Redis (flushed, or never built)"),
+            Self::StaleEpoch { redis, postgres } => write!(
+                f,
+                "the counter is of epoch {redis:?}, Postgres's is {postgres}: stale, not rebuilt"
+            ),
+            Self::QuantityDiffers {
+                order,
+                redis,
+                postgres,
+            } => write!(f, "Redis holds {redis} for {order}, Postgres {postgres}"),
+            Self::HeldAfterDecision {
+                order,
+                qty,
+                decided,
+            } => write!(
+                f,
+                "Redis still holds {qty} for {order}, which Postgres has {decided}"
+            ),
+            Self::Orphan { order, qty, grace } => write!(
+                f,
+                "Redis holds {qty} for {order}, unknown to Postgres for over {grace:?}"
+            ),
+            Self::MissingInRedis { order, qty } => {
+                write!(f, "Postgres holds {qty} for {order}, Redis nothing")
+            }
+            Self::Count {
+                redis,
+                postgres,
+                in_flight,
+            } => write!(
+                f,
+                "Redis says {redis} available, Postgres {postgres} less {in_flight} in flight"
+            ),
+        }
+    }
+}
+
+/// How a Redis counter disagrees with Postgres, allowing for holds in
+/// flight: a hold only Redis has is in flight (between its Redis grant and
+/// its Postgres record) while Postgres has no decision for it and it is
+/// younger than `grace`; it then counts against the free units. Empty: they
+/// agree. The one rule the reconciler and the auditor both apply.
+pub fn redis_disagreements(
+    postgres: &StockRecord,
+    redis: &CounterView,
+    now_ms: i64,
+    grace: Duration,
+) -> Vec<Disagreement> {
+    let Some(avail) = redis.avail else {
+        return vec![Disagreement::NoCounter];
+    };
+    if redis.epoch != Some(postgres.epoch) {
+        return vec![Disagreement::StaleEpoch {
+            redis: redis.epoch,
+            postgres: postgres.epoch,
+        }];
+    }
+    let mut out = Vec::new();
+    let grace_ms = grace.as_millis() as i64;
+    let mut in_flight = 0;
+    for (order, hold) in &redis.holds {
+        match (postgres.held.get(order), postgres.decided.get(order)) {
+            (Some(qty), _) if *qty != hold.qty => out.push(Disagreement::QuantityDiffers {
+                order: order.clone(),
+                redis: hold.qty,
+                postgres: *qty,
+            }),
+            (Some(_), _) => {}
+            (None, Some(decided)) => out.push(Disagreement::HeldAfterDecision {
+                order: order.clone(),
+                qty: hold.qty,
+                decided: decided.clone(),
+            }),
+            (None, None) if now_ms - hold.granted_ms > grace_ms => out.push(Disagreement::Orphan {
+                order: order.clone(),
+                qty: hold.qty,
+                grace,
+            }),
+            (None, None) => in_flight += hold.qty,
+        }
+    }
+    for (order, qty) in &postgres.held {
+        if !redis.holds.contains_key(order) {
+            out.push(Disagreement::MissingInRedis {
+                order: order.clone(),
+                qty: *qty,
+            });
+        }
+    }
+    let free = postgres.on_hand - postgres.sold - postgres.held.values().sum::<i64>();
+    if avail != free - in_flight {
+        out.push(Disagreement::Count {
+            redis: avail,
+            postgres: free,
+            in_flight,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +486,122 @@ mod tests {
         assert!(validate_adjust("", 1, 1).unwrap_err().field == "sku");
         assert!(validate_product("A", "Widget", -1).unwrap_err().field == "unit_price_cents");
         assert!(validate_product("A", "", 1).unwrap_err().field == "name");
+    }
+
+    fn record() -> StockRecord {
+        StockRecord {
+            on_hand: 10,
+            sold: 3,
+            epoch: 7,
+            held: [("o1".to_owned(), 2)].into(),
+            decided: BTreeMap::new(),
+        }
+    }
+
+    fn counter(avail: i64, holds: &[(&str, i64, i64)]) -> CounterView {
+        CounterView {
+            avail: Some(avail),
+            epoch: Some(7),
+            holds: holds
+                .iter()
+                .map(|(order, qty, granted_ms)| {
+                    (
+                        (*order).to_owned(),
+                        HoldView {
+                            qty: *qty,
+                            granted_ms: *granted_ms,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn redis_agrees_with_postgres_allowing_for_holds_in_flight() {
+        let (now, grace) = (1_000_000, Duration::from_secs(10));
+        let agree =
+            |pg: &StockRecord, redis: &CounterView, now| redis_disagreements(pg, redis, now, grace);
+        // 10 on hand, 3 sold, 2 held: 5 free.
+        assert_eq!(agree(&record(), &counter(5, &[("o1", 2, 0)]), now), []);
+        // A hold only Redis has, young and undecided, is in flight: it
+        // counts against the free units...
+        let in_flight = counter(4, &[("o1", 2, 0), ("o2", 1, now - 1_000)]);
+        assert_eq!(agree(&record(), &in_flight, now), []);
+        // ...and is an orphan once older than the grace period.
+        assert_eq!(
+            agree(&record(), &in_flight, now + 20_000),
+            [
+                Disagreement::Orphan {
+                    order: "o2".into(),
+                    qty: 1,
+                    grace
+                },
+                Disagreement::Count {
+                    redis: 4,
+                    postgres: 5,
+                    in_flight: 0
+                }
+            ]
+        );
+        // Never once Postgres has decided its order.
+        let mut decided = record();
+        decided.decided.insert("o2".into(), "COMMITTED".into());
+        assert_eq!(
+            agree(&decided, &in_flight, now)[0],
+            Disagreement::HeldAfterDecision {
+                order: "o2".into(),
+                qty: 1,
+                decided: "COMMITTED".into()
+            }
+        );
+        assert!(
+            agree(&decided, &in_flight, now)[0]
+                .to_string()
+                .contains("COMMITTED")
+        );
+    }
+
+    #[test]
+    fn each_way_redis_can_drift_from_postgres_is_named() {
+        let (now, grace) = (1_000_000, Duration::from_secs(10));
+        let differ = |redis: &CounterView| redis_disagreements(&record(), redis, now, grace);
+        assert_eq!(differ(&CounterView::default()), [Disagreement::NoCounter]);
+        let mut stale = counter(5, &[("o1", 2, 0)]);
+        stale.epoch = Some(6);
+        assert_eq!(
+            differ(&stale),
+            [Disagreement::StaleEpoch {
+                redis: Some(6),
+                postgres: 7
+            }]
+        );
+        assert_eq!(
+            differ(&counter(5, &[("o1", 3, 0)])),
+            [Disagreement::QuantityDiffers {
+                order: "o1".into(),
+                redis: 3,
+                postgres: 2
+            }]
+        );
+        assert_eq!(
+            differ(&counter(5, &[])),
+            [Disagreement::MissingInRedis {
+                order: "o1".into(),
+                qty: 2
+            }]
+        );
+        assert_eq!(
+            differ(&counter(6, &[("o1", 2, 0)])),
+            [Disagreement::Count {
+                redis: 6,
+                postgres: 5,
+                in_flight: 0
+            }]
+        );
+        assert_eq!(
+            differ(&counter(6, &[("o1", 2, 0)]))[0].to_string(),
+            "Redis says 6 available, Postgres 5 less 0 in flight"
+        );
     }
 }

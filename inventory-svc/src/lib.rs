@@ -22,9 +22,6 @@ pub mod grpc;
 pub mod service;
 pub mod store;
 
-// Old paths, until the CLI and the test harness use the new ones.
-pub use store::cache;
-
 use std::sync::Arc;
 use std::time::Duration;
 

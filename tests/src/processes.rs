@@ -5,13 +5,15 @@
 //! and see how it ended.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sagactl::poll::Poll;
 use sagactl::system::{Endpoints, SystemConfig};
 use serde::Serialize;
 
@@ -211,28 +213,28 @@ impl Processes {
     /// Waits until a service's `/readyz` answers 200.
     pub async fn wait_ready(&mut self, s: Service) -> anyhow::Result<()> {
         let admin = self.endpoints[&s].admin;
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tick.tick().await;
-            if let Some(ended) = self.ended(s) {
-                bail!(
-                    "{} exited ({ended:?}) while starting:\n{}",
-                    s.binary(),
-                    self.log_tail(s, 30)
-                );
-            }
-            if matches!(crate::http_get(admin, "/readyz").await, Ok((200, _))) {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "{} not ready after 60s:\n{}",
-                    s.binary(),
-                    self.log_tail(s, 30)
-                );
-            }
+        let polled = Poll::new(Duration::from_millis(50), Duration::from_secs(60))
+            .until((), |()| {
+                let exited = self.ended(s).map(|ended| (ended, self.log_tail(s, 30)));
+                async move {
+                    if let Some((ended, log)) = exited {
+                        bail!("{} exited ({ended:?}) while starting:\n{log}", s.binary());
+                    }
+                    Ok(match crate::http_get(admin, "/readyz").await {
+                        Ok((200, _)) => ControlFlow::Break(()),
+                        _ => ControlFlow::Continue(()),
+                    })
+                }
+            })
+            .await?;
+        if polled.is_continue() {
+            bail!(
+                "{} not ready after 60s:\n{}",
+                s.binary(),
+                self.log_tail(s, 30)
+            );
         }
+        Ok(())
     }
 
     /// SIGKILL.
@@ -257,16 +259,17 @@ impl Processes {
 
     /// Waits until the service's process ends by itself.
     pub async fn wait_ended(&mut self, s: Service, timeout: Duration) -> anyhow::Result<Ended> {
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if let Some(e) = self.ended(s) {
-                return Ok(e);
-            }
-            if started.elapsed() > timeout {
-                bail!("{} still running after {timeout:?}", s.binary());
-            }
+        let polled = Poll::new(Duration::from_millis(20), timeout)
+            .until((), |()| {
+                std::future::ready(Ok(match self.ended(s) {
+                    Some(ended) => ControlFlow::Break(ended),
+                    None => ControlFlow::Continue(()),
+                }))
+            })
+            .await?;
+        match polled {
+            ControlFlow::Break(ended) => Ok(ended),
+            ControlFlow::Continue(()) => bail!("{} still running after {timeout:?}", s.binary()),
         }
     }
 
@@ -278,16 +281,18 @@ impl Processes {
                 .args(["-TERM", &child.id().to_string()])
                 .status();
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while Instant::now() < deadline {
-            tick.tick().await;
-            self.children
-                .retain(|_, child| !matches!(child.try_wait(), Ok(Some(_))));
-            if self.children.is_empty() {
-                return;
-            }
-        }
+        let children = &mut self.children;
+        // Those still running after 20 s are killed below.
+        let _all_ended = Poll::new(Duration::from_millis(20), Duration::from_secs(20))
+            .until((), |()| {
+                children.retain(|_, child| !matches!(child.try_wait(), Ok(Some(_))));
+                std::future::ready(Ok(if children.is_empty() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }))
+            })
+            .await;
         for (_, mut child) in self.children.drain() {
             let _ = child.kill();
             let _ = child.wait();

@@ -1,10 +1,12 @@
 //! Servers a test owns, so that it may kill and restart them without
 //! touching the machine's shared ones.
 
+use std::ops::ControlFlow;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sagactl::poll::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A `redis-server` on a free port, killed when dropped.
@@ -38,20 +40,23 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server (is it installed?)")?;
         self.child = Some(child);
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if self.pings().await {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!(
-                    "redis-server on port {} did not answer within 10s",
-                    self.port
-                );
-            }
+        let this = &*self;
+        let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(10))
+            .until((), |()| async move {
+                Ok(if this.pings().await {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })
+            .await?;
+        if polled.is_continue() {
+            bail!(
+                "redis-server on port {} did not answer within 10s",
+                self.port
+            );
         }
+        Ok(())
     }
 
     async fn pings(&self) -> bool {
@@ -129,28 +134,33 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server (is it installed?)")?;
         self.child = Some(child);
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                let js = async_nats::jetstream::new(client);
-                // JetStream answers once it has loaded its store.
-                if js
-                    .get_stream("NO_SUCH_STREAM")
-                    .await
-                    .is_err_and(|e| e.to_string().contains("not found"))
-                {
-                    return Ok(());
+        let url = self.url();
+        let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(20))
+            .until((), |()| {
+                let url = url.clone();
+                async move {
+                    if let Ok(client) = async_nats::connect(url).await {
+                        let js = async_nats::jetstream::new(client);
+                        // JetStream answers once it has loaded its store.
+                        if js
+                            .get_stream("NO_SUCH_STREAM")
+                            .await
+                            .is_err_and(|e| e.to_string().contains("not found"))
+                        {
+                            return Ok(ControlFlow::Break(()));
+                        }
+                    }
+                    Ok(ControlFlow::Continue(()))
                 }
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "nats-server on port {} did not answer within 20s",
-                    self.port
-                );
-            }
+            })
+            .await?;
+        if polled.is_continue() {
+            bail!(
+                "nats-server on port {} did not answer within 20s",
+                self.port
+            );
         }
+        Ok(())
     }
 
     /// SIGKILL.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Inventory, InventoryError, Result};
+use crate::domain::{self, StockRecord};
 use crate::store;
 use crate::store::cache::{CounterView, Rebuilt, SkuSnapshot};
 
@@ -131,29 +132,25 @@ impl Inventory {
 }
 
 /// Whether a Redis counter agrees with a (possibly slightly old) Postgres
-/// snapshot, allowing for holds in flight.
+/// snapshot, allowing for holds in flight: the domain's rule, on the
+/// snapshot's holds (those it saw closed count as decided).
 fn agrees(snap: &SkuSnapshot, view: &CounterView, grace: Duration, now_ms: i64) -> bool {
-    let (Some(avail), Some(epoch)) = (view.avail, view.epoch) else {
-        return false;
+    let record = StockRecord {
+        on_hand: snap.on_hand,
+        sold: snap.sold,
+        epoch: snap.epoch,
+        held: snap
+            .reserved
+            .iter()
+            .map(|(order, qty)| (order.to_string(), *qty))
+            .collect(),
+        decided: snap
+            .closed
+            .iter()
+            .map(|order| (order.to_string(), "closed".to_owned()))
+            .collect(),
     };
-    if epoch != snap.epoch {
-        return false;
-    }
-    let grace_ms = grace.as_millis() as i64;
-    for (order, qty) in &snap.reserved {
-        if view.holds.get(&order.to_string()).map(|h| h.qty) != Some(*qty) {
-            return false;
-        }
-    }
-    for (order, hold) in &view.holds {
-        let in_postgres = snap.reserved.iter().any(|(o, _)| o.to_string() == *order);
-        let closed = snap.closed.iter().any(|o| o.to_string() == *order);
-        if closed || (!in_postgres && now_ms - hold.granted_ms > grace_ms) {
-            return false;
-        }
-    }
-    let held: i64 = view.holds.values().map(|h| h.qty).sum();
-    avail == snap.on_hand - snap.sold - held
+    domain::redis_disagreements(&record, view, now_ms, grace).is_empty()
 }
 
 fn count_fix(fix: &SkuFix) {

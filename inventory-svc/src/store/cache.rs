@@ -94,21 +94,7 @@ pub struct Rebuilt {
     pub epoch_moved: bool,
 }
 
-/// A SKU's counter as Redis has it (for reconciliation, audits and tests).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CounterView {
-    pub avail: Option<i64>,
-    pub epoch: Option<i64>,
-    /// order id -> hold
-    pub holds: BTreeMap<String, HoldView>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HoldView {
-    pub qty: i64,
-    /// When Redis granted it (ms since the epoch).
-    pub granted_ms: i64,
-}
+pub use crate::domain::{CounterView, HoldView};
 
 #[derive(Clone)]
 pub struct StockCache {

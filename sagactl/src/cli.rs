@@ -1,0 +1,299 @@
+//! The command line: every argument type of `sagactl`, as clap parses it.
+//! What each command does is in [`crate::cmd`].
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Urls;
+
+#[derive(Parser)]
+#[command(name = "sagactl", version, about = "Run and operate the saga services")]
+pub struct Cli {
+    #[command(flatten)]
+    pub urls: UrlArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct UrlArgs {
+    /// order-svc gRPC address.
+    #[arg(
+        long,
+        env = "SAGACTL_ORDER_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub order_url: String,
+    /// inventory-svc gRPC address.
+    #[arg(
+        long,
+        env = "SAGACTL_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
+    pub inventory_url: String,
+    /// payment-svc gRPC address.
+    #[arg(
+        long,
+        env = "SAGACTL_PAYMENT_URL",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
+    pub payment_url: String,
+    /// reservation-svc gRPC address.
+    #[arg(
+        long,
+        env = "SAGACTL_RESERVATION_URL",
+        default_value = "http://127.0.0.1:50054",
+        global = true
+    )]
+    pub reservation_url: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run all four services in this process (migrations applied, streams
+    /// created) until Ctrl-C. Configured by the services' own variables
+    /// (ORDER_SVC__*, INVENTORY_SVC__*, PAYMENT_SVC__*, RESERVATION_SVC__*).
+    Up {
+        /// Namespace of streams, subjects and Redis keys for all services.
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+        /// Log format: pretty or json.
+        #[arg(long, default_value = "pretty")]
+        log_format: String,
+    },
+    /// Seed stock, a wallet and a slot, place an order and follow it to its end.
+    Demo,
+    /// Catalog and stock.
+    #[command(subcommand)]
+    Stock(StockCmd),
+    /// Customer wallets.
+    #[command(subcommand)]
+    Wallet(WalletCmd),
+    /// Delivery slots.
+    #[command(subcommand)]
+    Slot(SlotCmd),
+    /// Orders.
+    #[command(subcommand)]
+    Order(OrderCmd),
+    /// The payment of an order.
+    Payment {
+        /// Order id.
+        order_id: String,
+    },
+    /// Inventory operations.
+    #[command(subcommand)]
+    Inventory(InventoryCmd),
+    /// Check the invariants across the four services' databases and Redis
+    /// (run it when the system is quiet); exits 1 on any violation.
+    /// Connects like the services (ORDER_SVC__*, INVENTORY_SVC__*, ...).
+    Audit {
+        /// Namespace of the Redis keys (default: the configured one).
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+    },
+    /// The dead-letter queue: look at what failed, send it back once fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCmd,
+        /// NATS server.
+        #[arg(long, env = "SAGA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Namespace of the streams.
+        #[arg(long, env = "SAGA_NAMESPACE", default_value = "saga")]
+        namespace: String,
+    },
+    /// Benchmarks (they print figures and write JSON).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+pub enum DlqCmd {
+    /// Every dead letter, oldest first.
+    List,
+    /// One dead letter: where it came from, why, its headers and body.
+    Show { seq: u64 },
+    /// Send dead letters back to their original subject (and out of the DLQ).
+    Redrive {
+        /// DLQ sequence numbers (see `list`).
+        seqs: Vec<u64>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// The race lab: ways to reserve stock under contention, side by side.
+    Reserve {
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Runs of each strategy, interleaved; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Requests per strategy and scenario (twice the units in stock).
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// SKUs of the spread scenario.
+        #[arg(long, default_value_t = 100)]
+        spread_skus: usize,
+        /// Strategies to run (default: all).
+        #[arg(long = "strategy", value_enum)]
+        strategies: Vec<crate::bench::reserve::Strategy>,
+        /// Scenarios to run (default: hot and spread).
+        #[arg(long = "scenario", value_enum)]
+        scenarios: Vec<crate::bench::reserve::Scenario>,
+        /// A database of its own (created if missing).
+        #[arg(
+            long,
+            env = "SAGA_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/saga_bench"
+        )]
+        database_url: String,
+        #[arg(
+            long,
+            env = "SAGA_BENCH_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
+        redis_url: String,
+        /// Where to write the results as JSON.
+        #[arg(long, default_value = "bench-results/reserve.json")]
+        json: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InventoryCmd {
+    /// Compare the Redis stock counters with Postgres once and fix those that
+    /// disagree (orphan holds older than the grace period are released).
+    /// Connects like inventory-svc (INVENTORY_SVC__* variables); safe while
+    /// the service runs.
+    Reconcile {
+        /// Only these SKUs (default: all).
+        #[arg(long = "sku")]
+        skus: Vec<String>,
+        /// Namespace of the Redis keys (default: the configured one).
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StockCmd {
+    /// Create or update a catalog entry.
+    Upsert {
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        name: String,
+        /// Unit price in minor units (cents).
+        #[arg(long)]
+        price_cents: i64,
+    },
+    /// Create the entry if needed and add units on hand.
+    Seed {
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        price_cents: i64,
+        #[arg(long)]
+        quantity: i64,
+    },
+    /// Add (or remove, negative) units on hand.
+    Adjust {
+        #[arg(long)]
+        sku: String,
+        #[arg(long, allow_hyphen_values = true)]
+        delta: i64,
+        /// The version you read; defaults to the current one.
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    Get {
+        #[arg(long)]
+        sku: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum WalletCmd {
+    /// Add funds (creates the wallet).
+    Topup {
+        #[arg(long)]
+        customer: String,
+        /// Minor units (cents).
+        #[arg(long)]
+        amount_cents: i64,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    Get {
+        #[arg(long)]
+        customer: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SlotCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        capacity: i32,
+    },
+    Get {
+        slot_id: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum OrderCmd {
+    /// Place an order: --item SKU:QTY, repeated.
+    Place {
+        #[arg(long)]
+        customer: String,
+        #[arg(long = "item", required = true, value_name = "SKU:QTY")]
+        items: Vec<String>,
+        #[arg(long)]
+        slot: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait up to this many seconds for the order to end.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    Get {
+        order_id: String,
+        /// Wait up to this many seconds for the order to end.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    Cancel {
+        order_id: String,
+    },
+}
+
+impl From<UrlArgs> for Urls {
+    fn from(urls: UrlArgs) -> Self {
+        Self {
+            order: urls.order_url,
+            inventory: urls.inventory_url,
+            payment: urls.payment_url,
+            reservation: urls.reservation_url,
+        }
+    }
+}

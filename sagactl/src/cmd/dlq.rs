@@ -1,0 +1,75 @@
+//! `sagactl dlq list|show|redrive`: the dead-letter queue.
+
+use anyhow::{Context, bail};
+
+use crate::cli::DlqCmd;
+use crate::dlq;
+
+pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> anyhow::Result<()> {
+    let ns = saga_shared::bus::Namespace::new(namespace)?;
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let js = async_nats::jetstream::new(client);
+    match command {
+        DlqCmd::List => {
+            let letters = dlq::list(&js, &ns).await?;
+            println!("{} dead letters in {}", letters.len(), ns.dlq_stream());
+            for l in letters {
+                println!(
+                    "  #{:<6} {}  {} from {} #{} (delivered {}x at {}): {}",
+                    l.seq,
+                    l.at,
+                    l.subject,
+                    l.consumer,
+                    l.stream_seq,
+                    l.delivered,
+                    l.stream,
+                    l.error.chars().take(160).collect::<String>()
+                );
+            }
+        }
+        DlqCmd::Show { seq } => {
+            let l = dlq::get(&js, &ns, seq).await?;
+            println!("dead letter #{} ({})", l.seq, l.at);
+            println!(
+                "  from     {} #{} via consumer {}",
+                l.stream, l.stream_seq, l.consumer
+            );
+            println!("  subject  {}", l.subject);
+            println!("  tried    {} times", l.delivered);
+            println!("  error    {}", l.error);
+            println!("  headers");
+            let mut names: Vec<_> = l.headers.iter().collect();
+            names.sort_by_key(|(name, _)| AsRef::<str>::as_ref(*name).to_owned());
+            for (name, values) in names {
+                for v in values {
+                    println!("    {}: {}", AsRef::<str>::as_ref(name), v.as_str());
+                }
+            }
+            match l.decoded(&ns) {
+                Ok(event) => println!("  body\n    {event:?}"),
+                Err(e) => println!("  body ({} bytes) does not decode: {e}", l.payload.len()),
+            }
+        }
+        DlqCmd::Redrive { seqs, all } => {
+            let seqs = if all {
+                dlq::list(&js, &ns)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.seq)
+                    .collect()
+            } else {
+                seqs
+            };
+            if seqs.is_empty() {
+                bail!("name the dead letters to redrive (see `sagactl dlq list`), or --all");
+            }
+            for seq in seqs {
+                let subject = dlq::redrive(&js, &ns, seq).await?;
+                println!("  #{seq} sent back to {subject}");
+            }
+        }
+    }
+    Ok(())
+}
