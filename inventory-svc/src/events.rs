@@ -78,6 +78,7 @@ impl Handler for OrderEvents {
         )
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Prepared, HandlerError> {
         let order = d.order_id;
         match &d.event {
@@ -110,6 +111,7 @@ impl Handler for OrderEvents {
         }
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn apply(
         &self,
         tx: &mut PgConnection,

@@ -142,6 +142,7 @@ const LIST_MAX: i64 = 500;
 
 #[tonic::async_trait]
 impl InventoryService for InventoryGrpc {
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn upsert_product(
         &self,
         request: Request<pb::UpsertProductRequest>,
@@ -157,6 +158,7 @@ impl InventoryService for InventoryGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_stock(
         &self,
         request: Request<pb::GetStockRequest>,
@@ -167,12 +169,12 @@ impl InventoryService for InventoryGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list_stock(
         &self,
         request: Request<pb::ListStockRequest>,
     ) -> Result<Response<pb::ListStockResponse>, Status> {
         let r = request.into_inner();
-        let store = self.inventory.store();
         if !r.skus.is_empty() {
             if r.skus.len() as i64 > LIST_MAX {
                 return Err(validate::FieldError::new(
@@ -184,10 +186,7 @@ impl InventoryService for InventoryGrpc {
             for (i, sku) in r.skus.iter().enumerate() {
                 validate::ident(&format!("skus[{i}]"), sku, domain::MAX_SKU_LEN)?;
             }
-            let products = store
-                .products(&r.skus)
-                .await
-                .map_err(InventoryError::from)?;
+            let products = self.inventory.products(&r.skus).await?;
             return Ok(Response::new(pb::ListStockResponse {
                 stocks: products.into_iter().map(Into::into).collect(),
                 next_page_token: String::new(),
@@ -197,10 +196,10 @@ impl InventoryService for InventoryGrpc {
         if !r.page_token.is_empty() {
             validate::ident("page_token", &r.page_token, domain::MAX_SKU_LEN)?;
         }
-        let products = store
-            .list(&r.page_token, limit + 1)
-            .await
-            .map_err(InventoryError::from)?;
+        let products = self
+            .inventory
+            .product_page(&r.page_token, limit + 1)
+            .await?;
         let (products, next_page_token) =
             saga_shared::grpc::page(products, limit, |p| p.sku.clone());
         Ok(Response::new(pb::ListStockResponse {
@@ -209,6 +208,7 @@ impl InventoryService for InventoryGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn adjust_stock(
         &self,
         request: Request<pb::AdjustStockRequest>,
@@ -237,6 +237,7 @@ impl InventoryService for InventoryGrpc {
         Ok(Response::new(answer.response))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn reserve_stock(
         &self,
         request: Request<pb::ReserveStockRequest>,
@@ -250,6 +251,7 @@ impl InventoryService for InventoryGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn release_stock(
         &self,
         request: Request<pb::ReleaseStockRequest>,
@@ -261,6 +263,7 @@ impl InventoryService for InventoryGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn commit_stock(
         &self,
         request: Request<pb::CommitStockRequest>,

@@ -65,10 +65,12 @@ impl Handler for ParticipantEvents {
         )
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, _d: &Delivery) -> Result<(), HandlerError> {
         Ok(())
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn apply(&self, tx: &mut PgConnection, d: &Delivery, (): ()) -> Result<(), HandlerError> {
         let id = d.order_id;
         let input = input_of(&d.event)?;

@@ -9,10 +9,9 @@ use saga_shared::proto::order::v1::order_service_server::OrderService;
 use saga_shared::validate::{self, FieldError};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, CancelReason, Order, OrderState, Refusal};
+use crate::domain::{self, CancelReason, ListFilter, Order, OrderState, Refusal};
 use crate::service::CatalogError;
 use crate::service::{OrderError, Orders};
-use crate::store::ListFilter;
 
 pub struct OrderGrpc {
     orders: Arc<Orders>,
@@ -94,16 +93,13 @@ impl From<OrderError> for Status {
     }
 }
 
-fn db(e: sqlx::Error) -> Status {
-    OrderError::Db(e).into()
-}
-
 const LIST_DEFAULT: i64 = 50;
 const OUTCOMES_MAX: usize = 500;
 const LIST_MAX: i64 = 500;
 
 #[tonic::async_trait]
 impl OrderService for OrderGrpc {
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
@@ -144,6 +140,7 @@ impl OrderService for OrderGrpc {
         Ok(Response::new(answer.response))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
@@ -155,6 +152,7 @@ impl OrderService for OrderGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -182,12 +180,7 @@ impl OrderService for OrderGrpc {
                 }
             });
         }
-        let orders = self
-            .orders
-            .store()
-            .list(&filter, limit + 1)
-            .await
-            .map_err(db)?;
+        let orders = self.orders.list(&filter, limit + 1).await?;
         let (orders, next_page_token) =
             saga_shared::grpc::page(orders, limit, |o| o.id.to_string());
         Ok(Response::new(pb::ListOrdersResponse {
@@ -196,6 +189,7 @@ impl OrderService for OrderGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_order_outcomes(
         &self,
         request: Request<pb::GetOrderOutcomesRequest>,
@@ -214,9 +208,7 @@ impl OrderService for OrderGrpc {
             .enumerate()
             .map(|(i, id)| validate::uuid(&format!("order_ids[{i}]"), id))
             .collect::<Result<Vec<_>, _>>()?;
-        let outcomes = crate::store::outcomes(self.orders.store().pool(), &ids)
-            .await
-            .map_err(db)?;
+        let outcomes = self.orders.outcomes(&ids).await?;
         Ok(Response::new(pb::GetOrderOutcomesResponse {
             outcomes: outcomes
                 .into_iter()
@@ -229,6 +221,7 @@ impl OrderService for OrderGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn cancel_order(
         &self,
         request: Request<pb::CancelOrderRequest>,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{CancelReason, Line, Order, OrderState, Part};
+use crate::domain::{CancelReason, Line, ListFilter, Order, OrderState, Part};
 
 const ORDER_COLUMNS: &str = "id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
      payment, total_cents, created_at, updated_at, deadline_at";
@@ -63,15 +63,6 @@ impl OrderRow {
     }
 }
 
-/// Filters of a list query.
-#[derive(Clone, Debug, Default)]
-pub struct ListFilter {
-    pub customer_id: Option<String>,
-    pub state: Option<OrderState>,
-    /// Only orders older than this id (the previous page's last).
-    pub before: Option<Uuid>,
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -86,12 +77,14 @@ impl Store {
         &self.pool
     }
 
+    #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
     pub async fn order(&self, id: Uuid) -> sqlx::Result<Option<Order>> {
         let mut conn = self.pool.acquire().await?;
         load(&mut conn, id, false).await
     }
 
     /// Newest first.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn list(&self, filter: &ListFilter, limit: i64) -> sqlx::Result<Vec<Order>> {
         let sql = format!(
             "SELECT {ORDER_COLUMNS} FROM orders \
@@ -122,6 +115,7 @@ impl Store {
 }
 
 /// The state and cancel reason of each of `ids` that exists.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn outcomes(
     pool: &PgPool,
     ids: &[Uuid],
@@ -143,6 +137,7 @@ pub async fn outcomes(
         .collect()
 }
 
+#[tracing::instrument(skip_all, err(level = "debug"))]
 async fn lines_of<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[Uuid],
@@ -170,6 +165,7 @@ async fn lines_of<'e>(
 }
 
 /// Reads an order, locking its row if `lock`.
+#[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
 pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result<Option<Order>> {
     let sql = if lock {
         format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE")
@@ -192,6 +188,7 @@ pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result
     row.into_order(lines).map(Some)
 }
 
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
@@ -229,6 +226,7 @@ pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
 }
 
 /// Saves what [`Order::apply`](crate::domain::Order::apply) may change.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE orders SET state = $2, cancel_reason = $3, inventory = $4, slot = $5, \
@@ -263,6 +261,7 @@ pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
 
 /// Locks up to `limit` open orders past their deadline that no other
 /// instance is handling.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "SELECT id FROM orders WHERE state IN ('PENDING', 'RESERVED') AND deadline_at < now() \

@@ -45,6 +45,7 @@ impl Handler for OrderEvents {
         )
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Option<Authorization>, HandlerError> {
         match &d.event {
             SagaEvent::OrderReserved(_) => {
@@ -55,6 +56,7 @@ impl Handler for OrderEvents {
         }
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn apply(
         &self,
         tx: &mut PgConnection,

@@ -71,6 +71,7 @@ impl From<Payment> for pb::Payment {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentGrpc {
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_wallet(
         &self,
         request: Request<pb::GetWalletRequest>,
@@ -84,6 +85,7 @@ impl PaymentService for PaymentGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn top_up(
         &self,
         request: Request<pb::TopUpRequest>,
@@ -107,6 +109,7 @@ impl PaymentService for PaymentGrpc {
         Ok(Response::new(answer.response))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_payment(
         &self,
         request: Request<pb::GetPaymentRequest>,

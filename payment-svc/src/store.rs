@@ -95,6 +95,7 @@ impl Store {
         &self.pool
     }
 
+    #[tracing::instrument(skip_all, fields(customer_id = %customer), err(level = "debug"))]
     pub async fn wallet(&self, customer: &str) -> sqlx::Result<Option<Wallet>> {
         let sql = format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE customer_id = $1");
         let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -104,6 +105,7 @@ impl Store {
         Ok(row.map(Into::into))
     }
 
+    #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
     pub async fn payment(&self, order: Uuid) -> sqlx::Result<Option<Payment>> {
         let sql = format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 AND state <> 'PENDING'"
@@ -118,6 +120,7 @@ impl Store {
 
 /// Orders with a capture whose saga outcome payment has not checked, older
 /// than `older_than`, with ids above `after`, in id order.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn unchecked_captures(pool: &PgPool, page: Page) -> sqlx::Result<Vec<Uuid>> {
     page.of(
         pool,
@@ -128,6 +131,7 @@ pub async fn unchecked_captures(pool: &PgPool, page: Page) -> sqlx::Result<Vec<U
 }
 
 /// Notes that these orders' sagas ended as their payments say.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn mark_checked<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     orders: &[Uuid],
@@ -140,6 +144,7 @@ pub async fn mark_checked<'e>(
 }
 
 /// Adds funds, creating the wallet on first use.
+#[tracing::instrument(skip_all, fields(customer_id = %customer), err(level = "debug"))]
 pub async fn top_up(
     conn: &mut PgConnection,
     customer: &str,
@@ -174,6 +179,7 @@ pub async fn top_up(
     Ok(wallet.into())
 }
 
+#[tracing::instrument(skip_all, fields(customer_id = %customer, order_id = ?order), err(level = "debug"))]
 async fn ledger(
     conn: &mut PgConnection,
     customer: &str,
@@ -198,6 +204,7 @@ async fn ledger(
 
 /// Starts the order's one payment. `None` if the order already has one (a
 /// duplicate, or a VOIDED tombstone from an earlier cancellation).
+#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
 pub async fn begin_payment(
     conn: &mut PgConnection,
     order: Uuid,
@@ -221,6 +228,7 @@ pub async fn begin_payment(
 
 /// Charges the wallet if it holds enough (one conditional update: no
 /// double-spend whatever runs at once). True if charged.
+#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
 pub async fn charge(
     conn: &mut PgConnection,
     order: Uuid,
@@ -245,6 +253,7 @@ pub async fn charge(
 }
 
 /// Settles a payment started by [`begin_payment`].
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn settle(
     conn: &mut PgConnection,
     order: Uuid,
@@ -264,6 +273,7 @@ pub async fn settle(
 
 /// Leaves a VOIDED tombstone for an order cancelled before its charge;
 /// false if the order already has a payment.
+#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
 pub async fn void(conn: &mut PgConnection, order: Uuid, customer: &str) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
@@ -279,6 +289,7 @@ pub async fn void(conn: &mut PgConnection, order: Uuid, customer: &str) -> sqlx:
 }
 
 /// Locks the order's payment.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn lock_payment(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<Option<Payment>> {
     let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1 FOR UPDATE");
     let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -289,6 +300,7 @@ pub async fn lock_payment(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<
 }
 
 /// Gives a captured payment back to the wallet.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE wallets SET balance_cents = balance_cents + $2, \

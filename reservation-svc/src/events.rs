@@ -52,6 +52,7 @@ impl Handler for OrderEvents {
         )
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Option<HeldLock>, HandlerError> {
         match &d.event {
             SagaEvent::OrderPlaced(e) => match slot_of(e.slot_id.as_ref())? {
@@ -62,6 +63,7 @@ impl Handler for OrderEvents {
         }
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn apply(
         &self,
         tx: &mut PgConnection,

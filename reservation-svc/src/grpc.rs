@@ -51,6 +51,7 @@ const LIST_MAX: i64 = 500;
 
 #[tonic::async_trait]
 impl ReservationService for ReservationGrpc {
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn create_slot(
         &self,
         request: Request<pb::CreateSlotRequest>,
@@ -72,6 +73,7 @@ impl ReservationService for ReservationGrpc {
         Ok(Response::new(answer.response))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn get_slot(
         &self,
         request: Request<pb::GetSlotRequest>,
@@ -83,6 +85,7 @@ impl ReservationService for ReservationGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list_slots(
         &self,
         request: Request<pb::ListSlotsRequest>,

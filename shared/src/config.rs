@@ -284,12 +284,11 @@ impl BusConfig {
 
     /// The delay before redelivery after the `delivered`-th failed attempt.
     pub fn nak_delay(&self, delivered: i64) -> Duration {
-        let exp = delivered.clamp(1, 20) as u32 - 1;
-        let ms = self
-            .nak_base_delay_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.nak_max_delay_ms);
-        Duration::from_millis(ms)
+        crate::backoff::Backoff::new(
+            Duration::from_millis(self.nak_base_delay_ms),
+            Duration::from_millis(self.nak_max_delay_ms),
+        )
+        .delay(delivered.clamp(1, 20) as u32)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

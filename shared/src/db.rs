@@ -13,6 +13,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+use crate::backoff::Backoff;
 use crate::config::DatabaseConfig;
 
 /// The bus tables every service has (see `shared/migrations`).
@@ -148,12 +149,11 @@ where
     loop {
         match work().await {
             Err(e) if e.is_retryable() && attempt < RETRY_ATTEMPTS => {
-                let base = Duration::from_millis(10u64 << (attempt - 1));
-                let jitter = base.mul_f64(rand::random::<f64>());
                 tracing::debug!(what, attempt, error = %e, "retrying after a conflict");
                 metrics::counter!("saga_conflict_retries_total", "what" => what.to_owned())
                     .increment(1);
-                tokio::time::sleep(base + jitter).await;
+                let conflict = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(conflict.jittered(attempt)).await;
                 attempt += 1;
             }
             result => return result,

@@ -17,11 +17,13 @@
 //!   trait that connects, assembles, runs and starts one.
 //! - [`validate`]: field-named validation errors for requests; [`codec`]:
 //!   the gRPC codec, which names the field of a request that does not decode.
+//! - [`backoff`]: the one exponential backoff of every retry loop.
 //! - [`faults`]: crash points for drills and tests (off unless armed).
 //! - [`repair`]: the participants' repair loop, which finishes the records
 //!   of sagas that ended while their events could not be applied.
 
 pub mod admin;
+pub mod backoff;
 pub mod bus;
 pub mod codec;
 pub mod config;

@@ -30,6 +30,16 @@ impl Inventory {
         Ok((product, created))
     }
 
+    /// These SKUs' products (those that exist), by SKU.
+    pub async fn products(&self, skus: &[String]) -> Result<Vec<Product>> {
+        Ok(self.store.products(skus).await?)
+    }
+
+    /// One page of products, by SKU, after `after` ("" for the first).
+    pub async fn product_page(&self, after: &str, limit: i64) -> Result<Vec<Product>> {
+        Ok(self.store.list(after, limit).await?)
+    }
+
     pub async fn product(&self, sku: &str) -> Result<Product> {
         saga_shared::validate::ident("sku", sku, domain::MAX_SKU_LEN)?;
         self.store

@@ -90,6 +90,7 @@ impl Store {
     }
 
     /// Creates or renames/reprices a product. Returns it and whether it is new.
+    #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
     pub async fn upsert_product(
         &self,
         sku: &str,
@@ -118,6 +119,7 @@ impl Store {
         Ok((row.product.into(), row.created))
     }
 
+    #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
     pub async fn product(&self, sku: &str) -> sqlx::Result<Option<Product>> {
         let row: Option<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
@@ -130,6 +132,7 @@ impl Store {
     }
 
     /// The given SKUs that exist, ordered by SKU.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn products(&self, skus: &[String]) -> sqlx::Result<Vec<Product>> {
         let rows: Vec<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
@@ -142,6 +145,7 @@ impl Store {
     }
 
     /// A page of products after `after` (exclusive), ordered by SKU.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn list(&self, after: &str, limit: i64) -> sqlx::Result<Vec<Product>> {
         let rows: Vec<ProductRow> = sqlx::query_as(
             "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
@@ -155,6 +159,7 @@ impl Store {
     }
 
     /// Every SKU (for a full rebuild).
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn all_skus(&self) -> sqlx::Result<Vec<String>> {
         sqlx::query_scalar("SELECT sku FROM products ORDER BY sku")
             .fetch_all(&self.pool)
@@ -162,6 +167,7 @@ impl Store {
     }
 
     /// Prices and counter epochs of the given SKUs.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn prices_and_epochs(&self, skus: &[String]) -> sqlx::Result<Vec<PriceAndEpoch>> {
         sqlx::query_as(
             "SELECT sku, unit_price_cents, redis_epoch FROM products WHERE sku = ANY($1)",
@@ -172,6 +178,7 @@ impl Store {
     }
 
     /// The order's decision, if any (no lock).
+    #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
     pub async fn order_state(&self, order: Uuid) -> sqlx::Result<Option<OrderHoldState>> {
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1")
@@ -183,6 +190,7 @@ impl Store {
 
     /// Whether the ledger has a decision for this order's saga (a direct
     /// call naming it is refused).
+    #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
     pub async fn saga_known(&self, order: Uuid) -> sqlx::Result<bool> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM order_holds WHERE order_id = $1 AND kind = 'saga')",
@@ -195,6 +203,7 @@ impl Store {
     /// Sagas whose holds are still RESERVED, unchanged for `older_than`,
     /// with ids above `after`, in id order: the repair loop asks their
     /// orders how they ended.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn open_sagas(&self, page: Page) -> sqlx::Result<Vec<Uuid>> {
         page.of(
             &self.pool,
@@ -205,6 +214,7 @@ impl Store {
     }
 
     /// The order's holds (any state).
+    #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
     pub async fn holds_of(&self, order: Uuid) -> sqlx::Result<Vec<(String, i64, String)>> {
         sqlx::query_as("SELECT sku, quantity, state FROM holds WHERE order_id = $1 ORDER BY sku")
             .bind(order)
@@ -217,6 +227,7 @@ impl Store {
 /// order so concurrent callers cannot deadlock, when `lock`) and a snapshot
 /// per SKU of its holds: those RESERVED, and those closed within
 /// `closed_window`.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn snapshots(
     conn: &mut PgConnection,
     skus: &[String],
@@ -278,6 +289,7 @@ pub async fn snapshots(
 /// A fresh counter epoch: a value of the `redis_epochs` sequence, never
 /// handed out before and never again, whatever becomes of the transaction
 /// that drew it.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn next_epoch(conn: &mut PgConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT nextval('redis_epochs')")
         .fetch_one(conn)
@@ -285,6 +297,7 @@ pub async fn next_epoch(conn: &mut PgConnection) -> sqlx::Result<i64> {
 }
 
 /// Stores a locked SKU's new counter epoch.
+#[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
 pub async fn set_epoch(conn: &mut PgConnection, sku: &str, epoch: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE products SET redis_epoch = $2 WHERE sku = $1")
         .bind(sku)
@@ -295,6 +308,7 @@ pub async fn set_epoch(conn: &mut PgConnection, sku: &str, epoch: i64) -> sqlx::
 }
 
 /// Sets a locked product's on_hand and bumps its version.
+#[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
 pub async fn set_on_hand(
     conn: &mut PgConnection,
     sku: &str,
@@ -314,6 +328,7 @@ pub async fn set_on_hand(
 
 /// Takes the decision row of `holder`: inserts it with `state` if missing,
 /// otherwise locks it and returns what it says.
+#[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
 pub async fn claim_order(
     conn: &mut PgConnection,
     holder: Holder,
@@ -324,6 +339,7 @@ pub async fn claim_order(
 }
 
 /// [`claim_order`], noting which SKU a rejection is about.
+#[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
 pub async fn claim_order_with(
     conn: &mut PgConnection,
     holder: Holder,
@@ -359,6 +375,7 @@ pub async fn claim_order_with(
 }
 
 /// Locks the order's decision row, if there is one.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn lock_order(
     conn: &mut PgConnection,
     order: Uuid,
@@ -374,6 +391,7 @@ pub async fn lock_order(
 /// Records the holds of a granted reservation: adds to each SKU's reserved
 /// count if its counter epoch is still `epochs[i]`, and writes the ledger.
 /// Returns the lines with their prices at this moment.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn record_holds(
     conn: &mut PgConnection,
     order: Uuid,
@@ -411,6 +429,7 @@ pub async fn record_holds(
 /// sold). `stale_counter`: Redis will not be told, so its counters of these
 /// SKUs move to a new epoch (rebuilt before their next use). Returns the
 /// lines that changed.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn close_holds(
     conn: &mut PgConnection,
     order: Uuid,
@@ -467,6 +486,7 @@ pub enum PgReserve {
 /// locks the SKU rows in SKU order (`lines` are sorted), checks what is
 /// available, takes it, and moves each counter epoch on (Redis was not
 /// told; its counters are rebuilt before their next use).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn reserve_in_postgres(
     conn: &mut PgConnection,
     order: Uuid,
@@ -509,6 +529,7 @@ pub async fn reserve_in_postgres(
     Ok(PgReserve::Held(held))
 }
 
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 async fn insert_holds(conn: &mut PgConnection, order: Uuid, held: &[HoldRow]) -> sqlx::Result<()> {
     let skus: Vec<&str> = held.iter().map(|h| h.sku.as_str()).collect();
     let quantities: Vec<i64> = held.iter().map(|h| h.quantity).collect();
@@ -528,6 +549,7 @@ async fn insert_holds(conn: &mut PgConnection, order: Uuid, held: &[HoldRow]) ->
 }
 
 /// Marks a freshly claimed order as rejected (the claim was RESERVED).
+#[tracing::instrument(skip_all, fields(order_id = %order, sku = %sku), err(level = "debug"))]
 pub async fn reject_order(
     conn: &mut PgConnection,
     order: Uuid,
@@ -556,6 +578,7 @@ pub struct StoredReservation {
 }
 
 /// Reads a reservation (an order's decision and holds).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn reservation(
     conn: &mut PgConnection,
     order: Uuid,

@@ -429,5 +429,14 @@ impl Order {
     }
 }
 
+/// Which orders a list shows.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub customer_id: Option<String>,
+    pub state: Option<OrderState>,
+    /// Only orders older than this id (the previous page's last).
+    pub before: Option<Uuid>,
+}
+
 #[cfg(test)]
 mod tests;

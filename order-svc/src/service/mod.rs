@@ -14,7 +14,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::config::OrderSettings;
-use crate::domain::{CancelReason, Effect, Input, Limits, NewOrder, Order, Refusal};
+use crate::domain::{
+    CancelReason, Effect, Input, Limits, ListFilter, NewOrder, Order, OrderState, Refusal,
+};
 use crate::store::{self, Store};
 pub use catalog::{Catalog, CatalogError};
 
@@ -106,6 +108,19 @@ impl Orders {
         Outbox::enqueue(tx, &EventMeta::new(order.id, None), &event).await?;
         metrics::counter!("orders_placed_total").increment(1);
         Ok(order)
+    }
+
+    /// One page of orders, newest first.
+    pub async fn list(&self, filter: &ListFilter, limit: i64) -> Result<Vec<Order>> {
+        Ok(self.store.list(filter, limit).await?)
+    }
+
+    /// How each of `ids` that exists stands (for the participants' repair).
+    pub async fn outcomes(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, OrderState, Option<CancelReason>)>> {
+        Ok(store::outcomes(self.store.pool(), ids).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order> {

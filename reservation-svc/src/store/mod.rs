@@ -57,6 +57,7 @@ impl Store {
         &self.pool
     }
 
+    #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
     pub async fn slot(&self, id: Uuid) -> sqlx::Result<Option<Slot>> {
         let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE id = $1");
         let row: Option<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -67,6 +68,7 @@ impl Store {
     }
 
     /// A page of slots after `after` (exclusive), oldest first.
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn list(&self, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<Slot>> {
         let sql = format!(
             "SELECT {SLOT_COLUMNS} FROM slots WHERE ($1::uuid IS NULL OR id > $1) \
@@ -81,6 +83,7 @@ impl Store {
     }
 }
 
+#[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
 pub async fn insert_slot(
     conn: &mut PgConnection,
     id: Uuid,
@@ -100,6 +103,7 @@ pub async fn insert_slot(
 }
 
 /// Locks the order's booking, if there is one.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn lock_booking(
     conn: &mut PgConnection,
     order: Uuid,
@@ -118,6 +122,7 @@ pub async fn lock_booking(
 }
 
 /// Inserts the order's booking; false if one appeared meanwhile.
+#[tracing::instrument(skip_all, fields(order_id = %order, slot_id = ?slot), err(level = "debug"))]
 pub async fn insert_booking(
     conn: &mut PgConnection,
     order: Uuid,
@@ -140,6 +145,7 @@ pub async fn insert_booking(
 }
 
 /// Takes one place in the slot if it has one free.
+#[tracing::instrument(skip_all, fields(slot_id = %slot), err(level = "debug"))]
 pub async fn try_hold(conn: &mut PgConnection, slot: Uuid) -> sqlx::Result<HoldAttempt> {
     let held = sqlx::query(
         "UPDATE slots SET held = held + 1, updated_at = now() \
@@ -165,6 +171,7 @@ pub async fn try_hold(conn: &mut PgConnection, slot: Uuid) -> sqlx::Result<HoldA
 
 /// Moves the order's booking to `to` if it is HELD (locking it); false if
 /// it is not (none, or decided already).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn finish_held(
     conn: &mut PgConnection,
     order: Uuid,
@@ -181,12 +188,14 @@ pub async fn finish_held(
 
 /// Bookings still HELD, unchanged for `older_than`, with order ids above
 /// `after`, in id order.
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn held_bookings(pool: &PgPool, page: Page) -> sqlx::Result<Vec<Uuid>> {
     page.of(pool, "bookings", "state = 'HELD'").await
 }
 
 /// Moves a HELD booking to `to` (RELEASED gives the place back, CONFIRMED
 /// keeps it for good).
+#[tracing::instrument(skip_all, fields(order_id = %order, slot_id = %slot), err(level = "debug"))]
 pub async fn close_booking(
     conn: &mut PgConnection,
     order: Uuid,

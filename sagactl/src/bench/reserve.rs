@@ -22,8 +22,9 @@ use anyhow::Context;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions, Value};
-use inventory_svc::cache::{Reserve, SkuSnapshot, StockCache};
 use inventory_svc::domain::Line;
+use inventory_svc::store::cache::{Reserve, SkuSnapshot, StockCache};
+use saga_shared::backoff::Backoff;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -277,9 +278,8 @@ impl Lab {
 
 /// A short pause after a conflict: 50 µs doubling to 3.2 ms, with jitter.
 async fn backoff(attempt: u32) {
-    let base = 50u64 << attempt.min(6);
-    let jitter = rand::random::<u64>() % base.max(1);
-    tokio::time::sleep(Duration::from_micros(base + jitter)).await;
+    const CONFLICT: Backoff = Backoff::new(Duration::from_micros(50), Duration::from_micros(3_200));
+    tokio::time::sleep(CONFLICT.jittered(attempt + 1)).await;
 }
 
 fn sku_of(scenario: Scenario, i: usize, spread: usize) -> String {

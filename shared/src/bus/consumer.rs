@@ -30,6 +30,7 @@
 //! A conflict on the inbox row means another delivery already did the work:
 //! the transaction is dropped and the message acked.
 
+use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -886,8 +887,9 @@ fn panicked(step: &str, payload: Box<dyn std::any::Any + Send>) -> HandlerError 
 
 /// 100 ms, doubling up to 5 s.
 fn backoff(failures: &mut u32) -> Duration {
+    const FETCH: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     *failures = failures.saturating_add(1);
-    Duration::from_millis(100u64 << (*failures - 1).min(6)).min(Duration::from_secs(5))
+    FETCH.delay(*failures)
 }
 
 async fn pause(shutdown: &CancellationToken, d: Duration) {

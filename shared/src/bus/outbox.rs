@@ -15,6 +15,7 @@
 //! published but not yet marked. One connection per relay is held while it
 //! publishes, never one per event.
 
+use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,7 +136,10 @@ impl Relay {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(service = self.service, error = %e, failures, "outbox relay round failed");
-                    let backoff = Duration::from_millis(100u64 << failures.min(6));
+                    // 200 ms, doubling up to 6.4 s.
+                    let backoff =
+                        Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400))
+                            .delay(failures);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => continue,
                         _ = shutdown.cancelled() => break,
