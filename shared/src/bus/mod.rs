@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod durable;
 pub mod envelope;
+pub mod inbox;
 pub mod outbox;
 pub mod streams;
 

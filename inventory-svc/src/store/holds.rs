@@ -1,0 +1,316 @@
+//! The per-order decision (`order_holds`) and the ledger of holds
+//! (`holds`): claiming an order, recording holds Redis granted (fenced by
+//! the counter epoch), holding through Postgres, and closing holds.
+
+use crate::domain::{Holder, Line, OrderHoldState, Product};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::*;
+
+/// The outcome of claiming an order's decision row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// No decision existed; the row now holds the given state (uncommitted).
+    New,
+    /// A decision existed (now locked by this transaction).
+    Existing(OrderHoldState),
+}
+
+/// A hold line as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct HoldRow {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// Recording holds failed because a counter was rebuilt after it granted them.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the Redis counter of {sku} was rebuilt since it granted the hold (epoch {epoch})")]
+    Fenced { sku: String, epoch: i64 },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Takes the decision row of `holder`: inserts it with `state` if missing,
+/// otherwise locks it and returns what it says.
+#[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
+pub async fn claim_order(
+    conn: &mut PgConnection,
+    holder: Holder,
+    state: OrderHoldState,
+    reason: Option<&str>,
+) -> sqlx::Result<Claimed> {
+    claim_order_with(conn, holder, state, reason, None).await
+}
+
+/// [`claim_order`], noting which SKU a rejection is about.
+#[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
+pub async fn claim_order_with(
+    conn: &mut PgConnection,
+    holder: Holder,
+    state: OrderHoldState,
+    reason: Option<&str>,
+    rejected_sku: Option<&str>,
+) -> sqlx::Result<Claimed> {
+    let order = holder.ledger_id();
+    let inserted = sqlx::query(
+        "INSERT INTO order_holds (order_id, state, reason, rejected_sku, kind, reservation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(order)
+    .bind(state.as_str())
+    .bind(reason)
+    .bind(rejected_sku)
+    .bind(holder.kind())
+    .bind(holder.reservation_id())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claimed::New);
+    }
+    let existing: String =
+        sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1 FOR UPDATE")
+            .bind(order)
+            .fetch_one(&mut *conn)
+            .await?;
+    OrderHoldState::parse(&existing)
+        .map(Claimed::Existing)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order state {existing:?}").into()))
+}
+
+/// Locks the order's decision row, if there is one.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order: Uuid,
+) -> sqlx::Result<Option<OrderHoldState>> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1 FOR UPDATE")
+            .bind(order)
+            .fetch_optional(conn)
+            .await?;
+    Ok(state.as_deref().and_then(OrderHoldState::parse))
+}
+
+/// Records the holds of a granted reservation: adds to each SKU's reserved
+/// count if its counter epoch is still `epochs[i]`, and writes the ledger.
+/// Returns the lines with their prices at this moment.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn record_holds(
+    conn: &mut PgConnection,
+    order: Uuid,
+    lines: &[Line],
+    epochs: &[i64],
+) -> Result<Vec<HoldRow>, RecordError> {
+    let mut priced = Vec::with_capacity(lines.len());
+    for (line, epoch) in lines.iter().zip(epochs) {
+        let price: Option<i64> = sqlx::query_scalar(
+            "UPDATE products SET reserved = reserved + $2 \
+             WHERE sku = $1 AND redis_epoch = $3 RETURNING unit_price_cents",
+        )
+        .bind(&line.sku)
+        .bind(line.quantity)
+        .bind(epoch)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(unit_price_cents) = price else {
+            return Err(RecordError::Fenced {
+                sku: line.sku.clone(),
+                epoch: *epoch,
+            });
+        };
+        priced.push(HoldRow {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents,
+        });
+    }
+    insert_holds(conn, order, &priced).await?;
+    Ok(priced)
+}
+
+/// Ends a RESERVED order's holds: released (units back) or committed (units
+/// sold). `stale_counter`: Redis will not be told, so its counters of these
+/// SKUs move to a new epoch (rebuilt before their next use). Returns the
+/// lines that changed.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn close_holds(
+    conn: &mut PgConnection,
+    order: Uuid,
+    to: OrderHoldState,
+    stale_counter: bool,
+) -> sqlx::Result<Vec<Line>> {
+    let closed: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE holds SET state = $2, updated_at = now() \
+         WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity",
+    )
+    .bind(order)
+    .bind(to.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut lines: Vec<Line> = closed
+        .into_iter()
+        .map(|(sku, quantity)| Line { sku, quantity })
+        .collect();
+    lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+    let sold_too = to == OrderHoldState::Committed;
+    for line in &lines {
+        sqlx::query(
+            "UPDATE products SET reserved = reserved - $2, \
+                 sold = sold + CASE WHEN $3 THEN $2 ELSE 0 END, \
+                 redis_epoch = CASE WHEN $4 THEN nextval('redis_epochs') ELSE redis_epoch END \
+             WHERE sku = $1",
+        )
+        .bind(&line.sku)
+        .bind(line.quantity)
+        .bind(sold_too)
+        .bind(stale_counter)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("UPDATE order_holds SET state = $2, updated_at = now() WHERE order_id = $1")
+        .bind(order)
+        .bind(to.as_str())
+        .execute(&mut *conn)
+        .await?;
+    Ok(lines)
+}
+
+/// What holding an order through Postgres found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgReserve {
+    Held(Vec<HoldRow>),
+    /// The first SKU without enough units.
+    Short(String),
+    /// The first SKU that does not exist.
+    Unknown(String),
+}
+
+/// Holds every line or none through Postgres alone (the fallback path):
+/// locks the SKU rows in SKU order (`lines` are sorted), checks what is
+/// available, takes it, and moves each counter epoch on (Redis was not
+/// told; its counters are rebuilt before their next use).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn reserve_in_postgres(
+    conn: &mut PgConnection,
+    order: Uuid,
+    lines: &[Line],
+) -> sqlx::Result<PgReserve> {
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let rows: Vec<ProductRow> = sqlx::query_as(
+        "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
+         FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(&skus)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rows: Vec<Product> = rows.into_iter().map(Into::into).collect();
+    let mut held = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(p) = rows.iter().find(|p| p.sku == line.sku) else {
+            return Ok(PgReserve::Unknown(line.sku.clone()));
+        };
+        if p.available() < line.quantity {
+            return Ok(PgReserve::Short(line.sku.clone()));
+        }
+        held.push(HoldRow {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: p.unit_price_cents,
+        });
+    }
+    for h in &held {
+        sqlx::query(
+            "UPDATE products SET reserved = reserved + $2, redis_epoch = nextval('redis_epochs') \
+             WHERE sku = $1",
+        )
+        .bind(&h.sku)
+        .bind(h.quantity)
+        .execute(&mut *conn)
+        .await?;
+    }
+    insert_holds(conn, order, &held).await?;
+    Ok(PgReserve::Held(held))
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+async fn insert_holds(conn: &mut PgConnection, order: Uuid, held: &[HoldRow]) -> sqlx::Result<()> {
+    let skus: Vec<&str> = held.iter().map(|h| h.sku.as_str()).collect();
+    let quantities: Vec<i64> = held.iter().map(|h| h.quantity).collect();
+    let prices: Vec<i64> = held.iter().map(|h| h.unit_price_cents).collect();
+    sqlx::query(
+        "INSERT INTO holds (order_id, sku, quantity, unit_price_cents, state) \
+         SELECT $1, sku, quantity, price, 'RESERVED' \
+         FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS l(sku, quantity, price)",
+    )
+    .bind(order)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a freshly claimed order as rejected (the claim was RESERVED).
+#[tracing::instrument(skip_all, fields(order_id = %order, sku = %sku), err(level = "debug"))]
+pub async fn reject_order(
+    conn: &mut PgConnection,
+    order: Uuid,
+    reason: &str,
+    sku: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE order_holds SET state = 'REJECTED', reason = $2, rejected_sku = $3, \
+             updated_at = now() WHERE order_id = $1",
+    )
+    .bind(order)
+    .bind(reason)
+    .bind(sku)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A reservation as stored: its decision and its lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReservation {
+    pub state: OrderHoldState,
+    pub reason: Option<String>,
+    pub rejected_sku: Option<String>,
+    pub lines: Vec<HoldRow>,
+}
+
+/// Reads a reservation (an order's decision and holds).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn reservation(
+    conn: &mut PgConnection,
+    order: Uuid,
+) -> sqlx::Result<Option<StoredReservation>> {
+    let row: Option<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT state, reason, rejected_sku FROM order_holds WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((state, reason, rejected_sku)) = row else {
+        return Ok(None);
+    };
+    let state = OrderHoldState::parse(&state)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order state {state:?}").into()))?;
+    let lines: Vec<HoldRow> = sqlx::query_as(
+        "SELECT sku, quantity, unit_price_cents FROM holds WHERE order_id = $1 ORDER BY sku",
+    )
+    .bind(order)
+    .fetch_all(conn)
+    .await?;
+    Ok(Some(StoredReservation {
+        state,
+        reason,
+        rejected_sku,
+        lines,
+    }))
+}
