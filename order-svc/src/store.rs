@@ -6,6 +6,29 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{CancelReason, Line, ListFilter, Order, OrderState, Part};
+use saga_shared::db::Spelled;
+
+impl Spelled for OrderState {
+    const WHAT: &'static str = "order state";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (OrderState::Pending, "PENDING"),
+        (OrderState::Reserved, "RESERVED"),
+        (OrderState::Confirmed, "CONFIRMED"),
+        (OrderState::Cancelled, "CANCELLED"),
+    ];
+}
+
+impl Spelled for CancelReason {
+    const WHAT: &'static str = "cancel reason";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (CancelReason::OutOfStock, "out_of_stock"),
+        (CancelReason::SlotUnavailable, "slot_unavailable"),
+        (CancelReason::PaymentDeclined, "payment_declined"),
+        (CancelReason::InsufficientFunds, "insufficient_funds"),
+        (CancelReason::Timeout, "timeout"),
+        (CancelReason::CustomerCancelled, "customer_cancelled"),
+    ];
+}
 
 const ORDER_COLUMNS: &str = "id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
      payment, total_cents, created_at, updated_at, deadline_at";
@@ -34,6 +57,63 @@ struct LineRow {
     unit_price_cents: Option<i64>,
 }
 
+/// How the `inventory`, `slot` and `payment` columns spell where each
+/// participant stands (several columns, so not one [`Spelled`] table).
+impl Part {
+    pub fn as_inventory(self) -> &'static str {
+        match self {
+            Self::None | Self::Pending => "PENDING",
+            Self::Done => "RESERVED",
+            Self::Refused => "REJECTED",
+        }
+    }
+
+    pub fn as_slot(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Pending => "PENDING",
+            Self::Done => "HELD",
+            Self::Refused => "REJECTED",
+        }
+    }
+
+    pub fn as_payment(self) -> &'static str {
+        match self {
+            Self::None | Self::Pending => "NONE",
+            Self::Done => "CAPTURED",
+            Self::Refused => "FAILED",
+        }
+    }
+
+    pub fn from_inventory(s: &str) -> Option<Self> {
+        match s {
+            "PENDING" => Some(Self::Pending),
+            "RESERVED" => Some(Self::Done),
+            "REJECTED" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+
+    pub fn from_slot(s: &str) -> Option<Self> {
+        match s {
+            "NONE" => Some(Self::None),
+            "PENDING" => Some(Self::Pending),
+            "HELD" => Some(Self::Done),
+            "REJECTED" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+
+    pub fn from_payment(s: &str) -> Option<Self> {
+        match s {
+            "NONE" => Some(Self::Pending),
+            "CAPTURED" => Some(Self::Done),
+            "FAILED" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+}
+
 fn corrupt(what: &str, value: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value:?} in the orders table").into())
 }
@@ -42,9 +122,9 @@ impl OrderRow {
     fn into_order(self, lines: Vec<Line>) -> sqlx::Result<Order> {
         Ok(Order {
             id: self.id,
-            state: OrderState::parse(&self.state).ok_or_else(|| corrupt("state", &self.state))?,
+            state: OrderState::read(&self.state)?,
             cancel_reason: match self.cancel_reason.as_deref() {
-                Some(r) => Some(CancelReason::parse(r).ok_or_else(|| corrupt("cancel reason", r))?),
+                Some(r) => Some(CancelReason::read(r)?),
                 None => None,
             },
             customer_id: self.customer_id,
@@ -127,9 +207,9 @@ pub async fn outcomes(
             .await?;
     rows.into_iter()
         .map(|(id, state, reason)| {
-            let state = OrderState::parse(&state).ok_or_else(|| corrupt("state", &state))?;
+            let state = OrderState::read(&state)?;
             let reason = match reason.as_deref() {
-                Some(r) => Some(CancelReason::parse(r).ok_or_else(|| corrupt("cancel reason", r))?),
+                Some(r) => Some(CancelReason::read(r)?),
                 None => None,
             };
             Ok((id, state, reason))
@@ -197,8 +277,8 @@ pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     )
     .bind(o.id)
     .bind(&o.customer_id)
-    .bind(o.state.as_str())
-    .bind(o.cancel_reason.map(CancelReason::as_str))
+    .bind(o.state.spelling())
+    .bind(o.cancel_reason.map(CancelReason::spelling))
     .bind(o.slot_id)
     .bind(o.inventory.as_inventory())
     .bind(o.slot.as_slot())
@@ -233,8 +313,8 @@ pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
              payment = $6, total_cents = $7, updated_at = $8 WHERE id = $1",
     )
     .bind(o.id)
-    .bind(o.state.as_str())
-    .bind(o.cancel_reason.map(CancelReason::as_str))
+    .bind(o.state.spelling())
+    .bind(o.cancel_reason.map(CancelReason::spelling))
     .bind(o.inventory.as_inventory())
     .bind(o.slot.as_slot())
     .bind(o.payment.as_payment())
@@ -270,4 +350,15 @@ pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uu
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_and_reason_has_one_spelling() {
+        saga_shared::db::assert_spelled(&OrderState::ALL);
+        saga_shared::db::assert_spelled(&CancelReason::ALL);
+    }
 }

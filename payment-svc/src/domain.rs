@@ -41,18 +41,6 @@ impl PaymentState {
             Self::Voided => "VOIDED",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Captured,
-            Self::Failed,
-            Self::Refunded,
-            Self::Voided,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
 }
 
 impl fmt::Display for PaymentState {
@@ -73,12 +61,6 @@ impl FailureReason {
             Self::InsufficientFunds => "insufficient_funds",
             Self::CardDeclined => "card_declined",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::InsufficientFunds, Self::CardDeclined]
-            .into_iter()
-            .find(|r| r.as_str() == s)
     }
 }
 
@@ -124,17 +106,5 @@ mod tests {
             "amount_cents"
         );
         assert_eq!(validate_top_up("", 1).unwrap_err().field, "customer_id");
-    }
-
-    #[test]
-    fn states_round_trip() {
-        for s in [
-            PaymentState::Captured,
-            PaymentState::Failed,
-            PaymentState::Refunded,
-            PaymentState::Voided,
-        ] {
-            assert_eq!(PaymentState::parse(s.as_str()), Some(s));
-        }
     }
 }

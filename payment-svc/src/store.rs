@@ -6,6 +6,26 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{FailureReason, Payment, PaymentState, Wallet};
+use saga_shared::db::Spelled;
+
+impl Spelled for PaymentState {
+    const WHAT: &'static str = "payment state";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (PaymentState::Pending, "PENDING"),
+        (PaymentState::Captured, "CAPTURED"),
+        (PaymentState::Failed, "FAILED"),
+        (PaymentState::Refunded, "REFUNDED"),
+        (PaymentState::Voided, "VOIDED"),
+    ];
+}
+
+impl Spelled for FailureReason {
+    const WHAT: &'static str = "failure reason";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (FailureReason::InsufficientFunds, "insufficient_funds"),
+        (FailureReason::CardDeclined, "card_declined"),
+    ];
+}
 
 const WALLET_COLUMNS: &str =
     "customer_id, balance_cents, topped_up_cents, charged_cents, refunded_cents";
@@ -56,15 +76,10 @@ impl TryFrom<PaymentRow> for Payment {
     type Error = sqlx::Error;
 
     fn try_from(r: PaymentRow) -> sqlx::Result<Self> {
-        let corrupt = |what: &str, v: &str| {
-            sqlx::Error::Decode(format!("unknown payment {what} {v:?}").into())
-        };
         Ok(Payment {
-            state: PaymentState::parse(&r.state).ok_or_else(|| corrupt("state", &r.state))?,
+            state: PaymentState::read(&r.state)?,
             failure_reason: match r.failure_reason.as_deref() {
-                Some(f) => {
-                    Some(FailureReason::parse(f).ok_or_else(|| corrupt("failure reason", f))?)
-                }
+                Some(f) => Some(FailureReason::read(f)?),
                 None => None,
             },
             payment_id: r.payment_id,
@@ -264,8 +279,8 @@ pub async fn settle(
         "UPDATE payments SET state = $2, failure_reason = $3, updated_at = now() WHERE order_id = $1",
     )
     .bind(order)
-    .bind(state.as_str())
-    .bind(failure.map(FailureReason::as_str))
+    .bind(state.spelling())
+    .bind(failure.map(FailureReason::spelling))
     .execute(conn)
     .await?;
     Ok(())
@@ -320,4 +335,24 @@ pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<
     )
     .await?;
     settle(conn, payment.order_id, PaymentState::Refunded, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_and_reason_has_one_spelling() {
+        saga_shared::db::assert_spelled(&[
+            PaymentState::Pending,
+            PaymentState::Captured,
+            PaymentState::Failed,
+            PaymentState::Refunded,
+            PaymentState::Voided,
+        ]);
+        saga_shared::db::assert_spelled(&[
+            FailureReason::InsufficientFunds,
+            FailureReason::CardDeclined,
+        ]);
+    }
 }

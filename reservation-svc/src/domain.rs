@@ -44,12 +44,6 @@ impl BookingState {
             Self::Rejected => "REJECTED",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Held, Self::Confirmed, Self::Released, Self::Rejected]
-            .into_iter()
-            .find(|b| b.as_str() == s)
-    }
 }
 
 impl fmt::Display for BookingState {
@@ -77,17 +71,5 @@ mod tests {
             "capacity"
         );
         assert_eq!(validate_new_slot("", 1).unwrap_err().field, "name");
-    }
-
-    #[test]
-    fn booking_states_round_trip() {
-        for s in [
-            BookingState::Held,
-            BookingState::Confirmed,
-            BookingState::Released,
-            BookingState::Rejected,
-        ] {
-            assert_eq!(BookingState::parse(s.as_str()), Some(s));
-        }
     }
 }

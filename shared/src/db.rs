@@ -221,3 +221,59 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     classify(err) == Failure::Unavailable
 }
+
+/// A domain value stored as text. Its database spellings are one table in
+/// the service's store, so the words the database uses live beside the SQL
+/// that writes them, and the domain knows nothing of them.
+pub trait Spelled: Copy + PartialEq + std::fmt::Debug + 'static {
+    /// What the value is called in error messages ("order state").
+    const WHAT: &'static str;
+    /// Every value and its spelling.
+    const SPELLINGS: &'static [(Self, &'static str)];
+
+    /// How the database spells `self`.
+    fn spelling(self) -> &'static str {
+        Self::SPELLINGS
+            .iter()
+            .find(|(value, _)| *value == self)
+            .map_or("", |(_, spelling)| spelling)
+    }
+
+    /// The value a database spelling stands for; a decode error naming the
+    /// kind of value for a spelling the table does not have.
+    fn read(spelling: &str) -> sqlx::Result<Self> {
+        Self::SPELLINGS
+            .iter()
+            .find(|(_, s)| *s == spelling)
+            .map(|(value, _)| *value)
+            .ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown {} {spelling:?}", Self::WHAT).into())
+            })
+    }
+}
+
+/// For a store's tests: every value of `all` has exactly one spelling, no
+/// two values share one, and each spelling reads back as its value.
+pub fn assert_spelled<T: Spelled>(all: &[T]) {
+    assert_eq!(
+        T::SPELLINGS.len(),
+        all.len(),
+        "{}: a spelling per value",
+        T::WHAT
+    );
+    for value in all {
+        let spelling = value.spelling();
+        assert!(
+            !spelling.is_empty(),
+            "{}: {value:?} has no spelling",
+            T::WHAT
+        );
+        assert_eq!(
+            T::read(spelling).ok(),
+            Some(*value),
+            "{}: {spelling:?}",
+            T::WHAT
+        );
+    }
+    assert!(T::read("no such spelling").is_err());
+}

@@ -108,17 +108,6 @@ impl OrderHoldState {
             Self::Rejected => "REJECTED",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Reserved,
-            Self::Committed,
-            Self::Released,
-            Self::Rejected,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
 }
 
 impl fmt::Display for OrderHoldState {

@@ -7,6 +7,17 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::*;
+use saga_shared::db::Spelled;
+
+impl Spelled for OrderHoldState {
+    const WHAT: &'static str = "order state";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (OrderHoldState::Reserved, "RESERVED"),
+        (OrderHoldState::Committed, "COMMITTED"),
+        (OrderHoldState::Released, "RELEASED"),
+        (OrderHoldState::Rejected, "REJECTED"),
+    ];
+}
 
 /// The outcome of claiming an order's decision row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +72,7 @@ pub async fn claim_order_with(
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(order)
-    .bind(state.as_str())
+    .bind(state.spelling())
     .bind(reason)
     .bind(rejected_sku)
     .bind(holder.kind())
@@ -77,9 +88,7 @@ pub async fn claim_order_with(
             .bind(order)
             .fetch_one(&mut *conn)
             .await?;
-    OrderHoldState::parse(&existing)
-        .map(Claimed::Existing)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order state {existing:?}").into()))
+    OrderHoldState::read(&existing).map(Claimed::Existing)
 }
 
 /// Locks the order's decision row, if there is one.
@@ -93,7 +102,7 @@ pub async fn lock_order(
             .bind(order)
             .fetch_optional(conn)
             .await?;
-    Ok(state.as_deref().and_then(OrderHoldState::parse))
+    state.as_deref().map(OrderHoldState::read).transpose()
 }
 
 /// Records the holds of a granted reservation: adds to each SKU's reserved
@@ -149,7 +158,7 @@ pub async fn close_holds(
          WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity",
     )
     .bind(order)
-    .bind(to.as_str())
+    .bind(to.spelling())
     .fetch_all(&mut *conn)
     .await?;
     let mut lines: Vec<Line> = closed
@@ -174,7 +183,7 @@ pub async fn close_holds(
     }
     sqlx::query("UPDATE order_holds SET state = $2, updated_at = now() WHERE order_id = $1")
         .bind(order)
-        .bind(to.as_str())
+        .bind(to.spelling())
         .execute(&mut *conn)
         .await?;
     Ok(lines)
@@ -299,8 +308,7 @@ pub async fn reservation(
     let Some((state, reason, rejected_sku)) = row else {
         return Ok(None);
     };
-    let state = OrderHoldState::parse(&state)
-        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order state {state:?}").into()))?;
+    let state = OrderHoldState::read(&state)?;
     let lines: Vec<HoldRow> = sqlx::query_as(
         "SELECT sku, quantity, unit_price_cents FROM holds WHERE order_id = $1 ORDER BY sku",
     )
@@ -313,4 +321,19 @@ pub async fn reservation(
         rejected_sku,
         lines,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_order_state_has_one_spelling() {
+        saga_shared::db::assert_spelled(&[
+            OrderHoldState::Reserved,
+            OrderHoldState::Committed,
+            OrderHoldState::Released,
+            OrderHoldState::Rejected,
+        ]);
+    }
 }

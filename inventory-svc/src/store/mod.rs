@@ -10,6 +10,7 @@ pub use holds::*;
 use saga_shared::repair::Page;
 use std::time::Duration;
 
+use saga_shared::db::Spelled;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -162,7 +163,7 @@ impl Store {
                 .bind(order)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(state.as_deref().and_then(OrderHoldState::parse))
+        state.as_deref().map(OrderHoldState::read).transpose()
     }
 
     /// Whether the ledger has a decision for this order's saga (a direct

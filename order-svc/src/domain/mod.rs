@@ -45,10 +45,6 @@ impl OrderState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Confirmed | Self::Cancelled)
     }
@@ -90,10 +86,6 @@ impl CancelReason {
             Self::CustomerCancelled => "customer_cancelled",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
 }
 
 impl fmt::Display for CancelReason {
@@ -110,61 +102,6 @@ pub enum Part {
     Pending,
     Done,
     Refused,
-}
-
-impl Part {
-    pub fn as_inventory(self) -> &'static str {
-        match self {
-            Self::None | Self::Pending => "PENDING",
-            Self::Done => "RESERVED",
-            Self::Refused => "REJECTED",
-        }
-    }
-
-    pub fn as_slot(self) -> &'static str {
-        match self {
-            Self::None => "NONE",
-            Self::Pending => "PENDING",
-            Self::Done => "HELD",
-            Self::Refused => "REJECTED",
-        }
-    }
-
-    pub fn as_payment(self) -> &'static str {
-        match self {
-            Self::None | Self::Pending => "NONE",
-            Self::Done => "CAPTURED",
-            Self::Refused => "FAILED",
-        }
-    }
-
-    pub fn from_inventory(s: &str) -> Option<Self> {
-        match s {
-            "PENDING" => Some(Self::Pending),
-            "RESERVED" => Some(Self::Done),
-            "REJECTED" => Some(Self::Refused),
-            _ => None,
-        }
-    }
-
-    pub fn from_slot(s: &str) -> Option<Self> {
-        match s {
-            "NONE" => Some(Self::None),
-            "PENDING" => Some(Self::Pending),
-            "HELD" => Some(Self::Done),
-            "REJECTED" => Some(Self::Refused),
-            _ => None,
-        }
-    }
-
-    pub fn from_payment(s: &str) -> Option<Self> {
-        match s {
-            "NONE" => Some(Self::Pending),
-            "CAPTURED" => Some(Self::Done),
-            "FAILED" => Some(Self::Refused),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

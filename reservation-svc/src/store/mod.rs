@@ -8,6 +8,17 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{BookingState, Slot};
+use saga_shared::db::Spelled;
+
+impl Spelled for BookingState {
+    const WHAT: &'static str = "booking state";
+    const SPELLINGS: &'static [(Self, &'static str)] = &[
+        (BookingState::Held, "HELD"),
+        (BookingState::Confirmed, "CONFIRMED"),
+        (BookingState::Released, "RELEASED"),
+        (BookingState::Rejected, "REJECTED"),
+    ];
+}
 
 const SLOT_COLUMNS: &str = "id, name, capacity, held, confirmed, created_at";
 
@@ -113,12 +124,8 @@ pub async fn lock_booking(
             .bind(order)
             .fetch_optional(conn)
             .await?;
-    row.map(|(state, slot)| {
-        BookingState::parse(&state)
-            .map(|s| (s, slot))
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown booking state {state:?}").into()))
-    })
-    .transpose()
+    row.map(|(state, slot)| BookingState::read(&state).map(|s| (s, slot)))
+        .transpose()
 }
 
 /// Inserts the order's booking; false if one appeared meanwhile.
@@ -136,7 +143,7 @@ pub async fn insert_booking(
     )
     .bind(order)
     .bind(slot)
-    .bind(state.as_str())
+    .bind(state.spelling())
     .bind(reason)
     .execute(conn)
     .await?
@@ -214,8 +221,23 @@ pub async fn close_booking(
     .await?;
     sqlx::query("UPDATE bookings SET state = $2, updated_at = now() WHERE order_id = $1")
         .bind(order)
-        .bind(to.as_str())
+        .bind(to.spelling())
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_booking_state_has_one_spelling() {
+        saga_shared::db::assert_spelled(&[
+            BookingState::Held,
+            BookingState::Confirmed,
+            BookingState::Released,
+            BookingState::Rejected,
+        ]);
+    }
 }
