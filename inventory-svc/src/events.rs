@@ -22,13 +22,7 @@ use crate::service::{
 };
 
 pub struct OrderEvents {
-    inventory: Inventory,
-}
-
-impl OrderEvents {
-    pub fn new(inventory: Inventory) -> Self {
-        Self { inventory }
-    }
+    pub inventory: Inventory,
 }
 
 #[derive(Clone, Debug)]

@@ -16,13 +16,7 @@ use crate::service::{Inventory, InventoryError};
 use crate::store::StoredReservation;
 
 pub struct InventoryGrpc {
-    inventory: Inventory,
-}
-
-impl InventoryGrpc {
-    pub fn new(inventory: Inventory) -> Self {
-        Self { inventory }
-    }
+    pub inventory: Inventory,
 }
 
 impl From<Product> for pb::Stock {
@@ -219,7 +213,7 @@ impl InventoryService for InventoryGrpc {
         // The key (if any) and the adjustment commit together: a retry of a
         // request that succeeded gets its answer, not a stale-version error.
         let inventory = self.inventory.clone();
-        let pool = self.inventory.store().pool();
+        let pool = &self.inventory.store().pool;
         let answer = idempotency::once(pool, "inventory.AdjustStock", key, r, |tx, r| {
             Box::pin(async move {
                 let product = inventory

@@ -75,7 +75,9 @@ impl Service for InventorySvc {
         platform
             .consume(
                 StreamKind::Orders,
-                Arc::new(events::OrderEvents::new(inventory.clone())),
+                Arc::new(events::OrderEvents {
+                    inventory: inventory.clone(),
+                }),
             )
             .await?;
         let background = inventory.clone();
@@ -84,9 +86,10 @@ impl Service for InventorySvc {
             service::repair::SagaRepair::new(inventory.clone()),
             &config.repair,
         )?;
-        let routes = tonic::service::Routes::new(InventoryServiceServer::new(
-            grpc::InventoryGrpc::new(inventory),
-        ));
+        let routes =
+            tonic::service::Routes::new(InventoryServiceServer::new(grpc::InventoryGrpc {
+                inventory,
+            }));
         platform.into_app(
             routes,
             &[InventoryServiceServer::<grpc::InventoryGrpc>::NAME],
@@ -118,7 +121,7 @@ pub fn inventory(
         Duration::from_secs(config.inventory.tombstone_ttl_secs),
     );
     service::Inventory::new(
-        store::Store::new(pool),
+        store::Store { pool },
         cache,
         config.inventory.clone(),
         breaker,

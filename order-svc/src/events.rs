@@ -12,13 +12,7 @@ use crate::domain::{CancelReason, Input, Refusal};
 use crate::service::{OrderError, Orders};
 
 pub struct ParticipantEvents {
-    orders: Arc<Orders>,
-}
-
-impl ParticipantEvents {
-    pub fn new(orders: Arc<Orders>) -> Self {
-        Self { orders }
-    }
+    pub orders: Arc<Orders>,
 }
 
 /// What an event means to the order, if anything.

@@ -14,13 +14,7 @@ use crate::service::CatalogError;
 use crate::service::{OrderError, Orders};
 
 pub struct OrderGrpc {
-    orders: Arc<Orders>,
-}
-
-impl OrderGrpc {
-    pub fn new(orders: Arc<Orders>) -> Self {
-        Self { orders }
-    }
+    pub orders: Arc<Orders>,
 }
 
 impl From<OrderState> for pb::OrderState {
@@ -115,7 +109,7 @@ impl OrderService for OrderGrpc {
         let new = domain::validate_new_order(&r.customer_id, &items, slot, self.orders.limits())?;
         // A retry of a placed order gets that order, even if inventory or
         // reservation cannot be asked right now (or would answer otherwise).
-        let pool = self.orders.store().pool();
+        let pool = &self.orders.store().pool;
         if let Some(placed) =
             idempotency::completed(pool, "order.PlaceOrder", key.as_deref(), &r).await?
         {

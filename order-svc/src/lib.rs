@@ -59,12 +59,16 @@ impl Service for OrderSvc {
             })
         })?;
         let orders = Arc::new(service::Orders::new(
-            store::Store::new(platform.pool.clone()),
+            store::Store {
+                pool: platform.pool.clone(),
+            },
             platform.outbox.clone(),
             catalog,
             config.order.clone(),
         ));
-        let handler = Arc::new(events::ParticipantEvents::new(orders.clone()));
+        let handler = Arc::new(events::ParticipantEvents {
+            orders: orders.clone(),
+        });
         for stream in [
             StreamKind::Inventory,
             StreamKind::Reservations,
@@ -75,7 +79,7 @@ impl Service for OrderSvc {
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
         let routes =
-            tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc::new(orders)));
+            tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc { orders }));
         platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
     }
 }

@@ -145,18 +145,10 @@ impl OrderRow {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub pool: PgPool,
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
     pub async fn order(&self, id: Uuid) -> sqlx::Result<Option<Order>> {
         let mut conn = self.pool.acquire().await?;

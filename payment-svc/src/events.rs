@@ -12,13 +12,7 @@ use crate::service::Authorization;
 use crate::service::{PaymentError, Payments};
 
 pub struct OrderEvents {
-    payments: Payments,
-}
-
-impl OrderEvents {
-    pub fn new(payments: Payments) -> Self {
-        Self { payments }
-    }
+    pub payments: Payments,
 }
 
 impl From<PaymentError> for HandlerError {
@@ -47,13 +41,12 @@ impl Handler for OrderEvents {
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Option<Authorization>, HandlerError> {
-        match &d.event {
-            SagaEvent::OrderReserved(_) => {
-                let order = d.order_id;
-                Ok(Some(self.payments.authorize(order).await))
-            }
-            _ => Ok(None),
-        }
+        // Only a charge asks the card gateway, and it must not wait inside
+        // a transaction.
+        let SagaEvent::OrderReserved(_) = &d.event else {
+            return Ok(None);
+        };
+        Ok(Some(self.payments.authorize(d.order_id).await))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -11,13 +11,7 @@ use crate::domain::{Payment, PaymentState, Wallet};
 use crate::service::{PaymentError, Payments};
 
 pub struct PaymentGrpc {
-    payments: Payments,
-}
-
-impl PaymentGrpc {
-    pub fn new(payments: Payments) -> Self {
-        Self { payments }
-    }
+    pub payments: Payments,
 }
 
 impl From<PaymentError> for Status {
@@ -94,7 +88,7 @@ impl PaymentService for PaymentGrpc {
         let r = request.into_inner();
         crate::domain::validate_top_up(&r.customer_id, r.amount_cents)?;
         let payments = self.payments.clone();
-        let pool = self.payments.store().pool();
+        let pool = &self.payments.store().pool;
         let answer = idempotency::once(pool, "payment.TopUp", key, r, |tx, r| {
             Box::pin(async move {
                 let wallet = payments

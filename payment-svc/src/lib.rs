@@ -45,23 +45,26 @@ impl Service for PaymentSvc {
     /// and gRPC routes.
     async fn assemble(mut platform: Platform, config: PaymentConfig) -> Result<App, PlatformError> {
         let payments = service::Payments::new(
-            store::Store::new(platform.pool.clone()),
+            store::Store {
+                pool: platform.pool.clone(),
+            },
             service::Gateway::new(config.gateway.clone()),
             platform.outbox.clone(),
         );
         platform
             .consume(
                 StreamKind::Orders,
-                Arc::new(events::OrderEvents::new(payments.clone())),
+                Arc::new(events::OrderEvents {
+                    payments: payments.clone(),
+                }),
             )
             .await?;
         platform.repair(
             service::repair::CaptureRepair::new(payments.clone()),
             &config.repair,
         )?;
-        let routes = tonic::service::Routes::new(PaymentServiceServer::new(
-            grpc::PaymentGrpc::new(payments),
-        ));
+        let routes =
+            tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc { payments }));
         platform.into_app(routes, &[PaymentServiceServer::<grpc::PaymentGrpc>::NAME])
     }
 }

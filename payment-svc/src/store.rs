@@ -34,7 +34,7 @@ const PAYMENT_COLUMNS: &str = "payment_id, order_id, customer_id, amount_cents, 
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub pool: PgPool,
 }
 
 /// A `wallets` row.
@@ -102,14 +102,6 @@ pub enum TopUpError {
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     #[tracing::instrument(skip_all, fields(customer_id = %customer), err(level = "debug"))]
     pub async fn wallet(&self, customer: &str) -> sqlx::Result<Option<Wallet>> {
         let sql = format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE customer_id = $1");

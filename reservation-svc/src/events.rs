@@ -13,13 +13,7 @@ use uuid::Uuid;
 use crate::service::{HeldLock, ReservationError, Reservations};
 
 pub struct OrderEvents {
-    reservations: Reservations,
-}
-
-impl OrderEvents {
-    pub fn new(reservations: Reservations) -> Self {
-        Self { reservations }
-    }
+    pub reservations: Reservations,
 }
 
 impl From<ReservationError> for HandlerError {

@@ -11,13 +11,7 @@ use crate::domain::{self, Slot};
 use crate::service::{ReservationError, Reservations};
 
 pub struct ReservationGrpc {
-    reservations: Reservations,
-}
-
-impl ReservationGrpc {
-    pub fn new(reservations: Reservations) -> Self {
-        Self { reservations }
-    }
+    pub reservations: Reservations,
 }
 
 impl From<ReservationError> for Status {
@@ -60,7 +54,7 @@ impl ReservationService for ReservationGrpc {
         let r = request.into_inner();
         domain::validate_new_slot(&r.name, r.capacity)?;
         let reservations = self.reservations.clone();
-        let pool = self.reservations.store().pool();
+        let pool = &self.reservations.store().pool;
         let answer = idempotency::once(pool, "reservation.CreateSlot", key, r, |tx, r| {
             Box::pin(async move {
                 let slot = reservations.create_slot_in(tx, &r.name, r.capacity).await?;

@@ -55,21 +55,28 @@ impl Service for ReservationSvc {
             Duration::from_millis(config.reservation.lock_wait_ms),
             Duration::from_millis(config.redis.command_timeout_ms),
         );
-        let reservations =
-            service::Reservations::new(store::Store::new(platform.pool.clone()), locks);
+        let reservations = service::Reservations::new(
+            store::Store {
+                pool: platform.pool.clone(),
+            },
+            locks,
+        );
         platform
             .consume(
                 StreamKind::Orders,
-                Arc::new(events::OrderEvents::new(reservations.clone())),
+                Arc::new(events::OrderEvents {
+                    reservations: reservations.clone(),
+                }),
             )
             .await?;
         platform.repair(
             service::repair::BookingRepair::new(reservations.clone()),
             &config.repair,
         )?;
-        let routes = tonic::service::Routes::new(ReservationServiceServer::new(
-            grpc::ReservationGrpc::new(reservations),
-        ));
+        let routes =
+            tonic::service::Routes::new(ReservationServiceServer::new(grpc::ReservationGrpc {
+                reservations,
+            }));
         platform.into_app(
             routes,
             &[ReservationServiceServer::<grpc::ReservationGrpc>::NAME],

@@ -51,7 +51,7 @@ impl Inventory {
             CloseAs::Commit => "commit",
         };
         let (closed, after) = saga_shared::db::retry(what, || async {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.pool.begin().await?;
             let done = match how {
                 CloseAs::Release => self.apply_release(&mut tx, holder, &[]).await?,
                 CloseAs::Commit => self.apply_commit(&mut tx, holder).await?,

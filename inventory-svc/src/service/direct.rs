@@ -12,7 +12,7 @@ use crate::store::{self, StoredReservation};
 impl Inventory {
     /// A reservation as stored, by ledger id.
     pub async fn reservation(&self, ledger: Uuid) -> Result<Option<StoredReservation>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.pool.acquire().await?;
         Ok(store::reservation(&mut conn, ledger).await?)
     }
 
@@ -35,7 +35,7 @@ impl Inventory {
         }
         let after = saga_shared::db::retry("ReserveStock", || async {
             let step = self.reserve_step(holder, lines.clone()).await?;
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.pool.begin().await?;
             let (_, after) = self.apply_reserve(&mut tx, holder, step).await?;
             tx.commit().await?;
             Ok::<_, InventoryError>(after)

@@ -42,7 +42,7 @@ impl Inventory {
     /// epoch the rebuild moves to is a fresh sequence value: if this
     /// transaction fails after Redis took it, Postgres never has it.
     pub async fn rebuild(&self, skus: &[String]) -> Result<Vec<(String, Rebuilt)>> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.pool.begin().await?;
         let (_, snapshots) = store::snapshots(&mut tx, skus, self.closed_window(), true).await?;
         let mut out = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots {
@@ -74,7 +74,7 @@ impl Inventory {
         };
         let mut report = ReconcileReport::default();
         for chunk in skus.chunks(64) {
-            let mut conn = self.store.pool().acquire().await?;
+            let mut conn = self.store.pool.acquire().await?;
             let (_, snapshots) =
                 store::snapshots(&mut conn, chunk, self.closed_window(), false).await?;
             drop(conn);

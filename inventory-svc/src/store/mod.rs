@@ -47,7 +47,7 @@ impl From<ProductRow> for Product {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub pool: PgPool,
 }
 
 /// The epoch and price of a SKU, read before recording a hold.
@@ -59,14 +59,6 @@ pub struct PriceAndEpoch {
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Creates or renames/reprices a product. Returns it and whether it is new.
     #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
     pub async fn upsert_product(

@@ -120,7 +120,7 @@ impl Orders {
         &self,
         ids: &[Uuid],
     ) -> Result<Vec<(Uuid, OrderState, Option<CancelReason>)>> {
-        Ok(store::outcomes(self.store.pool(), ids).await?)
+        Ok(store::outcomes(&self.store.pool, ids).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order> {
@@ -133,7 +133,7 @@ impl Orders {
     /// Cancels an order at the customer's request (FAILED_PRECONDITION once
     /// CONFIRMED; a cancelled order is returned as it is).
     pub async fn cancel(&self, id: Uuid) -> Result<Order> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.pool.begin().await?;
         let order = self
             .advance(
                 &mut tx,
@@ -188,7 +188,7 @@ impl Orders {
     /// skipped. Returns how many were cancelled.
     pub async fn cancel_overdue(&self) -> Result<usize> {
         const BATCH: i64 = 100;
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.pool.begin().await?;
         let ids = store::overdue(&mut tx, BATCH).await?;
         for id in &ids {
             let span = tracing::info_span!("deadline", order_id = %id);

@@ -22,7 +22,7 @@ impl CaptureRepair {
     }
 
     async fn refund(&self, order: Uuid) -> Result<bool, BoxError> {
-        let mut tx = self.payments.store().pool().begin().await?;
+        let mut tx = self.payments.store().pool.begin().await?;
         let refunded = self
             .payments
             .refund_captured(&mut tx, order, &EventMeta::new(order, None))
@@ -36,7 +36,7 @@ impl CaptureRepair {
 
 impl Participant for CaptureRepair {
     async fn open_orders(&self, page: Page) -> Result<Vec<Uuid>, BoxError> {
-        Ok(store::unchecked_captures(self.payments.store().pool(), page).await?)
+        Ok(store::unchecked_captures(&self.payments.store().pool, page).await?)
     }
 
     /// A confirmed order's capture is marked checked (it stays); a cancelled
@@ -44,7 +44,7 @@ impl Participant for CaptureRepair {
     async fn finish(&self, order: Uuid, outcome: Outcome) -> Result<bool, BoxError> {
         match outcome {
             Outcome::Confirmed => {
-                store::mark_checked(self.payments.store().pool(), &[order]).await?;
+                store::mark_checked(&self.payments.store().pool, &[order]).await?;
                 Ok(false)
             }
             Outcome::Cancelled => self.refund(order).await,

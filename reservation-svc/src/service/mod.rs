@@ -171,7 +171,7 @@ impl Reservations {
     /// Ends a HELD booking as its saga ended (the repair loop); false if it
     /// is not HELD (any more).
     pub async fn finish_held(&self, order: Uuid, to: BookingState) -> Result<bool> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.pool.begin().await?;
         let finished = store::finish_held(&mut tx, order, to).await?;
         tx.commit().await?;
         Ok(finished)

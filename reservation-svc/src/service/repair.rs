@@ -24,7 +24,7 @@ impl BookingRepair {
 
 impl Participant for BookingRepair {
     async fn open_orders(&self, page: Page) -> Result<Vec<Uuid>, BoxError> {
-        Ok(store::held_bookings(self.reservations.store().pool(), page).await?)
+        Ok(store::held_bookings(&self.reservations.store().pool, page).await?)
     }
 
     async fn finish(&self, order: Uuid, outcome: Outcome) -> Result<bool, BoxError> {

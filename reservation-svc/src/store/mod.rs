@@ -48,7 +48,7 @@ impl From<SlotRow> for Slot {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pub pool: PgPool,
 }
 
 /// What trying to take a place in a slot did.
@@ -60,14 +60,6 @@ pub enum HoldAttempt {
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
     pub async fn slot(&self, id: Uuid) -> sqlx::Result<Option<Slot>> {
         let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE id = $1");
