@@ -54,6 +54,16 @@ impl SystemConfig {
     }
 
     /// The database section of each service.
+    pub fn databases(&self) -> [&DatabaseConfig; 4] {
+        [
+            &self.order.database,
+            &self.inventory.database,
+            &self.payment.database,
+            &self.reservation.database,
+        ]
+    }
+
+    /// The database section of each service, to change.
     pub fn databases_mut(&mut self) -> [&mut DatabaseConfig; 4] {
         [
             &mut self.order.database,

@@ -193,12 +193,7 @@ impl TestSystem {
         };
         let nats = async_nats::connect(system_nats).await?;
         let mut service_dbs = Vec::new();
-        for db in [
-            &config.order.database,
-            &config.inventory.database,
-            &config.payment.database,
-            &config.reservation.database,
-        ] {
+        for db in config.databases() {
             let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
             service_dbs.push(
                 sqlx::postgres::PgPoolOptions::new()
