@@ -19,7 +19,8 @@ pub struct Wallet {
     pub refunded_cents: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentState {
     /// Being taken, inside the transaction that settles it (never seen
     /// committed).
@@ -32,14 +33,9 @@ pub enum PaymentState {
 }
 
 impl PaymentState {
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Captured => "CAPTURED",
-            Self::Failed => "FAILED",
-            Self::Refunded => "REFUNDED",
-            Self::Voided => "VOIDED",
-        }
+        self.into()
     }
 }
 
@@ -49,18 +45,17 @@ impl fmt::Display for PaymentState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum FailureReason {
     InsufficientFunds,
     CardDeclined,
 }
 
 impl FailureReason {
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InsufficientFunds => "insufficient_funds",
-            Self::CardDeclined => "card_declined",
-        }
+        self.into()
     }
 }
 

@@ -10,21 +10,10 @@ use saga_shared::db::Spelled;
 
 impl Spelled for PaymentState {
     const WHAT: &'static str = "payment state";
-    const SPELLINGS: &'static [(Self, &'static str)] = &[
-        (PaymentState::Pending, "PENDING"),
-        (PaymentState::Captured, "CAPTURED"),
-        (PaymentState::Failed, "FAILED"),
-        (PaymentState::Refunded, "REFUNDED"),
-        (PaymentState::Voided, "VOIDED"),
-    ];
 }
 
 impl Spelled for FailureReason {
     const WHAT: &'static str = "failure reason";
-    const SPELLINGS: &'static [(Self, &'static str)] = &[
-        (FailureReason::InsufficientFunds, "insufficient_funds"),
-        (FailureReason::CardDeclined, "card_declined"),
-    ];
 }
 
 const WALLET_COLUMNS: &str =
@@ -331,20 +320,31 @@ pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<
 
 #[cfg(test)]
 mod tests {
+    use strum::VariantArray;
+
     use super::*;
 
     #[test]
-    fn every_state_and_reason_has_one_spelling() {
-        saga_shared::db::assert_spelled(&[
-            PaymentState::Pending,
-            PaymentState::Captured,
-            PaymentState::Failed,
-            PaymentState::Refunded,
-            PaymentState::Voided,
-        ]);
-        saga_shared::db::assert_spelled(&[
-            FailureReason::InsufficientFunds,
-            FailureReason::CardDeclined,
-        ]);
+    fn every_value_has_a_spelling_of_its_own() {
+        saga_shared::db::assert_spelled::<PaymentState>();
+        saga_shared::db::assert_spelled::<FailureReason>();
+    }
+
+    /// The words rows already hold: a renamed variant must not change them.
+    #[test]
+    fn spellings_match_the_rows_already_stored() {
+        let words: Vec<&str> = PaymentState::VARIANTS
+            .iter()
+            .map(|v| v.spelling())
+            .collect();
+        assert_eq!(
+            words,
+            ["PENDING", "CAPTURED", "FAILED", "REFUNDED", "VOIDED"]
+        );
+        let words: Vec<&str> = FailureReason::VARIANTS
+            .iter()
+            .map(|v| v.spelling())
+            .collect();
+        assert_eq!(words, ["insufficient_funds", "card_declined"]);
     }
 }

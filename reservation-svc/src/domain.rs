@@ -26,7 +26,8 @@ impl Slot {
 }
 
 /// Where an order's booking stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingState {
     Held,
     Confirmed,
@@ -36,13 +37,9 @@ pub enum BookingState {
 }
 
 impl BookingState {
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "HELD",
-            Self::Confirmed => "CONFIRMED",
-            Self::Released => "RELEASED",
-            Self::Rejected => "REJECTED",
-        }
+        self.into()
     }
 }
 

@@ -222,52 +222,46 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     classify(err) == Failure::Unavailable
 }
 
-/// A domain value stored as text. Its database spellings are one table in
-/// the service's store, so the words the database uses live beside the SQL
-/// that writes them, and the domain knows nothing of them.
-pub trait Spelled: Copy + PartialEq + std::fmt::Debug + 'static {
+/// A domain value stored as text. How the database spells it is the
+/// store's decision, made where its SQL is: by default the value's name
+/// (`strum::IntoStaticStr`, which the domain derives), or whatever
+/// [`Spelled::spelling`] says if the store overrides it.
+pub trait Spelled:
+    Copy + PartialEq + std::fmt::Debug + Into<&'static str> + strum::VariantArray + 'static
+{
     /// What the value is called in error messages ("order state").
     const WHAT: &'static str;
-    /// Every value and its spelling.
-    const SPELLINGS: &'static [(Self, &'static str)];
 
     /// How the database spells `self`.
     fn spelling(self) -> &'static str {
-        Self::SPELLINGS
-            .iter()
-            .find(|(value, _)| *value == self)
-            .map_or("", |(_, spelling)| spelling)
+        self.into()
     }
 
     /// The value a database spelling stands for; a decode error naming the
-    /// kind of value for a spelling the table does not have.
+    /// kind of value for a spelling no value has.
     fn read(spelling: &str) -> sqlx::Result<Self> {
-        Self::SPELLINGS
+        Self::VARIANTS
             .iter()
-            .find(|(_, s)| *s == spelling)
-            .map(|(value, _)| *value)
+            .copied()
+            .find(|value| value.spelling() == spelling)
             .ok_or_else(|| {
                 sqlx::Error::Decode(format!("unknown {} {spelling:?}", Self::WHAT).into())
             })
     }
 }
 
-/// For a store's tests: every value of `all` has exactly one spelling, no
-/// two values share one, and each spelling reads back as its value.
-pub fn assert_spelled<T: Spelled>(all: &[T]) {
-    assert_eq!(
-        T::SPELLINGS.len(),
-        all.len(),
-        "{}: a spelling per value",
-        T::WHAT
-    );
-    for value in all {
+/// For a store's tests: every value has a spelling of its own, and each
+/// spelling reads back as its value.
+pub fn assert_spelled<T: Spelled>() {
+    let mut seen = std::collections::HashSet::new();
+    for value in T::VARIANTS {
         let spelling = value.spelling();
         assert!(
             !spelling.is_empty(),
             "{}: {value:?} has no spelling",
             T::WHAT
         );
+        assert!(seen.insert(spelling), "{}: {spelling:?} twice", T::WHAT);
         assert_eq!(
             T::read(spelling).ok(),
             Some(*value),

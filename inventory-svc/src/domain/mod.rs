@@ -87,7 +87,8 @@ impl Holder {
 }
 
 /// What inventory decided for an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderHoldState {
     /// Every line is held.
     Reserved,
@@ -100,13 +101,9 @@ pub enum OrderHoldState {
 }
 
 impl OrderHoldState {
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "RESERVED",
-            Self::Committed => "COMMITTED",
-            Self::Released => "RELEASED",
-            Self::Rejected => "REJECTED",
-        }
+        self.into()
     }
 }
 

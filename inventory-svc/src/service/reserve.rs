@@ -10,7 +10,8 @@ use crate::store::cache::{CacheError, Reserve};
 use crate::store::{self, Claimed, HoldRow, PgReserve};
 
 /// Why an order cannot be held at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum RejectReason {
     OutOfStock,
     UnknownSku,
@@ -18,12 +19,9 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::OutOfStock => "out_of_stock",
-            RejectReason::UnknownSku => "unknown_sku",
-            RejectReason::InvalidLines => "invalid_lines",
-        }
+        self.into()
     }
 }
 

@@ -11,12 +11,6 @@ use saga_shared::db::Spelled;
 
 impl Spelled for OrderHoldState {
     const WHAT: &'static str = "order state";
-    const SPELLINGS: &'static [(Self, &'static str)] = &[
-        (OrderHoldState::Reserved, "RESERVED"),
-        (OrderHoldState::Committed, "COMMITTED"),
-        (OrderHoldState::Released, "RELEASED"),
-        (OrderHoldState::Rejected, "REJECTED"),
-    ];
 }
 
 /// The outcome of claiming an order's decision row.
@@ -325,15 +319,26 @@ pub async fn reservation(
 
 #[cfg(test)]
 mod tests {
+    use strum::VariantArray;
+
     use super::*;
 
     #[test]
-    fn every_order_state_has_one_spelling() {
-        saga_shared::db::assert_spelled(&[
-            OrderHoldState::Reserved,
-            OrderHoldState::Committed,
-            OrderHoldState::Released,
-            OrderHoldState::Rejected,
-        ]);
+    fn every_value_has_a_spelling_of_its_own() {
+        saga_shared::db::assert_spelled::<OrderHoldState>();
+    }
+
+    /// The words rows already hold: a renamed variant must not change them.
+    #[test]
+    fn spellings_match_the_rows_already_stored() {
+        let words: Vec<&str> = OrderHoldState::VARIANTS
+            .iter()
+            .map(|v| v.spelling())
+            .collect();
+        assert_eq!(words, ["RESERVED", "COMMITTED", "RELEASED", "REJECTED"]);
+        // The reason of a rejected order, as reject_order stores it.
+        use crate::service::RejectReason;
+        let reasons: Vec<&str> = RejectReason::VARIANTS.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons, ["out_of_stock", "unknown_sku", "invalid_lines"]);
     }
 }

@@ -20,7 +20,8 @@ use uuid::Uuid;
 pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_CUSTOMER_ID_LEN: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderState {
     Pending,
     Reserved,
@@ -29,20 +30,9 @@ pub enum OrderState {
 }
 
 impl OrderState {
-    pub const ALL: [OrderState; 4] = [
-        OrderState::Pending,
-        OrderState::Reserved,
-        OrderState::Confirmed,
-        OrderState::Cancelled,
-    ];
-
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Reserved => "RESERVED",
-            Self::Confirmed => "CONFIRMED",
-            Self::Cancelled => "CANCELLED",
-        }
+        self.into()
     }
 
     pub fn is_terminal(self) -> bool {
@@ -56,7 +46,8 @@ impl fmt::Display for OrderState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum CancelReason {
     OutOfStock,
     SlotUnavailable,
@@ -67,24 +58,9 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
-    pub const ALL: [CancelReason; 6] = [
-        CancelReason::OutOfStock,
-        CancelReason::SlotUnavailable,
-        CancelReason::PaymentDeclined,
-        CancelReason::InsufficientFunds,
-        CancelReason::Timeout,
-        CancelReason::CustomerCancelled,
-    ];
-
+    /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OutOfStock => "out_of_stock",
-            Self::SlotUnavailable => "slot_unavailable",
-            Self::PaymentDeclined => "payment_declined",
-            Self::InsufficientFunds => "insufficient_funds",
-            Self::Timeout => "timeout",
-            Self::CustomerCancelled => "customer_cancelled",
-        }
+        self.into()
     }
 }
 
