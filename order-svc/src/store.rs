@@ -332,35 +332,24 @@ pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uu
 
 #[cfg(test)]
 mod tests {
-    use strum::VariantArray;
-
     use super::*;
-
-    #[test]
-    fn every_value_has_a_spelling_of_its_own() {
-        saga_shared::db::assert_spelled::<OrderState>();
-        saga_shared::db::assert_spelled::<CancelReason>();
-    }
 
     /// The words rows already hold: a renamed variant must not change them.
     #[test]
-    fn spellings_match_the_rows_already_stored() {
-        let words: Vec<&str> = OrderState::VARIANTS.iter().map(|v| v.spelling()).collect();
-        assert_eq!(words, ["PENDING", "RESERVED", "CONFIRMED", "CANCELLED"]);
-        let words: Vec<&str> = CancelReason::VARIANTS
-            .iter()
-            .map(|v| v.spelling())
-            .collect();
-        assert_eq!(
-            words,
-            [
-                "out_of_stock",
-                "slot_unavailable",
-                "payment_declined",
-                "insufficient_funds",
-                "timeout",
-                "customer_cancelled"
-            ]
-        );
+    fn states_are_spelled_as_the_rows_already_stored() {
+        saga_shared::db::assert_spelled::<OrderState>(&[
+            "PENDING",
+            "RESERVED",
+            "CONFIRMED",
+            "CANCELLED",
+        ]);
+        saga_shared::db::assert_spelled::<CancelReason>(&[
+            "out_of_stock",
+            "slot_unavailable",
+            "payment_declined",
+            "insufficient_funds",
+            "timeout",
+            "customer_cancelled",
+        ]);
     }
 }

@@ -1,7 +1,5 @@
 //! Payment rules, free of I/O.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use saga_shared::validate::{self, FieldError};
 use uuid::Uuid;
@@ -19,7 +17,9 @@ pub struct Wallet {
     pub refunded_cents: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentState {
     /// Being taken, inside the transaction that settles it (never seen
@@ -36,12 +36,6 @@ impl PaymentState {
     /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
         self.into()
-    }
-}
-
-impl fmt::Display for PaymentState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

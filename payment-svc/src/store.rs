@@ -320,31 +320,14 @@ pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<
 
 #[cfg(test)]
 mod tests {
-    use strum::VariantArray;
-
     use super::*;
-
-    #[test]
-    fn every_value_has_a_spelling_of_its_own() {
-        saga_shared::db::assert_spelled::<PaymentState>();
-        saga_shared::db::assert_spelled::<FailureReason>();
-    }
 
     /// The words rows already hold: a renamed variant must not change them.
     #[test]
-    fn spellings_match_the_rows_already_stored() {
-        let words: Vec<&str> = PaymentState::VARIANTS
-            .iter()
-            .map(|v| v.spelling())
-            .collect();
-        assert_eq!(
-            words,
-            ["PENDING", "CAPTURED", "FAILED", "REFUNDED", "VOIDED"]
-        );
-        let words: Vec<&str> = FailureReason::VARIANTS
-            .iter()
-            .map(|v| v.spelling())
-            .collect();
-        assert_eq!(words, ["insufficient_funds", "card_declined"]);
+    fn states_are_spelled_as_the_rows_already_stored() {
+        saga_shared::db::assert_spelled::<PaymentState>(&[
+            "PENDING", "CAPTURED", "FAILED", "REFUNDED", "VOIDED",
+        ]);
+        saga_shared::db::assert_spelled::<FailureReason>(&["insufficient_funds", "card_declined"]);
     }
 }

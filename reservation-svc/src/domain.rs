@@ -1,7 +1,5 @@
 //! Slot rules, free of I/O.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use saga_shared::validate::{self, FieldError};
 use uuid::Uuid;
@@ -26,7 +24,9 @@ impl Slot {
 }
 
 /// Where an order's booking stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingState {
     Held,
@@ -40,12 +40,6 @@ impl BookingState {
     /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
         self.into()
-    }
-}
-
-impl fmt::Display for BookingState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

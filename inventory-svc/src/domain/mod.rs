@@ -3,7 +3,6 @@
 //! when a Redis counter agrees with Postgres ([`redis_disagreements`]).
 
 use std::collections::HashSet;
-use std::fmt;
 
 use saga_shared::validate::{self, FieldError};
 use uuid::Uuid;
@@ -87,7 +86,9 @@ impl Holder {
 }
 
 /// What inventory decided for an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderHoldState {
     /// Every line is held.
@@ -104,12 +105,6 @@ impl OrderHoldState {
     /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
         self.into()
-    }
-}
-
-impl fmt::Display for OrderHoldState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -11,7 +11,6 @@
 //! that come late, twice or out of order change nothing.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use saga_shared::validate::{self, FieldError};
@@ -20,7 +19,17 @@ use uuid::Uuid;
 pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_CUSTOMER_ID_LEN: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderState {
     Pending,
@@ -40,13 +49,17 @@ impl OrderState {
     }
 }
 
-impl fmt::Display for OrderState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[strum(serialize_all = "snake_case")]
 pub enum CancelReason {
     OutOfStock,
@@ -61,12 +74,6 @@ impl CancelReason {
     /// Its name in APIs, events, metrics and messages.
     pub fn as_str(self) -> &'static str {
         self.into()
-    }
-}
-
-impl fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -360,3 +360,16 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn states_and_reasons_display_their_names() {
+    use strum::VariantArray;
+    for s in OrderState::VARIANTS {
+        assert_eq!(s.to_string(), s.as_str());
+    }
+    for r in CancelReason::VARIANTS {
+        assert_eq!(r.to_string(), r.as_str());
+    }
+    assert_eq!(OrderState::Cancelled.to_string(), "CANCELLED");
+    assert_eq!(CancelReason::OutOfStock.to_string(), "out_of_stock");
+}

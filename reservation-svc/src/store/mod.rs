@@ -215,22 +215,16 @@ pub async fn close_booking(
 
 #[cfg(test)]
 mod tests {
-    use strum::VariantArray;
-
     use super::*;
-
-    #[test]
-    fn every_value_has_a_spelling_of_its_own() {
-        saga_shared::db::assert_spelled::<BookingState>();
-    }
 
     /// The words rows already hold: a renamed variant must not change them.
     #[test]
-    fn spellings_match_the_rows_already_stored() {
-        let words: Vec<&str> = BookingState::VARIANTS
-            .iter()
-            .map(|v| v.spelling())
-            .collect();
-        assert_eq!(words, ["HELD", "CONFIRMED", "RELEASED", "REJECTED"]);
+    fn states_are_spelled_as_the_rows_already_stored() {
+        saga_shared::db::assert_spelled::<BookingState>(&[
+            "HELD",
+            "CONFIRMED",
+            "RELEASED",
+            "REJECTED",
+        ]);
     }
 }
