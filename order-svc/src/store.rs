@@ -152,7 +152,7 @@ impl Store {
         );
         let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(filter.customer_id.as_deref())
-            .bind(filter.state.map(OrderState::as_str))
+            .bind(filter.state.map(OrderState::spelling))
             .bind(filter.before)
             .bind(limit)
             .fetch_all(&self.pool)

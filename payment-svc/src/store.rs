@@ -91,7 +91,7 @@ pub enum TopUpError {
 }
 
 impl Store {
-    #[tracing::instrument(skip_all, fields(customer_id = %customer), err(level = "debug"))]
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn wallet(&self, customer: &str) -> sqlx::Result<Option<Wallet>> {
         let sql = format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE customer_id = $1");
         let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -140,7 +140,7 @@ pub async fn mark_checked<'e>(
 }
 
 /// Adds funds, creating the wallet on first use.
-#[tracing::instrument(skip_all, fields(customer_id = %customer), err(level = "debug"))]
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn top_up(
     conn: &mut PgConnection,
     customer: &str,
@@ -175,7 +175,7 @@ pub async fn top_up(
     Ok(wallet.into())
 }
 
-#[tracing::instrument(skip_all, fields(customer_id = %customer, order_id = ?order), err(level = "debug"))]
+#[tracing::instrument(skip_all, fields(order_id = ?order), err(level = "debug"))]
 async fn ledger(
     conn: &mut PgConnection,
     customer: &str,
@@ -200,7 +200,7 @@ async fn ledger(
 
 /// Starts the order's one payment. `None` if the order already has one (a
 /// duplicate, or a VOIDED tombstone from an earlier cancellation).
-#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn begin_payment(
     conn: &mut PgConnection,
     order: Uuid,
@@ -224,7 +224,7 @@ pub async fn begin_payment(
 
 /// Charges the wallet if it holds enough (one conditional update: no
 /// double-spend whatever runs at once). True if charged.
-#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn charge(
     conn: &mut PgConnection,
     order: Uuid,
@@ -269,7 +269,7 @@ pub async fn settle(
 
 /// Leaves a VOIDED tombstone for an order cancelled before its charge;
 /// false if the order already has a payment.
-#[tracing::instrument(skip_all, fields(order_id = %order, customer_id = %customer), err(level = "debug"))]
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn void(conn: &mut PgConnection, order: Uuid, customer: &str) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
