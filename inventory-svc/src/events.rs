@@ -12,7 +12,7 @@
 //! has committed (`committed`). When the breaker has sent reservations to
 //! Postgres, Redis is not involved at all.
 
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent};
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 
@@ -20,6 +20,16 @@ use crate::domain::{self, Holder};
 use crate::service::{
     AfterCommit, Closed, Inventory, InventoryError, RejectReason, ReserveStep, Reserved,
 };
+
+/// The streams this service consumes.
+pub const INPUT: &[StreamKind] = &[StreamKind::Orders];
+
+/// The events it handles; the rest of its input streams is not for it.
+pub const WANTS: &[EventType] = &[
+    EventType::OrderPlaced,
+    EventType::OrderCancelled,
+    EventType::OrderConfirmed,
+];
 
 pub struct OrderEvents {
     pub inventory: Inventory,
@@ -66,10 +76,7 @@ impl Handler for OrderEvents {
     type Committed = AfterCommit;
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(
-            event_type,
-            EventType::OrderPlaced | EventType::OrderCancelled | EventType::OrderConfirmed
-        )
+        WANTS.contains(&event_type)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -25,7 +25,6 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::bus::StreamKind;
 use saga_shared::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
@@ -74,7 +73,7 @@ impl Service for InventorySvc {
         );
         platform
             .consume(
-                StreamKind::Orders,
+                events::INPUT[0],
                 Arc::new(events::OrderEvents {
                     inventory: inventory.clone(),
                 }),

@@ -4,12 +4,29 @@
 
 use std::sync::Arc;
 
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 
 use crate::domain::{CancelReason, Input, Refusal};
 use crate::service::{OrderError, Orders};
+
+/// The streams this service consumes.
+pub const INPUT: &[StreamKind] = &[
+    StreamKind::Inventory,
+    StreamKind::Reservations,
+    StreamKind::Payments,
+];
+
+/// The events it handles; the rest of its input streams is not for it.
+pub const WANTS: &[EventType] = &[
+    EventType::InventoryReserved,
+    EventType::InventoryRejected,
+    EventType::ReservationHeld,
+    EventType::ReservationRejected,
+    EventType::PaymentSucceeded,
+    EventType::PaymentFailed,
+];
 
 pub struct ParticipantEvents {
     pub orders: Arc<Orders>,
@@ -48,15 +65,7 @@ impl Handler for ParticipantEvents {
     type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(
-            event_type,
-            EventType::InventoryReserved
-                | EventType::InventoryRejected
-                | EventType::ReservationHeld
-                | EventType::ReservationRejected
-                | EventType::PaymentSucceeded
-                | EventType::PaymentFailed
-        )
+        WANTS.contains(&event_type)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -23,7 +23,6 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::bus::StreamKind;
 use saga_shared::proto::order::v1::order_service_server::OrderServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
@@ -69,12 +68,8 @@ impl Service for OrderSvc {
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
         });
-        for stream in [
-            StreamKind::Inventory,
-            StreamKind::Reservations,
-            StreamKind::Payments,
-        ] {
-            platform.consume(stream, handler.clone()).await?;
+        for stream in events::INPUT {
+            platform.consume(*stream, handler.clone()).await?;
         }
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });

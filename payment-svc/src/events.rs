@@ -5,11 +5,17 @@
 //! - `orders.cancelled`: refund a captured payment (`payments.refunded`), or
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 
 use crate::service::Authorization;
 use crate::service::{PaymentError, Payments};
+
+/// The streams this service consumes.
+pub const INPUT: &[StreamKind] = &[StreamKind::Orders];
+
+/// The events it handles; the rest of its input streams is not for it.
+pub const WANTS: &[EventType] = &[EventType::OrderReserved, EventType::OrderCancelled];
 
 pub struct OrderEvents {
     pub payments: Payments,
@@ -33,10 +39,7 @@ impl Handler for OrderEvents {
     type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(
-            event_type,
-            EventType::OrderReserved | EventType::OrderCancelled
-        )
+        WANTS.contains(&event_type)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -20,7 +20,6 @@ pub mod store;
 
 use std::sync::Arc;
 
-use saga_shared::bus::StreamKind;
 use saga_shared::proto::payment::v1::payment_service_server::PaymentServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
@@ -53,7 +52,7 @@ impl Service for PaymentSvc {
         );
         platform
             .consume(
-                StreamKind::Orders,
+                events::INPUT[0],
                 Arc::new(events::OrderEvents {
                     payments: payments.clone(),
                 }),

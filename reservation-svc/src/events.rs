@@ -6,11 +6,21 @@
 //! - `orders.confirmed`: the held place is confirmed.
 
 use saga_shared::bus::consumer::event_uuid;
-use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent};
+use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::service::{HeldLock, ReservationError, Reservations};
+
+/// The streams this service consumes.
+pub const INPUT: &[StreamKind] = &[StreamKind::Orders];
+
+/// The events it handles; the rest of its input streams is not for it.
+pub const WANTS: &[EventType] = &[
+    EventType::OrderPlaced,
+    EventType::OrderCancelled,
+    EventType::OrderConfirmed,
+];
 
 pub struct OrderEvents {
     pub reservations: Reservations,
@@ -40,10 +50,7 @@ impl Handler for OrderEvents {
     type Committed = ();
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(
-            event_type,
-            EventType::OrderPlaced | EventType::OrderCancelled | EventType::OrderConfirmed
-        )
+        WANTS.contains(&event_type)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

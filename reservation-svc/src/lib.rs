@@ -20,7 +20,6 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_shared::bus::StreamKind;
 use saga_shared::proto::reservation::v1::reservation_service_server::ReservationServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
@@ -63,7 +62,7 @@ impl Service for ReservationSvc {
         );
         platform
             .consume(
-                StreamKind::Orders,
+                events::INPUT[0],
                 Arc::new(events::OrderEvents {
                     reservations: reservations.clone(),
                 }),

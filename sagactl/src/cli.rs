@@ -107,6 +107,25 @@ pub enum Command {
     /// Benchmarks (they print figures and write JSON).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Recovery by JetStream replay. Connects like the services
+    /// (ORDER_SVC__*, INVENTORY_SVC__*, ...).
+    #[command(subcommand)]
+    Replay(ReplayCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ReplayCmd {
+    /// Each service's checkpoint on each of its input streams: every
+    /// message up to it is accounted for (not for the service, or in its
+    /// inbox). Walks the streams from the stored checkpoints and stores how
+    /// far it got.
+    Status {
+        /// Only this service (order, inventory, payment, reservation).
+        service: Option<String>,
+        /// Namespace of the streams (default: the configured one).
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -18,5 +18,6 @@ pub mod client;
 pub mod cmd;
 pub mod dlq;
 pub mod poll;
+pub mod replay;
 pub mod show;
 pub mod system;

@@ -12,6 +12,7 @@ mod outages;
 mod platform;
 mod properties;
 mod recovery;
+mod replay;
 mod saga;
 mod stock;
 mod validation;

@@ -1,7 +1,7 @@
 //! What each command does, one file per command (the argument types are in
 //! [`crate::cli`]). [`run`] hands a parsed command line to its command.
 //!
-//! `up`, `audit`, `inventory reconcile`, `dlq` and `bench` work on the
+//! `up`, `audit`, `inventory reconcile`, `dlq`, `replay` and `bench` work on the
 //! services' stores and the bus directly; the others are gRPC clients of
 //! running services (see [`crate::client`]).
 
@@ -12,6 +12,7 @@ mod dlq;
 mod order;
 mod payment;
 mod reconcile;
+mod replay;
 mod slot;
 mod stock;
 mod up;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => dlq::run(command, &nats_url, &namespace).await,
         Command::Audit { namespace } => audit::run(namespace).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Replay(cmd) => replay::run(cmd).await,
         Command::Demo => demo::run(&clients()?).await,
         Command::Stock(cmd) => stock::run(&clients()?, cmd).await,
         Command::Wallet(cmd) => wallet::run(&clients()?, cmd).await,

@@ -8,12 +8,14 @@
 //! `SAGA_DLQ` on `saga.dlq.>`. Tests and environments pick their own
 //! namespace so that they never share a stream.
 
+pub mod checkpoint;
 pub mod consumer;
 pub mod dlq;
 pub mod durable;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod reader;
 pub mod streams;
 
 pub use consumer::{Delivery, Handler, HandlerError};

@@ -1,0 +1,151 @@
+//! Replay checkpoints: per consumer and input stream, the sequence up to
+//! which every message is accounted for, either not for this consumer or
+//! applied (its event id is in the inbox). It is the highest *contiguous*
+//! such sequence, not the highest seen: a message that was dead-lettered, or
+//! is still being retried, holds it back. It lives in the service's schema
+//! (`replay_checkpoints`), so a backup of the schema carries the checkpoint
+//! that matches its inbox, and never moves backwards.
+//!
+//! [`advance`] walks the stream from the stored checkpoint with a reader of
+//! its own ([`super::reader`]) and stores how far it got.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::reader::{ReaderError, StreamReader};
+use super::{EventMeta, EventType, Namespace, StreamKind};
+
+const BATCH: usize = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    #[error("checkpoint store: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// The first message that holds a checkpoint back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub seq: u64,
+    pub event_type: EventType,
+    /// None: the message has no readable event id.
+    pub event_id: Option<Uuid>,
+}
+
+/// Where a consumer stands on one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub consumer: String,
+    pub stream: String,
+    /// Every message up to here is accounted for.
+    pub seq: u64,
+    /// The stream's first and last sequence when it was walked.
+    pub stream_first: u64,
+    pub stream_last: u64,
+    /// What stopped the walk before the stream's end.
+    pub gap: Option<Gap>,
+}
+
+/// The stored checkpoint of `consumer` on `stream` (0: none yet).
+pub async fn stored(pool: &PgPool, consumer: &str, stream: &str) -> sqlx::Result<u64> {
+    let seq: Option<i64> = sqlx::query_scalar(
+        "SELECT seq FROM replay_checkpoints WHERE consumer = $1 AND stream = $2",
+    )
+    .bind(consumer)
+    .bind(stream)
+    .fetch_optional(pool)
+    .await?;
+    Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+}
+
+async fn store(pool: &PgPool, consumer: &str, stream: &str, seq: u64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO replay_checkpoints (consumer, stream, seq) VALUES ($1, $2, $3) \
+         ON CONFLICT (consumer, stream) DO UPDATE \
+         SET seq = GREATEST(replay_checkpoints.seq, EXCLUDED.seq), updated_at = now()",
+    )
+    .bind(consumer)
+    .bind(stream)
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Moves the checkpoint of `consumer` (the durable's name, which its inbox
+/// rows carry) on `kind` as far as every message is accounted for; `wants`
+/// says which event types the consumer handles. Messages the stream no
+/// longer holds are passed over: they cannot be replayed either.
+pub async fn advance(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    ns: &Namespace,
+    consumer: &str,
+    kind: StreamKind,
+    wants: impl Fn(EventType) -> bool,
+) -> Result<Checkpoint, CheckpointError> {
+    let stream = ns.stream(kind);
+    let mut seq = stored(pool, consumer, &stream).await?;
+    let mut reader = StreamReader::open(js, &stream, seq + 1, None).await?;
+    let (stream_first, stream_last) = (reader.first, reader.last);
+    if seq + 1 < stream_first {
+        seq = stream_first - 1;
+    }
+    let mut gap = None;
+    'walk: loop {
+        let batch = reader.next_batch(BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        // (sequence, wanted event type and id) of each message.
+        let mut positions = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            let Ok(info) = msg.info() else { continue };
+            let wanted = ns
+                .event_type_of(msg.subject.as_str())
+                .filter(|t| wants(*t))
+                .map(|t| {
+                    let id = msg
+                        .headers
+                        .as_ref()
+                        .and_then(EventMeta::from_headers)
+                        .map(|m| m.event_id);
+                    (t, id)
+                });
+            positions.push((info.stream_sequence, wanted));
+        }
+        let ids: Vec<Uuid> = positions
+            .iter()
+            .filter_map(|(_, w)| w.and_then(|(_, id)| id))
+            .collect();
+        let applied: HashSet<Uuid> = super::inbox::already_processed(pool, consumer, &ids).await?;
+        for (at, wanted) in positions {
+            match wanted {
+                None => seq = at,
+                Some((_, Some(id))) if applied.contains(&id) => seq = at,
+                Some((event_type, event_id)) => {
+                    gap = Some(Gap {
+                        seq: at,
+                        event_type,
+                        event_id,
+                    });
+                    break 'walk;
+                }
+            }
+        }
+    }
+    reader.close().await;
+    store(pool, consumer, &stream, seq).await?;
+    Ok(Checkpoint {
+        consumer: consumer.to_owned(),
+        stream,
+        seq,
+        stream_first,
+        stream_last,
+        gap,
+    })
+}

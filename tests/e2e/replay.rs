@@ -1,0 +1,116 @@
+//! Recovery by replay (issue 9): checkpoints.
+
+use saga_shared::bus::checkpoint::Checkpoint;
+use saga_shared::bus::{EventMeta, EventType, StreamKind};
+use saga_shared::proto::order::v1::OrderState;
+use saga_tests::{TestSystem, eventually, order_request, state};
+use sagactl::replay;
+use uuid::Uuid;
+
+use crate::WAIT;
+
+async fn checkpoint_of(sys: &TestSystem, service: &str) -> anyhow::Result<Checkpoint> {
+    let mut all = replay::status(&sys.config, Some(service)).await?;
+    anyhow::ensure!(all.len() == 1, "{service} reads one stream: {all:?}");
+    Ok(all.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_the_highest_contiguous_applied_position_not_the_highest_seen()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("cam", 10_000).await?;
+    let orders_stream = sys.namespace().stream(StreamKind::Orders);
+    let last_seq = |sys: &TestSystem| {
+        let js = sys.js.clone();
+        let name = orders_stream.clone();
+        async move {
+            let mut s = js.get_stream(&name).await?;
+            anyhow::Ok(s.info().await?.state.last_sequence)
+        }
+    };
+
+    // Every order's events handled: the checkpoint reaches the stream's end.
+    for _ in 0..3 {
+        let o = sys.place(order_request("cam", &[("A", 1)], None)).await?;
+        assert_eq!(
+            state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+            OrderState::Confirmed
+        );
+    }
+    let end = last_seq(&sys).await?;
+    eventually("payment's checkpoint to reach the end", WAIT, || async {
+        let c = checkpoint_of(&sys, "payment").await?;
+        Ok(c.seq == end && c.gap.is_none())
+    })
+    .await?;
+
+    // An event payment handles that never reaches its inbox (it cannot be
+    // decoded, so it is dead-lettered), then more orders that it does handle.
+    let meta = EventMeta::new(Uuid::now_v7(), None);
+    let poison = sys
+        .js
+        .publish_with_headers(
+            sys.namespace().subject(EventType::OrderReserved),
+            meta.to_headers(EventType::OrderReserved),
+            vec![0xff, 0x00].into(),
+        )
+        .await?
+        .await?
+        .sequence;
+    for _ in 0..2 {
+        let o = sys.place(order_request("cam", &[("A", 1)], None)).await?;
+        assert_eq!(
+            state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+            OrderState::Confirmed
+        );
+    }
+    let end = last_seq(&sys).await?;
+    assert!(end > poison + 1, "events were applied after the gap");
+
+    // Payment's checkpoint stops just before the gap, however far it applied.
+    let payment = checkpoint_of(&sys, "payment").await?;
+    assert_eq!(payment.seq, poison - 1, "{payment:?}");
+    let gap = payment.gap.clone().expect("the gap is named");
+    assert_eq!(
+        (gap.seq, gap.event_type, gap.event_id),
+        (poison, EventType::OrderReserved, Some(meta.event_id))
+    );
+    let applied_after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}.processed_events WHERE consumer = 'payment-svc' AND stream_seq > $1",
+        sys.config.payment.database.schema
+    )))
+    .bind(poison as i64)
+    .fetch_one(&sys.db)
+    .await?;
+    assert!(applied_after > 0, "payment applied events past the gap");
+    // Asking again does not move it: the gap is still there.
+    assert_eq!(checkpoint_of(&sys, "payment").await?.seq, poison - 1);
+
+    // Inventory does not handle orders.reserved: the same message is not a
+    // gap for it, and its checkpoint goes on to the end.
+    eventually("inventory's checkpoint to reach the end", WAIT, || async {
+        let c = checkpoint_of(&sys, "inventory").await?;
+        Ok(c.seq == end && c.gap.is_none())
+    })
+    .await?;
+
+    // The checkpoint lives in the service's schema.
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT seq FROM {}.replay_checkpoints WHERE consumer = 'payment-svc' AND stream = $1",
+        sys.config.payment.database.schema
+    )))
+    .bind(&orders_stream)
+    .fetch_one(&sys.db)
+    .await?;
+    assert_eq!(stored as u64, poison - 1);
+
+    let table = replay::render(&replay::status(&sys.config, None).await?);
+    assert!(table.contains("payment-svc"), "{table}");
+    assert!(
+        table.contains(&format!("seq {poison} (orders.reserved")),
+        "{table}"
+    );
+    sys.stop().await
+}
