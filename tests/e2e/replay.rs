@@ -114,3 +114,47 @@ async fn a_checkpoint_is_the_highest_contiguous_applied_position_not_the_highest
     );
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_moves_its_own_checkpoints_while_it_runs() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        for bus in cfg.buses_mut() {
+            bus.checkpoint_interval_secs = 1;
+        }
+    })
+    .await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("dee", 10_000).await?;
+    let o = sys.place(order_request("dee", &[("A", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    let stream = sys.namespace().stream(StreamKind::Orders);
+    let end = sys
+        .js
+        .get_stream(&stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let sql = format!(
+        "SELECT seq FROM {}.replay_checkpoints WHERE consumer = 'reservation-svc' AND stream = $1",
+        sys.config.reservation.database.schema
+    );
+    // Nobody asks: the service's own consumer walks the stream.
+    eventually(
+        "reservation's stored checkpoint to reach the end",
+        WAIT,
+        || async {
+            let seq: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&stream)
+                .fetch_optional(&sys.db)
+                .await?;
+            Ok(seq == Some(end as i64))
+        },
+    )
+    .await?;
+    sys.stop().await
+}

@@ -255,6 +255,10 @@ pub struct BusConfig {
     /// (`processed_events`) is kept: it is what makes a replay of the streams
     /// harmless.
     pub outbox_retention_hours: u64,
+    /// How often each consumer walks its stream to move its replay
+    /// checkpoint (see `bus::checkpoint`), in seconds (0: only when
+    /// `sagactl replay` asks).
+    pub checkpoint_interval_secs: u64,
 }
 
 impl Default for BusConfig {
@@ -271,6 +275,7 @@ impl Default for BusConfig {
             relay_poll_ms: 250,
             relay_lease_secs: 10,
             outbox_retention_hours: 24 * 7,
+            checkpoint_interval_secs: 60,
         }
     }
 }

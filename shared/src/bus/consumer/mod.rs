@@ -138,6 +138,7 @@ impl<H: Handler> Consumer<H> {
         let intake = tokio::spawn(this.clone().intake(tx, room, intake_stop.clone()));
         let keeper_stop = CancellationToken::new();
         let keeper = tokio::spawn(this.clone().keeper(keeper_stop.clone()));
+        let checkpointer = tokio::spawn(this.clone().checkpointer(keeper_stop.clone()));
 
         let permits = Arc::new(Semaphore::new(cfg.concurrency));
         let mut tasks = JoinSet::new();
@@ -186,6 +187,43 @@ impl<H: Handler> Consumer<H> {
         }
         keeper_stop.cancel();
         let _ = keeper.await;
+        let _ = checkpointer.await;
+    }
+
+    /// Every `checkpoint_interval_secs`, moves this consumer's replay
+    /// checkpoint as far as its inbox accounts for the stream.
+    async fn checkpointer(self: Arc<Self>, stop: CancellationToken) {
+        let every = Duration::from_secs(self.ctx.cfg.checkpoint_interval_secs);
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let ctx = &self.ctx;
+            let walked = crate::bus::checkpoint::advance(
+                &ctx.pool,
+                &ctx.js,
+                &ctx.ns,
+                self.durable(),
+                self.stream,
+                |t| self.handler.wants(t),
+            );
+            let walked = tokio::select! {
+                w = walked => w,
+                _ = stop.cancelled() => return,
+            };
+            match walked {
+                Ok(c) => {
+                    tracing::debug!(service = ctx.service, stream = %c.stream, checkpoint = c.seq, "replay checkpoint");
+                }
+                Err(e) => {
+                    tracing::warn!(service = ctx.service, stream = %self.stream_name(), error = %e, "replay checkpoint not moved; next round retries");
+                }
+            }
+        }
     }
 
     /// Pulls messages while there is room for them: each pull request asks
