@@ -46,25 +46,7 @@ impl Service for OrderSvc {
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
     async fn assemble(mut platform: Platform, config: OrderConfig) -> Result<App, PlatformError> {
-        let catalog = service::Catalog::new(
-            &config.order.inventory_url,
-            &config.order.reservation_url,
-            Duration::from_secs(config.order.catalog_cache_secs),
-        )
-        .map_err(|e| {
-            PlatformError::Config(saga_shared::config::ConfigError::Invalid {
-                field: "order".into(),
-                message: e.to_string(),
-            })
-        })?;
-        let orders = Arc::new(service::Orders::new(
-            store::Store {
-                pool: platform.pool.clone(),
-            },
-            platform.outbox.clone(),
-            catalog,
-            config.order.clone(),
-        ));
+        let orders = orders(&config, platform.pool.clone(), platform.outbox.clone())?;
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
         });
@@ -77,4 +59,30 @@ impl Service for OrderSvc {
             tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc { orders }));
         platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
     }
+}
+
+/// The order use-cases over a migrated pool (also what `sagactl replay`
+/// runs events through).
+pub fn orders(
+    config: &OrderConfig,
+    pool: sqlx::PgPool,
+    outbox: saga_shared::bus::Outbox,
+) -> Result<Arc<service::Orders>, PlatformError> {
+    let catalog = service::Catalog::new(
+        &config.order.inventory_url,
+        &config.order.reservation_url,
+        Duration::from_secs(config.order.catalog_cache_secs),
+    )
+    .map_err(|e| {
+        PlatformError::Config(saga_shared::config::ConfigError::Invalid {
+            field: "order".into(),
+            message: e.to_string(),
+        })
+    })?;
+    Ok(Arc::new(service::Orders::new(
+        store::Store { pool },
+        outbox,
+        catalog,
+        config.order.clone(),
+    )))
 }

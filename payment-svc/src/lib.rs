@@ -43,13 +43,7 @@ impl Service for PaymentSvc {
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
     async fn assemble(mut platform: Platform, config: PaymentConfig) -> Result<App, PlatformError> {
-        let payments = service::Payments::new(
-            store::Store {
-                pool: platform.pool.clone(),
-            },
-            service::Gateway::new(config.gateway.clone()),
-            platform.outbox.clone(),
-        );
+        let payments = payments(&config, platform.pool.clone(), platform.outbox.clone());
         platform
             .consume(
                 events::INPUT[0],
@@ -66,4 +60,18 @@ impl Service for PaymentSvc {
             tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc { payments }));
         platform.into_app(routes, &[PaymentServiceServer::<grpc::PaymentGrpc>::NAME])
     }
+}
+
+/// The payment use-cases over a migrated pool (also what `sagactl replay`
+/// runs events through).
+pub fn payments(
+    config: &PaymentConfig,
+    pool: sqlx::PgPool,
+    outbox: saga_shared::bus::Outbox,
+) -> service::Payments {
+    service::Payments::new(
+        store::Store { pool },
+        service::Gateway::new(config.gateway.clone()),
+        outbox,
+    )
 }

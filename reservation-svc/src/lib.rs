@@ -47,19 +47,7 @@ impl Service for ReservationSvc {
         config: ReservationConfig,
     ) -> Result<App, PlatformError> {
         let (redis, _) = platform.connect_redis(&config.redis).await?;
-        let locks = store::lock::SlotLocks::new(
-            redis,
-            &config.namespace,
-            Duration::from_millis(config.reservation.lock_ttl_ms),
-            Duration::from_millis(config.reservation.lock_wait_ms),
-            Duration::from_millis(config.redis.command_timeout_ms),
-        );
-        let reservations = service::Reservations::new(
-            store::Store {
-                pool: platform.pool.clone(),
-            },
-            locks,
-        );
+        let reservations = reservations(&config, platform.pool.clone(), redis);
         platform
             .consume(
                 events::INPUT[0],
@@ -81,4 +69,21 @@ impl Service for ReservationSvc {
             &[ReservationServiceServer::<grpc::ReservationGrpc>::NAME],
         )
     }
+}
+
+/// The reservation use-cases over a migrated pool and a Redis pool (also
+/// what `sagactl replay` runs events through).
+pub fn reservations(
+    config: &ReservationConfig,
+    pool: sqlx::PgPool,
+    redis: fred::clients::Pool,
+) -> service::Reservations {
+    let locks = store::lock::SlotLocks::new(
+        redis,
+        &config.namespace,
+        Duration::from_millis(config.reservation.lock_ttl_ms),
+        Duration::from_millis(config.reservation.lock_wait_ms),
+        Duration::from_millis(config.redis.command_timeout_ms),
+    );
+    service::Reservations::new(store::Store { pool }, locks)
 }

@@ -107,10 +107,40 @@ pub enum Command {
     /// Benchmarks (they print figures and write JSON).
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Recovery by JetStream replay. Connects like the services
-    /// (ORDER_SVC__*, INVENTORY_SVC__*, ...).
+    /// Recovery by JetStream replay: `sagactl replay <service> --from-seq N |
+    /// --from-checkpoint [--to-seq N] [--stream NAME] [--dry-run]` runs that
+    /// range of the service's input streams through the service's own
+    /// handlers (what its inbox has is skipped, what is missing is applied,
+    /// once), with a reader of its own, while the service keeps running.
+    /// Connects like the services (ORDER_SVC__*, INVENTORY_SVC__*, ...).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReplayArgs {
     #[command(subcommand)]
-    Replay(ReplayCmd),
+    pub command: Option<ReplayCmd>,
+    /// The service to replay into (order, inventory, payment, reservation).
+    pub service: Option<String>,
+    /// Start at this stream sequence.
+    #[arg(long, conflicts_with = "from_checkpoint")]
+    pub from_seq: Option<u64>,
+    /// Start just after the service's checkpoint on each stream.
+    #[arg(long)]
+    pub from_checkpoint: bool,
+    /// Stop after this sequence (default: the last message now).
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Only this input stream (e.g. SAGA_ORDERS).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// List the events that would still change state; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Namespace of the streams (default: the configured one).
+    #[arg(long, env = "SAGA_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -1,11 +1,16 @@
-//! Replay from JetStream (issue 9), first part: where each service stands on
-//! each of its input streams ([`status`], `sagactl replay status`): the
-//! checkpoint up to which every message is accounted for, and the first
-//! message that holds it back.
+//! Recovery by JetStream replay: where each service stands on each of its
+//! input streams ([`status`], `sagactl replay status`: the checkpoint up to
+//! which every message is accounted for, and the first message that holds
+//! it back), and replaying a range through the service's own handlers
+//! ([`run`], `sagactl replay <service>`).
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use saga_shared::bus::checkpoint::{self, Checkpoint};
-use saga_shared::bus::{EventType, Namespace, StreamKind};
+use saga_shared::bus::consumer::{BusContext, Consumer, ReplayReport};
+use saga_shared::bus::reader::StreamReader;
+use saga_shared::bus::{EventType, Handler, Namespace, Outbox, StreamKind};
 use sqlx::migrate::Migrator;
 
 use crate::system::SystemConfig;
@@ -113,6 +118,225 @@ pub fn render(checkpoints: &[Checkpoint]) -> String {
             c.stream_last,
             c.stream_last.saturating_sub(c.seq)
         ));
+    }
+    out
+}
+
+/// Where a replay starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// At this stream sequence.
+    Seq(u64),
+    /// Just after the service's checkpoint on each stream (moved first).
+    Checkpoint,
+}
+
+/// What to replay.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub service: String,
+    pub start: Start,
+    /// Up to this sequence (default: the stream's last message now).
+    pub to_seq: Option<u64>,
+    /// Only this input stream (its name, e.g. `SAGA_ORDERS`).
+    pub stream: Option<String>,
+    /// List what would be applied; change nothing.
+    pub dry_run: bool,
+}
+
+/// One stream's replay.
+#[derive(Clone, Debug)]
+pub struct StreamReplay {
+    pub service: &'static str,
+    pub stream: String,
+    pub from: u64,
+    pub to: u64,
+    pub report: ReplayReport,
+}
+
+/// Runs every event of the request's range through the service's own
+/// handlers, in this process, with an ephemeral reader (the service's
+/// durable is untouched; the service may keep running). `progress` gets the
+/// stream, the range and the report so far after each batch.
+pub async fn run(
+    cfg: &SystemConfig,
+    request: &Request,
+    mut progress: impl FnMut(&str, u64, u64, &ReplayReport),
+) -> anyhow::Result<Vec<StreamReplay>> {
+    let c = service(&request.service)?;
+    let nats = async_nats::connect(cfg.order.nats.url.as_str())
+        .await
+        .context("NATS")?;
+    let js = async_nats::jetstream::new(nats);
+    let ns = Namespace::new(&cfg.order.namespace)?;
+    let kinds: Vec<StreamKind> = match &request.stream {
+        None => c.input.to_vec(),
+        Some(name) => {
+            let kind = c
+                .input
+                .iter()
+                .find(|k| ns.stream(**k) == *name)
+                .with_context(|| {
+                    let names: Vec<String> = c.input.iter().map(|k| ns.stream(*k)).collect();
+                    format!("{} does not read {name:?}; it reads {names:?}", c.service)
+                })?;
+            vec![*kind]
+        }
+    };
+    let outbox = Outbox::new();
+    let (pool, bus) = match c.service {
+        "order-svc" => (
+            saga_shared::db::connect(&cfg.order.database, &order_svc::MIGRATIONS).await?,
+            cfg.order.bus.clone(),
+        ),
+        "inventory-svc" => (
+            saga_shared::db::connect(&cfg.inventory.database, &inventory_svc::MIGRATIONS).await?,
+            cfg.inventory.bus.clone(),
+        ),
+        "payment-svc" => (
+            saga_shared::db::connect(&cfg.payment.database, &payment_svc::MIGRATIONS).await?,
+            cfg.payment.bus.clone(),
+        ),
+        _ => (
+            saga_shared::db::connect(&cfg.reservation.database, &reservation_svc::MIGRATIONS)
+                .await?,
+            cfg.reservation.bus.clone(),
+        ),
+    };
+    let ctx = BusContext {
+        service: c.service,
+        pool: pool.clone(),
+        js: js.clone(),
+        ns: ns.clone(),
+        outbox: outbox.clone(),
+        cfg: bus,
+    };
+    let mut out = Vec::new();
+    for kind in kinds {
+        let stream = ns.stream(kind);
+        let from = match request.start {
+            Start::Seq(n) => n.max(1),
+            Start::Checkpoint => {
+                let wants = |t: EventType| c.wants.contains(&t);
+                checkpoint::advance(&pool, &js, &ns, c.service, kind, wants)
+                    .await?
+                    .seq
+                    + 1
+            }
+        };
+        let mut reader = StreamReader::open(&js, &stream, from, request.to_seq).await?;
+        let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
+        // The handlers are of four types: one generic call for each.
+        macro_rules! through {
+            ($handler:expr) => {
+                replay_through(
+                    ctx.clone(),
+                    kind,
+                    $handler,
+                    &mut reader,
+                    request.dry_run,
+                    |r| progress(&stream, from, to, r),
+                )
+                .await?
+            };
+        }
+        let report = match c.service {
+            "order-svc" => {
+                let orders = order_svc::orders(&cfg.order, pool.clone(), outbox.clone())?;
+                let handler = order_svc::events::ParticipantEvents { orders };
+                through!(handler)
+            }
+            "inventory-svc" => {
+                let redis = saga_shared::redis::connect(&cfg.inventory.redis)
+                    .await
+                    .context("inventory's Redis")?;
+                let inventory = inventory_svc::inventory(&cfg.inventory, pool.clone(), redis, true);
+                let handler = inventory_svc::events::OrderEvents { inventory };
+                through!(handler)
+            }
+            "payment-svc" => {
+                let payments = payment_svc::payments(&cfg.payment, pool.clone(), outbox.clone());
+                let handler = payment_svc::events::OrderEvents { payments };
+                through!(handler)
+            }
+            _ => {
+                let redis = saga_shared::redis::connect(&cfg.reservation.redis)
+                    .await
+                    .context("reservation's Redis")?;
+                let reservations =
+                    reservation_svc::reservations(&cfg.reservation, pool.clone(), redis);
+                let handler = reservation_svc::events::OrderEvents { reservations };
+                through!(handler)
+            }
+        };
+        out.push(StreamReplay {
+            service: c.service,
+            stream,
+            from,
+            to,
+            report,
+        });
+    }
+    pool.close().await;
+    Ok(out)
+}
+
+async fn replay_through<H: Handler>(
+    ctx: BusContext,
+    kind: StreamKind,
+    handler: H,
+    reader: &mut StreamReader,
+    dry_run: bool,
+    progress: impl FnMut(&ReplayReport),
+) -> anyhow::Result<ReplayReport> {
+    let consumer = Consumer::new(ctx, kind, Arc::new(handler));
+    Ok(consumer.replay(reader, dry_run, progress).await?)
+}
+
+/// A replay's closing table, and what it applied (or would apply).
+pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
+    let mut out = format!(
+        "{:<16} {:<22} {:>15} {:>8} {:>9} {:>11} {:>12} {:>7}\n",
+        "service",
+        "stream",
+        "range",
+        "read",
+        "applied",
+        if dry_run {
+            "would apply"
+        } else {
+            "applied now"
+        },
+        "not for it",
+        "failed"
+    );
+    for r in replays {
+        let p = &r.report;
+        out.push_str(&format!(
+            "{:<16} {:<22} {:>15} {:>8} {:>9} {:>11} {:>12} {:>7}\n",
+            r.service,
+            r.stream,
+            format!("{}..={}", r.from, r.to),
+            p.read,
+            p.already_applied,
+            p.missing.len(),
+            p.not_for_us,
+            p.failed.len()
+        ));
+    }
+    for r in replays {
+        for m in &r.report.missing {
+            out.push_str(&format!(
+                "  {} seq {:<8} {:<22} order {}\n",
+                if dry_run { "would apply" } else { "applied" },
+                m.seq,
+                m.event_type.to_string(),
+                m.order_id
+            ));
+        }
+        for f in &r.report.failed {
+            out.push_str(&format!("  failed seq {:<8} {}\n", f.seq, f.error));
+        }
     }
     out
 }

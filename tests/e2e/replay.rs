@@ -158,3 +158,111 @@ async fn each_service_moves_its_own_checkpoints_while_it_runs() -> anyhow::Resul
     .await?;
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_changes_nothing()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.payment.bus.max_deliver = 2;
+        cfg.payment.bus.nak_base_delay_ms = 20;
+    })
+    .await?;
+    sys.seed_product("A", 100, 10).await?;
+    for customer in ["ola", "blocked"] {
+        sys.top_up(customer, 10_000).await?;
+    }
+    let schema = sys.config.payment.database.schema.clone();
+    // Payment cannot record this customer's charges: its orders.reserved is
+    // dead-lettered, and payment's inbox has a gap.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.payments ADD CONSTRAINT drill_block CHECK (customer_id <> 'blocked')"
+    )))
+    .execute(&sys.db)
+    .await?;
+    let first = sys.place(order_request("ola", &[("A", 1)], None)).await?;
+    let stuck = sys
+        .place(order_request("blocked", &[("A", 2)], None))
+        .await?;
+    eventually(
+        "payment to dead-letter the blocked charge",
+        WAIT,
+        || async {
+            let letters = sagactl::dlq::list(&sys.js, &sys.namespace()).await?;
+            Ok(letters.iter().any(|l| l.consumer == "payment-svc"))
+        },
+    )
+    .await?;
+    let after = sys.place(order_request("ola", &[("A", 1)], None)).await?;
+    for o in [&first, &after] {
+        assert_eq!(
+            state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+            OrderState::Confirmed
+        );
+    }
+    assert_eq!(
+        state(&sys.get_order(&stuck.order_id).await?),
+        OrderState::Reserved
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.payments DROP CONSTRAINT drill_block"
+    )))
+    .execute(&sys.db)
+    .await?;
+
+    let request = |start, dry_run| replay::Request {
+        service: "payment".into(),
+        start,
+        to_seq: None,
+        stream: None,
+        dry_run,
+    };
+    // The dry run names the one missing event and changes nothing.
+    let dry = replay::run(
+        &sys.config,
+        &request(replay::Start::Checkpoint, true),
+        |_, _, _, _| {},
+    )
+    .await?;
+    assert_eq!(dry.len(), 1);
+    let would = dry[0].report.missing.clone();
+    assert_eq!(would.len(), 1, "{:?}", dry[0].report);
+    assert_eq!(would[0].event_type, EventType::OrderReserved);
+    assert_eq!(would[0].order_id.to_string(), stuck.order_id);
+    assert_eq!(dry[0].report.applied, 0);
+    assert_eq!(
+        state(&sys.get_order(&stuck.order_id).await?),
+        OrderState::Reserved,
+        "a dry run changes nothing"
+    );
+
+    // The replay applies exactly that event; the saga then ends.
+    let real = replay::run(
+        &sys.config,
+        &request(replay::Start::Checkpoint, false),
+        |_, _, _, _| {},
+    )
+    .await?;
+    assert_eq!(real[0].report.missing, would, "what the dry run said");
+    assert_eq!(real[0].report.applied, 1);
+    assert!(real[0].report.failed.is_empty(), "{:?}", real[0].report);
+    assert_eq!(
+        state(&sys.wait_terminal(&stuck.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    let balance = sys.wallet("blocked").await?.balance_cents;
+    assert_eq!(balance, 10_000 - 2 * 100, "charged once, for two units");
+
+    // Everything again, from the start: all of it is in the inbox by now.
+    let again = replay::run(
+        &sys.config,
+        &request(replay::Start::Seq(1), false),
+        |_, _, _, _| {},
+    )
+    .await?;
+    let r = &again[0].report;
+    assert_eq!((r.applied, r.failed.len()), (0, 0), "{r:?}");
+    assert_eq!(r.already_applied, 3, "the three orders.reserved: {r:?}");
+    assert_eq!(r.read, r.already_applied + r.not_for_us);
+    assert_eq!(sys.wallet("blocked").await?.balance_cents, balance);
+    sys.stop().await
+}

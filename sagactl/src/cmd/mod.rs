@@ -40,7 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => dlq::run(command, &nats_url, &namespace).await,
         Command::Audit { namespace } => audit::run(namespace).await,
         Command::Bench(cmd) => bench::run(cmd).await,
-        Command::Replay(cmd) => replay::run(cmd).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Demo => demo::run(&clients()?).await,
         Command::Stock(cmd) => stock::run(&clients()?, cmd).await,
         Command::Wallet(cmd) => wallet::run(&clients()?, cmd).await,

@@ -62,7 +62,7 @@ impl<H: Handler> Consumer<H> {
         self.observe(started);
     }
 
-    async fn prepare_one(&self, d: &Delivery) -> Result<H::Prepared, HandlerError> {
+    pub(super) async fn prepare_one(&self, d: &Delivery) -> Result<H::Prepared, HandlerError> {
         let prepare = self.handler.prepare(d).instrument(d.span.clone());
         match AssertUnwindSafe(prepare).catch_unwind().await {
             Ok(result) => result,
@@ -127,7 +127,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Applies one event; `None` if the inbox already had it.
-    async fn apply_one(
+    pub(super) async fn apply_one(
         &self,
         d: &Delivery,
         p: H::Prepared,
@@ -245,7 +245,7 @@ impl<H: Handler> Consumer<H> {
         drop(held);
     }
 
-    fn count(&self, d: &Delivery, outcome: &'static str) {
+    pub(super) fn count(&self, d: &Delivery, outcome: &'static str) {
         metrics::counter!(
             "saga_events_handled_total",
             "service" => self.ctx.service,
@@ -263,7 +263,7 @@ impl<H: Handler> Consumer<H> {
 
 /// A handler that panicked: an unexpected error (retried up to the bound,
 /// then dead-lettered), not a dead task holding a message.
-fn panicked(step: &str, payload: Box<dyn std::any::Any + Send>) -> HandlerError {
+pub(super) fn panicked(step: &str, payload: Box<dyn std::any::Any + Send>) -> HandlerError {
     let what = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

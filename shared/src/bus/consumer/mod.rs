@@ -38,6 +38,7 @@
 mod apply;
 pub mod handler;
 mod hands;
+mod replay;
 
 use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
@@ -62,6 +63,7 @@ use crate::config::BusConfig;
 
 pub use handler::{Delivery, Handler, HandlerError, event_uuid};
 use hands::{Hands, Held};
+pub use replay::{Missing, ReplayFailure, ReplayReport};
 
 /// What a consumer needs from its service.
 #[derive(Clone)]
