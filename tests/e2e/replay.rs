@@ -266,3 +266,116 @@ async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_change
     assert_eq!(sys.wallet("blocked").await?.balance_cents, balance);
     sys.stop().await
 }
+
+/// What payment holds, without its random ids and times: wallets, payments,
+/// and the wallet ledger as a multiset.
+async fn payment_digest(sys: &TestSystem) -> anyhow::Result<Vec<String>> {
+    let schema = &sys.config.payment.database.schema;
+    let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT 'wallet ' || customer_id || ' ' || balance_cents || ' ' || topped_up_cents \
+           || ' ' || charged_cents || ' ' || refunded_cents FROM {schema}.wallets \
+         UNION ALL SELECT 'payment ' || order_id || ' ' || customer_id || ' ' || amount_cents \
+           || ' ' || state || ' ' || coalesce(failure_reason, '-') FROM {schema}.payments \
+         UNION ALL SELECT 'ledger ' || customer_id || ' ' || coalesce(order_id::text, '-') \
+           || ' ' || kind || ' ' || amount_cents FROM {schema}.wallet_ledger"
+    )))
+    .fetch_all(&sys.db)
+    .await?;
+    rows.sort();
+    Ok(rows)
+}
+
+fn pg(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(tool).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{tool} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
+-> anyhow::Result<()> {
+    use saga_tests::processes::Service;
+    let mut sys = TestSystem::start_processes(|_| {}).await?;
+    sys.seed_product("A", 100, 1_000).await?;
+    sys.top_up("rich", 1_000_000).await?;
+    sys.top_up("poor", 250).await?;
+    let place_some = |sys: &TestSystem| {
+        let clients = sys.clients.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..6 {
+                // Rich orders confirm; each poor one that would overdraw is
+                // cancelled for insufficient funds.
+                let (who, qty) = if i % 2 == 0 { ("rich", 1) } else { ("poor", 2) };
+                let o = clients
+                    .place_order(order_request(who, &[("A", qty)], None))
+                    .await?;
+                ids.push(o.order_id);
+            }
+            anyhow::Ok(ids)
+        }
+    };
+    let before = place_some(&sys).await?;
+    sys.wait_all_terminal(&before, WAIT).await?;
+    sys.quiesce(WAIT).await?;
+
+    // T0: a dump of payment's schema.
+    let schema = sys.config.payment.database.schema.clone();
+    let url = sys.config.payment.database.url.clone();
+    let dump = std::env::temp_dir().join(format!("{}-{schema}.dump", sys.ns));
+    let dump_path = dump.to_string_lossy().to_string();
+    pg(
+        "pg_dump",
+        &["--dbname", &url, "-n", &schema, "-Fc", "-f", &dump_path],
+    )?;
+
+    // More orders, then payment's state is what a run without a disaster
+    // ends with.
+    let after = place_some(&sys).await?;
+    let ended = sys.wait_all_terminal(&after, WAIT).await?;
+    assert!(
+        ended.iter().any(|o| state(o) == OrderState::Cancelled)
+            && ended.iter().any(|o| state(o) == OrderState::Confirmed),
+        "both ends after T0"
+    );
+    sys.quiesce(WAIT).await?;
+    let undisturbed = payment_digest(&sys).await?;
+
+    // The disaster: payment's schema lost, restored from the dump.
+    sys.processes().kill(Service::Payment);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&sys.db)
+        .await?;
+    pg("pg_restore", &["--dbname", &url, &dump_path])?;
+    std::fs::remove_file(&dump)?;
+    sys.processes().start(Service::Payment, &[]).await?;
+    assert_ne!(
+        payment_digest(&sys).await?,
+        undisturbed,
+        "the restore lost what came after T0"
+    );
+
+    // Replay from the restored checkpoint.
+    let request = replay::Request {
+        service: "payment".into(),
+        start: replay::Start::Checkpoint,
+        to_seq: None,
+        stream: None,
+        dry_run: false,
+    };
+    let replayed = replay::run(&sys.config, &request, |_, _, _, _| {}).await?;
+    let r = &replayed[0].report;
+    assert!(r.failed.is_empty(), "{r:?}");
+    // After T0: six orders.reserved, and an orders.cancelled for each of the
+    // three poor orders payment refused.
+    assert_eq!(r.applied, 9, "what payment applied after T0: {r:?}");
+    sys.quiesce(WAIT).await?;
+    assert_eq!(payment_digest(&sys).await?, undisturbed);
+    let violations = sys.violations().await?;
+    assert!(violations.is_empty(), "audit: {violations:?}");
+    sys.stop().await
+}
