@@ -267,20 +267,36 @@ async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_change
     sys.stop().await
 }
 
-/// What payment holds, without its random ids and times: wallets, payments,
-/// and the wallet ledger as a multiset.
-async fn payment_digest(sys: &TestSystem) -> anyhow::Result<Vec<String>> {
-    let schema = &sys.config.payment.database.schema;
-    let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT 'wallet ' || customer_id || ' ' || balance_cents || ' ' || topped_up_cents \
-           || ' ' || charged_cents || ' ' || refunded_cents FROM {schema}.wallets \
-         UNION ALL SELECT 'payment ' || order_id || ' ' || customer_id || ' ' || amount_cents \
-           || ' ' || state || ' ' || coalesce(failure_reason, '-') FROM {schema}.payments \
-         UNION ALL SELECT 'ledger ' || customer_id || ' ' || coalesce(order_id::text, '-') \
-           || ' ' || kind || ' ' || amount_cents FROM {schema}.wallet_ledger"
-    )))
-    .fetch_all(&sys.db)
-    .await?;
+/// What a service holds, without random ids and times, as sorted rows.
+async fn digest(sys: &TestSystem, service: &str) -> anyhow::Result<Vec<String>> {
+    let sql = match service {
+        "payment" => {
+            let schema = &sys.config.payment.database.schema;
+            format!(
+                "SELECT 'wallet ' || customer_id || ' ' || balance_cents || ' ' || topped_up_cents \
+                   || ' ' || charged_cents || ' ' || refunded_cents FROM {schema}.wallets \
+                 UNION ALL SELECT 'payment ' || order_id || ' ' || customer_id || ' ' \
+                   || amount_cents || ' ' || state || ' ' || coalesce(failure_reason, '-') \
+                   FROM {schema}.payments \
+                 UNION ALL SELECT 'ledger ' || customer_id || ' ' || coalesce(order_id::text, '-') \
+                   || ' ' || kind || ' ' || amount_cents FROM {schema}.wallet_ledger"
+            )
+        }
+        _ => {
+            let schema = &sys.config.inventory.database.schema;
+            format!(
+                "SELECT 'product ' || sku || ' ' || on_hand || ' ' || reserved || ' ' || sold \
+                   FROM {schema}.products \
+                 UNION ALL SELECT 'order ' || order_id || ' ' || state || ' ' \
+                   || coalesce(reason, '-') FROM {schema}.order_holds \
+                 UNION ALL SELECT 'hold ' || order_id || ' ' || sku || ' ' || quantity || ' ' \
+                   || unit_price_cents || ' ' || state FROM {schema}.holds"
+            )
+        }
+    };
+    let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&sys.db)
+        .await?;
     rows.sort();
     Ok(rows)
 }
@@ -295,9 +311,17 @@ fn pg(tool: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
--> anyhow::Result<()> {
+/// Orders flow; a dump of `service`'s schema at T0; more orders flow (both
+/// ends); the service is killed, its schema dropped and restored from the
+/// dump, `reconcile` runs (with the service still down), the service
+/// starts again, `sagactl replay <service> --from-checkpoint` runs, and
+/// `reconcile` runs once more.
+/// Returns what the replay applied; the service's digest must then equal
+/// the undisturbed one, and the audit must be clean.
+async fn drill(
+    service: &str,
+    reconcile: impl AsyncFn(&TestSystem) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     use saga_tests::processes::Service;
     let mut sys = TestSystem::start_processes(|_| {}).await?;
     sys.seed_product("A", 100, 1_000).await?;
@@ -323,9 +347,11 @@ async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
     sys.wait_all_terminal(&before, WAIT).await?;
     sys.quiesce(WAIT).await?;
 
-    // T0: a dump of payment's schema.
-    let schema = sys.config.payment.database.schema.clone();
-    let url = sys.config.payment.database.url.clone();
+    let (process, database) = match service {
+        "payment" => (Service::Payment, sys.config.payment.database.clone()),
+        _ => (Service::Inventory, sys.config.inventory.database.clone()),
+    };
+    let (schema, url) = (database.schema.clone(), database.url.clone());
     let dump = std::env::temp_dir().join(format!("{}-{schema}.dump", sys.ns));
     let dump_path = dump.to_string_lossy().to_string();
     pg(
@@ -333,8 +359,6 @@ async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
         &["--dbname", &url, "-n", &schema, "-Fc", "-f", &dump_path],
     )?;
 
-    // More orders, then payment's state is what a run without a disaster
-    // ends with.
     let after = place_some(&sys).await?;
     let ended = sys.wait_all_terminal(&after, WAIT).await?;
     assert!(
@@ -343,25 +367,24 @@ async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
         "both ends after T0"
     );
     sys.quiesce(WAIT).await?;
-    let undisturbed = payment_digest(&sys).await?;
+    let undisturbed = digest(&sys, service).await?;
 
-    // The disaster: payment's schema lost, restored from the dump.
-    sys.processes().kill(Service::Payment);
+    sys.processes().kill(process);
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&sys.db)
         .await?;
     pg("pg_restore", &["--dbname", &url, &dump_path])?;
     std::fs::remove_file(&dump)?;
-    sys.processes().start(Service::Payment, &[]).await?;
     assert_ne!(
-        payment_digest(&sys).await?,
+        digest(&sys, service).await?,
         undisturbed,
         "the restore lost what came after T0"
     );
+    reconcile(&sys).await?;
+    sys.processes().start(process, &[]).await?;
 
-    // Replay from the restored checkpoint.
     let request = replay::Request {
-        service: "payment".into(),
+        service: service.into(),
         start: replay::Start::Checkpoint,
         to_seq: None,
         stream: None,
@@ -370,12 +393,48 @@ async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
     let replayed = replay::run(&sys.config, &request, |_, _, _, _| {}).await?;
     let r = &replayed[0].report;
     assert!(r.failed.is_empty(), "{r:?}");
-    // After T0: six orders.reserved, and an orders.cancelled for each of the
-    // three poor orders payment refused.
-    assert_eq!(r.applied, 9, "what payment applied after T0: {r:?}");
     sys.quiesce(WAIT).await?;
-    assert_eq!(payment_digest(&sys).await?, undisturbed);
+    reconcile(&sys).await?;
+    assert_eq!(digest(&sys, service).await?, undisturbed);
     let violations = sys.violations().await?;
     assert!(violations.is_empty(), "audit: {violations:?}");
-    sys.stop().await
+    sys.stop().await?;
+    Ok(r.applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_restored_from_a_dump_and_replayed_ends_as_if_nothing_happened()
+-> anyhow::Result<()> {
+    let applied = drill("payment", async |_| Ok(())).await?;
+    // After T0: six orders.reserved, and an orders.cancelled for each of the
+    // three poor orders payment refused.
+    assert_eq!(applied, 9);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_restored_from_a_dump_rebuilt_and_replayed_ends_as_if_nothing_happened()
+-> anyhow::Result<()> {
+    let applied = drill("inventory", async |sys| {
+        // Redis still counts what came after T0: rebuild every counter from
+        // the restored Postgres before inventory takes events again, and
+        // after the replay (which held through Postgres, moving epochs).
+        let pool =
+            saga_shared::db::connect(&sys.config.inventory.database, &inventory_svc::MIGRATIONS)
+                .await?;
+        let redis = saga_shared::redis::connect(&sys.config.inventory.redis).await?;
+        let inventory = inventory_svc::inventory(&sys.config.inventory, pool.clone(), redis, true);
+        let report = inventory.reconcile(None).await?;
+        assert!(
+            !report.fixed.is_empty(),
+            "the counter was stale: {report:?}"
+        );
+        pool.close().await;
+        Ok(())
+    })
+    .await?;
+    // After T0: six orders.placed, three orders.confirmed and three
+    // orders.cancelled.
+    assert_eq!(applied, 12);
+    Ok(())
 }

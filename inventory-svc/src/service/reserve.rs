@@ -34,8 +34,9 @@ pub enum ReserveStep {
     ViaPostgres { lines: Vec<Line> },
     /// Nothing is held.
     Rejected { sku: String, reason: RejectReason },
-    /// The order was cancelled before it was placed here: hold nothing.
-    Closed,
+    /// Redis has a tombstone for the order (closed before it was placed
+    /// here). Postgres decides whether it stands: see `apply_reserve`.
+    Closed { lines: Vec<Line> },
     /// Postgres already has a decision for this order.
     Decided,
 }
@@ -117,7 +118,7 @@ impl Inventory {
                     tracing::info!(sku = %lines[index].sku, "counter missing in Redis; rebuilding");
                     self.rebuild_or_fall_back(&skus).await?;
                 }
-                Reserve::Closed { .. } => return Ok(ReserveStep::Closed),
+                Reserve::Closed { .. } => return Ok(ReserveStep::Closed { lines }),
                 Reserve::Mismatch { index, held } => {
                     let id = holder.reservation_id().unwrap_or(ledger);
                     return Err(InventoryError::ReservationConflict {
@@ -166,22 +167,7 @@ impl Inventory {
                 }
             }
             ReserveStep::ViaPostgres { lines } => {
-                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
-                    Claimed::New => match store::reserve_in_postgres(tx, ledger, &lines).await? {
-                        PgReserve::Held(held) => ("postgres", Reserved::Held(held)),
-                        PgReserve::Short(sku) => {
-                            let reason = RejectReason::OutOfStock;
-                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
-                            ("postgres", Reserved::Rejected { sku, reason })
-                        }
-                        PgReserve::Unknown(sku) => {
-                            let reason = RejectReason::UnknownSku;
-                            store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
-                            ("postgres", Reserved::Rejected { sku, reason })
-                        }
-                    },
-                    Claimed::Existing(state) => ("postgres", Reserved::Unchanged(state)),
-                }
+                ("postgres", hold_via_postgres(tx, holder, &lines).await?)
             }
             ReserveStep::Rejected { sku, reason } => {
                 match store::claim_order_with(
@@ -197,16 +183,17 @@ impl Inventory {
                     Claimed::Existing(state) => ("redis", Reserved::Unchanged(state)),
                 }
             }
-            ReserveStep::Closed => {
-                store::claim_order(
-                    tx,
-                    holder,
-                    OrderHoldState::Released,
-                    Some("cancelled before placement"),
-                )
-                .await?;
-                ("redis", Reserved::Unchanged(OrderHoldState::Released))
-            }
+            ReserveStep::Closed { lines } => match store::lock_order(tx, ledger).await? {
+                // The cancellation that left the tombstone is in Postgres.
+                Some(state) => ("redis", Reserved::Unchanged(state)),
+                // A tombstone Postgres knows nothing of (the schema was
+                // restored from a backup older than it): Postgres decides,
+                // so hold through Postgres, which moves the counters' epochs.
+                None => {
+                    tracing::warn!(order_id = %ledger, "Redis tombstone unknown to Postgres; holding through Postgres");
+                    ("postgres", hold_via_postgres(tx, holder, &lines).await?)
+                }
+            },
             ReserveStep::Decided => {
                 let state = store::lock_order(tx, ledger)
                     .await?
@@ -223,4 +210,33 @@ impl Inventory {
             .increment(1);
         Ok((reserved, after))
     }
+}
+
+/// Holds `lines` for `holder` through Postgres (`SELECT ... FOR UPDATE` in
+/// SKU order, moving the counters' epochs), or rejects the order, unless
+/// Postgres has decided it already.
+async fn hold_via_postgres(
+    tx: &mut PgConnection,
+    holder: Holder,
+    lines: &[Line],
+) -> Result<Reserved> {
+    let ledger = holder.ledger_id();
+    Ok(
+        match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
+            Claimed::New => match store::reserve_in_postgres(tx, ledger, lines).await? {
+                PgReserve::Held(held) => Reserved::Held(held),
+                PgReserve::Short(sku) => {
+                    let reason = RejectReason::OutOfStock;
+                    store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
+                    Reserved::Rejected { sku, reason }
+                }
+                PgReserve::Unknown(sku) => {
+                    let reason = RejectReason::UnknownSku;
+                    store::reject_order(tx, ledger, reason.as_str(), &sku).await?;
+                    Reserved::Rejected { sku, reason }
+                }
+            },
+            Claimed::Existing(state) => Reserved::Unchanged(state),
+        },
+    )
 }
