@@ -176,6 +176,20 @@ pub enum DlqCmd {
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// Replay into payment-svc: events/s for events that apply and for
+    /// events already applied, beside the raw publish-with-ack rate. Needs
+    /// no running service; uses a namespace of its own.
+    Replay {
+        /// Events to publish and replay.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// A database of the benchmark's own (created if missing).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/saga_bench")]
+        database_url: String,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// The race lab: ways to reserve stock under contention, side by side.
     Reserve {
         /// Requests in flight at once.

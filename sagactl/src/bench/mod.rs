@@ -1,9 +1,12 @@
 //! Benchmarks that print figures (never timed assertions).
 //!
+//! - [`replay`]: replay into payment-svc, for events that apply and events
+//!   already applied, beside the raw publish rate.
 //! - [`reserve`]: the race lab. Ways to reserve stock under contention, each
 //!   implemented for real against the same Postgres and Redis, run side by
 //!   side on a hot SKU and on spread SKUs.
 
+pub mod replay;
 pub mod reserve;
 
 use std::time::Duration;

@@ -6,6 +6,24 @@ use crate::bench::reserve::{self, Options, Scenario, Strategy};
 use crate::cli::BenchCmd;
 
 pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    if let BenchCmd::Replay {
+        events,
+        database_url,
+        json,
+    } = cmd
+    {
+        if events == 0 {
+            bail!("--events must be at least 1");
+        }
+        let cfg = crate::system::SystemConfig::from_env()?;
+        let figures = crate::bench::replay::run(cfg, &database_url, events).await?;
+        print!("{}", figures.render());
+        if let Some(path) = json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let BenchCmd::Reserve {
         concurrency,
         rounds,
@@ -16,7 +34,10 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         database_url,
         redis_url,
         json,
-    } = cmd;
+    } = cmd
+    else {
+        bail!("not a benchmark this build knows")
+    };
     if concurrency == 0 || requests < 2 || spread_skus == 0 || rounds == 0 {
         bail!(
             "--concurrency, --rounds and --spread-skus must be at least 1, --requests at least 2"
