@@ -24,12 +24,9 @@ use crate::service::{
 /// The streams this service consumes.
 pub const INPUT: &[StreamKind] = &[StreamKind::Orders];
 
-/// The events it handles; the rest of its input streams is not for it.
-pub const WANTS: &[EventType] = &[
-    EventType::OrderPlaced,
-    EventType::OrderCancelled,
-    EventType::OrderConfirmed,
-];
+/// The events it handles (a holder's: the placement and both ends); the
+/// rest of its input stream is not for it.
+pub const WANTS: &[EventType] = saga_shared::bus::HOLDER_EVENTS;
 
 pub struct OrderEvents {
     pub inventory: Inventory,

@@ -119,6 +119,14 @@ impl StreamKind {
     }
 }
 
+/// What a participant that holds something for an order from its placement
+/// to its end (stock, a slot) handles: the placement and both ends.
+pub const HOLDER_EVENTS: &[EventType] = &[
+    EventType::OrderPlaced,
+    EventType::OrderCancelled,
+    EventType::OrderConfirmed,
+];
+
 /// Every event type of the saga; the string form is the subject suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventType {
