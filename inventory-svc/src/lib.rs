@@ -73,7 +73,7 @@ impl Service for InventorySvc {
         );
         platform
             .consume(
-                events::INPUT[0],
+                events::INPUT,
                 Arc::new(events::OrderEvents {
                     inventory: inventory.clone(),
                 }),

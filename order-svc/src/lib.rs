@@ -50,9 +50,7 @@ impl Service for OrderSvc {
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
         });
-        for stream in events::INPUT {
-            platform.consume(*stream, handler.clone()).await?;
-        }
+        platform.consume(events::INPUT, handler).await?;
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
         let routes =

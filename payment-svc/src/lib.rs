@@ -46,7 +46,7 @@ impl Service for PaymentSvc {
         let payments = payments(&config, platform.pool.clone(), platform.outbox.clone());
         platform
             .consume(
-                events::INPUT[0],
+                events::INPUT,
                 Arc::new(events::OrderEvents {
                     payments: payments.clone(),
                 }),

@@ -50,7 +50,7 @@ impl Service for ReservationSvc {
         let reservations = reservations(&config, platform.pool.clone(), redis);
         platform
             .consume(
-                events::INPUT[0],
+                events::INPUT,
                 Arc::new(events::OrderEvents {
                     reservations: reservations.clone(),
                 }),

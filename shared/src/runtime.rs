@@ -196,19 +196,21 @@ impl Platform {
         }
     }
 
-    /// Consumes `stream` with `handler` while the service runs. Creates the
-    /// service's durable on the stream, or updates it to follow the
+    /// Consumes each of `streams` with `handler` while the service runs: on
+    /// each it creates the service's durable, or updates it to follow the
     /// configuration; fails if it differs in a way the server cannot change
     /// in place (see [`crate::bus::durable`]).
     pub async fn consume<H: Handler>(
         &mut self,
-        stream: StreamKind,
+        streams: &[StreamKind],
         handler: Arc<H>,
     ) -> Result<(), PlatformError> {
-        let consumer = Consumer::new(self.bus_context(), stream, handler);
-        consumer.ensure_durable().await?;
-        self.consumers
-            .push(Box::new(move |token| Box::pin(consumer.run(token))));
+        for stream in streams {
+            let consumer = Consumer::new(self.bus_context(), *stream, handler.clone());
+            consumer.ensure_durable().await?;
+            self.consumers
+                .push(Box::new(move |token| Box::pin(consumer.run(token))));
+        }
         Ok(())
     }
 

@@ -89,7 +89,8 @@ pub async fn advance(
     wants: impl Fn(EventType) -> bool,
 ) -> Result<Checkpoint, CheckpointError> {
     let stream = ns.stream(kind);
-    let mut seq = stored(pool, consumer, &stream).await?;
+    let was = stored(pool, consumer, &stream).await?;
+    let mut seq = was;
     let mut reader = StreamReader::open(js, &stream, seq + 1, None).await?;
     let (stream_first, stream_last) = (reader.first, reader.last);
     if seq + 1 < stream_first {
@@ -139,7 +140,9 @@ pub async fn advance(
         }
     }
     reader.close().await;
-    store(pool, consumer, &stream, seq).await?;
+    if seq > was {
+        store(pool, consumer, &stream, seq).await?;
+    }
     Ok(Checkpoint {
         consumer: consumer.to_owned(),
         stream,
