@@ -31,7 +31,9 @@ async fn a_checkpoint_is_the_highest_contiguous_applied_position_not_the_highest
         }
     };
 
-    // Every order's events handled: the checkpoint reaches the stream's end.
+    // Every order's events handled: the checkpoint reaches the stream's end
+    // as it was once the orders ended (an orders.confirmed may still be on
+    // its way then, so at least that far).
     for _ in 0..3 {
         let o = sys.place(order_request("cam", &[("A", 1)], None)).await?;
         assert_eq!(
@@ -42,7 +44,7 @@ async fn a_checkpoint_is_the_highest_contiguous_applied_position_not_the_highest
     let end = last_seq(&sys).await?;
     eventually("payment's checkpoint to reach the end", WAIT, || async {
         let c = checkpoint_of(&sys, "payment").await?;
-        Ok(c.seq == end && c.gap.is_none())
+        Ok(c.seq >= end && c.gap.is_none())
     })
     .await?;
 
@@ -92,7 +94,7 @@ async fn a_checkpoint_is_the_highest_contiguous_applied_position_not_the_highest
     // gap for it, and its checkpoint goes on to the end.
     eventually("inventory's checkpoint to reach the end", WAIT, || async {
         let c = checkpoint_of(&sys, "inventory").await?;
-        Ok(c.seq == end && c.gap.is_none())
+        Ok(c.seq >= end && c.gap.is_none())
     })
     .await?;
 
@@ -152,7 +154,7 @@ async fn each_service_moves_its_own_checkpoints_while_it_runs() -> anyhow::Resul
                 .bind(&stream)
                 .fetch_optional(&sys.db)
                 .await?;
-            Ok(seq == Some(end as i64))
+            Ok(seq.is_some_and(|s| s >= end as i64))
         },
     )
     .await?;
