@@ -124,10 +124,14 @@ pub struct ReplayArgs {
     /// The service to replay into (order, inventory, payment, reservation).
     pub service: Option<String>,
     /// Start at this stream sequence.
-    #[arg(long, conflicts_with = "from_checkpoint")]
+    #[arg(long, group = "start")]
     pub from_seq: Option<u64>,
+    /// Start at the first event stored at or after this time: an RFC 3339
+    /// timestamp (2026-11-24T09:30:00Z) or a time ago (90s, 15m, 2h, 3d).
+    #[arg(long, group = "start", value_parser = crate::replay::parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Start just after the service's checkpoint on each stream.
-    #[arg(long)]
+    #[arg(long, group = "start")]
     pub from_checkpoint: bool,
     /// Stop after this sequence (default: the last message now).
     #[arg(long)]
@@ -138,6 +142,10 @@ pub struct ReplayArgs {
     /// List the events that would still change state; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Replay even from before what the service's inbox remembers (rows
+    /// purged past retention): events applied long ago may apply again.
+    #[arg(long)]
+    pub force: bool,
     /// Namespace of the streams (default: the configured one).
     #[arg(long, env = "SAGA_NAMESPACE")]
     pub namespace: Option<String>,

@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use saga_shared::bus::checkpoint::{self, Checkpoint};
 use saga_shared::bus::consumer::{BusContext, Consumer, ReplayReport};
 use saga_shared::bus::reader::StreamReader;
+use saga_shared::bus::retention::{self, Horizon};
 use saga_shared::bus::{EventType, Handler, Namespace, Outbox, StreamKind};
 use sqlx::migrate::Migrator;
 
@@ -62,45 +64,75 @@ pub fn service(name: &str) -> anyhow::Result<&'static Consumes> {
         })
 }
 
+/// Where a service stands on one input stream.
+#[derive(Clone, Debug)]
+pub struct Standing {
+    pub checkpoint: Checkpoint,
+    /// What its inbox forgot of the stream (purged past retention).
+    pub horizon: Option<Horizon>,
+}
+
+/// The database of service `c` (migrated, so the bus tables exist).
+async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::PgPool> {
+    let (database, migrations): (_, &Migrator) = match c.service {
+        "order-svc" => (&cfg.order.database, &order_svc::MIGRATIONS),
+        "inventory-svc" => (&cfg.inventory.database, &inventory_svc::MIGRATIONS),
+        "payment-svc" => (&cfg.payment.database, &payment_svc::MIGRATIONS),
+        _ => (&cfg.reservation.database, &reservation_svc::MIGRATIONS),
+    };
+    saga_shared::db::connect(database, migrations)
+        .await
+        .with_context(|| format!("{}'s database", c.service))
+}
+
+async fn jetstream(
+    cfg: &SystemConfig,
+) -> anyhow::Result<(async_nats::jetstream::Context, Namespace)> {
+    let nats = async_nats::connect(cfg.order.nats.url.as_str())
+        .await
+        .context("NATS")?;
+    Ok((
+        async_nats::jetstream::new(nats),
+        Namespace::new(&cfg.order.namespace)?,
+    ))
+}
+
 /// Advances and returns the checkpoints of `only` (or every service) on
-/// each of their input streams.
-pub async fn status(cfg: &SystemConfig, only: Option<&str>) -> anyhow::Result<Vec<Checkpoint>> {
+/// each of their input streams, with what each inbox forgot.
+pub async fn status(cfg: &SystemConfig, only: Option<&str>) -> anyhow::Result<Vec<Standing>> {
     let chosen: Vec<&Consumes> = match only {
         Some(name) => vec![service(name)?],
         None => SERVICES.iter().collect(),
     };
-    let nats = async_nats::connect(cfg.order.nats.url.as_str())
-        .await
-        .context("NATS")?;
-    let js = async_nats::jetstream::new(nats);
-    let ns = Namespace::new(&cfg.order.namespace)?;
+    let (js, ns) = jetstream(cfg).await?;
     let mut out = Vec::new();
     for c in chosen {
-        let (database, migrations): (_, &Migrator) = match c.service {
-            "order-svc" => (&cfg.order.database, &order_svc::MIGRATIONS),
-            "inventory-svc" => (&cfg.inventory.database, &inventory_svc::MIGRATIONS),
-            "payment-svc" => (&cfg.payment.database, &payment_svc::MIGRATIONS),
-            _ => (&cfg.reservation.database, &reservation_svc::MIGRATIONS),
-        };
-        let pool = saga_shared::db::connect(database, migrations)
-            .await
-            .with_context(|| format!("{}'s database", c.service))?;
+        let pool = service_pool(cfg, c).await?;
         for kind in c.input {
             let wants = |t: EventType| c.wants.contains(&t);
-            out.push(checkpoint::advance(&pool, &js, &ns, c.service, *kind, wants).await?);
+            let checkpoint = checkpoint::advance(&pool, &js, &ns, c.service, *kind, wants).await?;
+            let horizon = retention::horizon(&pool, c.service, &checkpoint.stream).await?;
+            out.push(Standing {
+                checkpoint,
+                horizon,
+            });
         }
         pool.close().await;
     }
     Ok(out)
 }
 
-/// The checkpoints as a table.
-pub fn render(checkpoints: &[Checkpoint]) -> String {
+/// The standings as a table.
+pub fn render(standings: &[Standing]) -> String {
     let mut out = format!(
-        "{:<16} {:<22} {:>10} {:>10} {:>8}  held back by\n",
-        "service", "stream", "checkpoint", "last seq", "behind"
+        "{:<16} {:<22} {:>10} {:>10} {:>8} {:>14}  held back by\n",
+        "service", "stream", "checkpoint", "last seq", "behind", "inbox forgot"
     );
-    for c in checkpoints {
+    for Standing {
+        checkpoint: c,
+        horizon,
+    } in standings
+    {
         let held = c.gap.as_ref().map_or_else(String::new, |g| {
             format!(
                 "seq {} ({}, event {})",
@@ -110,13 +142,17 @@ pub fn render(checkpoints: &[Checkpoint]) -> String {
                     .map_or_else(|| "without an id".to_owned(), |id| id.to_string())
             )
         });
+        let forgot = horizon
+            .as_ref()
+            .map_or_else(|| "nothing".to_owned(), |h| format!("..={}", h.seq));
         out.push_str(&format!(
-            "{:<16} {:<22} {:>10} {:>10} {:>8}  {held}\n",
+            "{:<16} {:<22} {:>10} {:>10} {:>8} {:>14}  {held}\n",
             c.consumer,
             c.stream,
             c.seq,
             c.stream_last,
-            c.stream_last.saturating_sub(c.seq)
+            c.stream_last.saturating_sub(c.seq),
+            forgot
         ));
     }
     out
@@ -127,6 +163,8 @@ pub fn render(checkpoints: &[Checkpoint]) -> String {
 pub enum Start {
     /// At this stream sequence.
     Seq(u64),
+    /// At the first message stored at or after this time.
+    Since(DateTime<Utc>),
     /// Just after the service's checkpoint on each stream (moved first).
     Checkpoint,
 }
@@ -142,6 +180,8 @@ pub struct Request {
     pub stream: Option<String>,
     /// List what would be applied; change nothing.
     pub dry_run: bool,
+    /// Replay even from before what the service's inbox remembers.
+    pub force: bool,
 }
 
 /// One stream's replay.
@@ -164,11 +204,7 @@ pub async fn run(
     mut progress: impl FnMut(&str, u64, u64, &ReplayReport),
 ) -> anyhow::Result<Vec<StreamReplay>> {
     let c = service(&request.service)?;
-    let nats = async_nats::connect(cfg.order.nats.url.as_str())
-        .await
-        .context("NATS")?;
-    let js = async_nats::jetstream::new(nats);
-    let ns = Namespace::new(&cfg.order.namespace)?;
+    let (js, ns) = jetstream(cfg).await?;
     let kinds: Vec<StreamKind> = match &request.stream {
         None => c.input.to_vec(),
         Some(name) => {
@@ -184,24 +220,12 @@ pub async fn run(
         }
     };
     let outbox = Outbox::new();
-    let (pool, bus) = match c.service {
-        "order-svc" => (
-            saga_shared::db::connect(&cfg.order.database, &order_svc::MIGRATIONS).await?,
-            cfg.order.bus.clone(),
-        ),
-        "inventory-svc" => (
-            saga_shared::db::connect(&cfg.inventory.database, &inventory_svc::MIGRATIONS).await?,
-            cfg.inventory.bus.clone(),
-        ),
-        "payment-svc" => (
-            saga_shared::db::connect(&cfg.payment.database, &payment_svc::MIGRATIONS).await?,
-            cfg.payment.bus.clone(),
-        ),
-        _ => (
-            saga_shared::db::connect(&cfg.reservation.database, &reservation_svc::MIGRATIONS)
-                .await?,
-            cfg.reservation.bus.clone(),
-        ),
+    let pool = service_pool(cfg, c).await?;
+    let bus = match c.service {
+        "order-svc" => cfg.order.bus.clone(),
+        "inventory-svc" => cfg.inventory.bus.clone(),
+        "payment-svc" => cfg.payment.bus.clone(),
+        _ => cfg.reservation.bus.clone(),
     };
     let ctx = BusContext {
         service: c.service,
@@ -211,11 +235,13 @@ pub async fn run(
         outbox: outbox.clone(),
         cfg: bus,
     };
-    let mut out = Vec::new();
+    // Where each stream starts, all checked before anything is replayed.
+    let mut starts = Vec::with_capacity(kinds.len());
     for kind in kinds {
         let stream = ns.stream(kind);
         let from = match request.start {
             Start::Seq(n) => n.max(1),
+            Start::Since(time) => StreamReader::seq_at(&js, &stream, time).await?,
             Start::Checkpoint => {
                 let wants = |t: EventType| c.wants.contains(&t);
                 checkpoint::advance(&pool, &js, &ns, c.service, kind, wants)
@@ -224,7 +250,31 @@ pub async fn run(
                     + 1
             }
         };
+        if let Some(h) = retention::horizon(&pool, c.service, &stream).await?
+            && from <= h.seq
+            && !request.force
+        {
+            bail!(
+                "{service}'s inbox no longer remembers {stream} up to seq {seq} (its rows of \
+                     events applied before {before} were purged past retention): a replay from \
+                     seq {from} cannot tell which of those events were applied and would apply \
+                     them again. Start after it (--stream {stream} --from-seq {next}), or pass --force to accept \
+                     that knowingly",
+                service = c.service,
+                seq = h.seq,
+                before = h
+                    .purged_before
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                next = h.seq + 1,
+            );
+        }
+        starts.push((kind, stream, from));
+    }
+    let mut out = Vec::new();
+    for (kind, stream, from) in starts {
         let mut reader = StreamReader::open(&js, &stream, from, request.to_seq).await?;
+        // What the stream no longer holds is not read.
+        let from = from.max(reader.first);
         let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
         // The handlers are of four types: one generic call for each.
         macro_rules! through {
@@ -339,4 +389,67 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
         }
     }
     out
+}
+
+/// `--since`: an RFC 3339 timestamp, or a time ago as a whole number and a
+/// unit (`90s`, `15m`, `2h`, `3d`).
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let bad = || {
+        format!(
+            "{text:?} is neither an RFC 3339 time (2026-11-24T09:30:00Z) nor a time ago (90s, 15m, 2h, 3d)"
+        )
+    };
+    let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(digits);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_secs)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|ago| Utc::now().checked_sub_signed(ago))
+        .ok_or_else(|| format!("{text:?} is too long ago"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_reads_a_timestamp_or_a_time_ago() {
+        let t = parse_since("2026-11-24T09:30:00Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-24T09:30:00+00:00");
+        let t = parse_since("2026-11-24T10:30:00+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-24T09:30:00+00:00");
+        let ago = Utc::now() - parse_since("2h").unwrap();
+        assert!((7_199..=7_201).contains(&ago.num_seconds()), "{ago}");
+        let ago = Utc::now() - parse_since("3d").unwrap();
+        assert!((259_199..=259_201).contains(&ago.num_seconds()), "{ago}");
+    }
+
+    #[test]
+    fn since_names_what_it_cannot_read() {
+        for bad in [
+            "",
+            "h",
+            "2",
+            "2w",
+            "-2h",
+            "2 h",
+            "yesterday",
+            "99999999999999999999d",
+        ] {
+            let e = parse_since(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        let e = parse_since("9999999999999d").unwrap_err();
+        assert!(e.contains("too long ago"), "{e}");
+    }
 }

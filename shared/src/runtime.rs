@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::future::BoxFuture;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Readiness};
 use crate::bus::consumer::{BusContext, Consumer, Handler};
 use crate::bus::outbox::Relay;
+use crate::bus::retention;
 use crate::bus::streams::{StreamSetupError, ensure_streams};
 use crate::bus::{Namespace, Outbox, StreamKind};
 use crate::config::{BusConfig, ConfigError, DatabaseConfig, ListenConfig, NatsConfig};
@@ -43,6 +45,8 @@ pub enum PlatformError {
     },
     #[error(transparent)]
     Streams(#[from] StreamSetupError),
+    #[error(transparent)]
+    Retention(#[from] crate::bus::retention::RetentionError),
     #[error(transparent)]
     Durable(#[from] crate::bus::durable::DurableError),
     #[error("Redis at {url}: {source}")]
@@ -107,6 +111,11 @@ impl Platform {
     ) -> Result<Self, PlatformError> {
         let ns = Namespace::new(cfg.namespace)?;
         cfg.bus.validate()?;
+        retention::check(
+            cfg.bus.retention_hours,
+            Duration::from_secs(cfg.nats.max_age_hours.saturating_mul(3600)),
+            "nats.max_age_hours",
+        )?;
         let servers = cfg.nats.server_addrs()?;
         let pool = db::connect(cfg.database, migrations).await?;
         let nats = async_nats::ConnectOptions::new()
@@ -122,6 +131,7 @@ impl Platform {
             })?;
         let js = jetstream::new(nats.clone());
         ensure_streams(&js, &ns, cfg.nats).await?;
+        retention::check_streams(&js, &ns, cfg.bus.retention_hours).await?;
         let grpc_listener = bind("gRPC", cfg.grpc.listen).await?;
         let admin_listener = bind("admin HTTP", cfg.admin.listen).await?;
         let mut readiness = Readiness::default();
@@ -130,7 +140,7 @@ impl Platform {
             "nats",
             admin::nats_check(js.clone(), ns.stream(cfg.own_stream)),
         );
-        Ok(Self {
+        let mut platform = Self {
             service: cfg.service,
             pool,
             nats,
@@ -143,7 +153,14 @@ impl Platform {
             admin_listener,
             consumers: Vec::new(),
             background: Vec::new(),
-        })
+        };
+        let (service, pool) = (platform.service, platform.pool.clone());
+        let (hours, every) = (
+            cfg.bus.retention_hours,
+            Duration::from_secs(cfg.bus.purge_interval_secs),
+        );
+        platform.spawn_background(move |stop| retention::run(service, pool, hours, every, stop));
+        Ok(platform)
     }
 
     /// Connects to Redis, which this service can work without: waits a

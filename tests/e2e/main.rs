@@ -13,6 +13,7 @@ mod platform;
 mod properties;
 mod recovery;
 mod replay;
+mod retention;
 mod saga;
 mod stock;
 mod validation;

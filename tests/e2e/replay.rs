@@ -12,7 +12,7 @@ use crate::WAIT;
 async fn checkpoint_of(sys: &TestSystem, service: &str) -> anyhow::Result<Checkpoint> {
     let mut all = replay::status(&sys.config, Some(service)).await?;
     anyhow::ensure!(all.len() == 1, "{service} reads one stream: {all:?}");
-    Ok(all.remove(0))
+    Ok(all.remove(0).checkpoint)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +217,7 @@ async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_change
         to_seq: None,
         stream: None,
         dry_run,
+        force: false,
     };
     // The dry run names the one missing event and changes nothing.
     let dry = replay::run(
@@ -391,6 +392,7 @@ async fn drill(
         to_seq: None,
         stream: None,
         dry_run: false,
+        force: false,
     };
     let replayed = replay::run(&sys.config, &request, |_, _, _, _| {}).await?;
     let r = &replayed[0].report;

@@ -118,6 +118,7 @@ async fn measure(
         to_seq: None,
         stream: None,
         dry_run: false,
+        force: false,
     };
     let started = Instant::now();
     let applied = replay::run(cfg, &request, |_, _, _, _| {}).await?;

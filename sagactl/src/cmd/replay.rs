@@ -1,9 +1,8 @@
 //! `sagactl replay`: a range of a service's input streams through its own
 //! handlers; `sagactl replay status`: where each service stands.
 
-use std::time::Instant;
-
 use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{ReplayArgs, ReplayCmd};
 use crate::replay::{self, Request, Start};
@@ -27,10 +26,11 @@ pub(super) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let Some(service) = args.service else {
         bail!("name the service to replay into (or `sagactl replay status`)");
     };
-    let start = match (args.from_seq, args.from_checkpoint) {
-        (Some(n), false) => Start::Seq(n),
-        (None, true) => Start::Checkpoint,
-        _ => bail!("say where to start: --from-seq N or --from-checkpoint"),
+    let start = match (args.from_seq, args.since, args.from_checkpoint) {
+        (Some(n), None, false) => Start::Seq(n),
+        (None, Some(t), false) => Start::Since(t),
+        (None, None, true) => Start::Checkpoint,
+        _ => bail!("say where to start: --from-seq N, --since TIME or --from-checkpoint"),
     };
     let request = Request {
         service,
@@ -38,20 +38,35 @@ pub(super) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         to_seq: args.to_seq,
         stream: args.stream,
         dry_run: args.dry_run,
+        force: args.force,
     };
     let cfg = config(args.namespace)?;
-    let started = Instant::now();
+    // One bar per stream (drawn only on a terminal): read/total, rate, ETA.
+    let mut bar: Option<(String, ProgressBar)> = None;
     let replays = replay::run(&cfg, &request, |stream, from, to, r| {
-        let total = to.saturating_sub(from) + 1;
-        let rate = r.read as f64 / started.elapsed().as_secs_f64().max(0.001);
-        let eta = total.saturating_sub(r.read) as f64 / rate.max(1.0);
-        eprint!(
-            "\r{stream}: {}/{total} read, {rate:.0} events/s, ETA {eta:.0} s   ",
-            r.read
-        );
+        if bar.as_ref().is_none_or(|(s, _)| s != stream) {
+            if let Some((_, done)) = bar.take() {
+                done.finish();
+            }
+            let b = ProgressBar::new(to.saturating_sub(from) + 1).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:<20} [{bar:30}] {pos}/{len} events, {per_sec}, ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(stream.to_owned());
+            bar = Some((stream.to_owned(), b));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(r.read);
+        }
     })
-    .await?;
-    eprintln!();
+    .await;
+    if let Some((_, b)) = bar {
+        b.finish();
+    }
+    let replays = replays?;
     print!("{}", replay::render_replay(&replays, request.dry_run));
     if replays.iter().any(|r| !r.report.failed.is_empty()) {
         std::process::exit(1);

@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod inbox;
 pub mod outbox;
 pub mod reader;
+pub mod retention;
 pub mod streams;
 
 pub use consumer::{Delivery, Handler, HandlerError};

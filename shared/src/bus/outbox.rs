@@ -18,7 +18,7 @@
 use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
@@ -124,7 +124,6 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.cfg.relay_poll_ms.max(1));
         let mut failures: u32 = 0;
-        let mut last_cleanup = Instant::now();
         while !shutdown.is_cancelled() {
             match self.publish_pending().await {
                 Ok(n) => {
@@ -144,12 +143,6 @@ impl Relay {
                         _ = tokio::time::sleep(backoff) => continue,
                         _ = shutdown.cancelled() => break,
                     }
-                }
-            }
-            if last_cleanup.elapsed() > Duration::from_secs(300) {
-                last_cleanup = Instant::now();
-                if let Err(e) = self.delete_old().await {
-                    tracing::warn!(service = self.service, error = %e, "outbox cleanup failed");
                 }
             }
             tokio::select! {
@@ -285,17 +278,6 @@ impl Relay {
             }
         }
         (sent, failed)
-    }
-
-    async fn delete_old(&self) -> Result<u64, RelayError> {
-        let deleted = sqlx::query(
-            "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)",
-        )
-        .bind(i32::try_from(self.cfg.outbox_retention_hours).unwrap_or(i32::MAX))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(deleted)
     }
 }
 

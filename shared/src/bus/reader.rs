@@ -88,6 +88,41 @@ impl StreamReader {
         })
     }
 
+    /// The sequence of the first message `stream` stored at or after `time`
+    /// (one past its last message if there is none). The server finds it: a
+    /// consumer asked to start at a time starts at that sequence, and says
+    /// so before it delivers anything.
+    pub async fn seq_at(
+        js: &jetstream::Context,
+        stream: &str,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, ReaderError> {
+        let error = |message: String| ReaderError::Stream {
+            stream: stream.to_owned(),
+            message,
+        };
+        let handle = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let config = pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time: time },
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: INACTIVE,
+            ..Default::default()
+        };
+        let mut probe = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let info = probe.info().await.map_err(|e| error(e.to_string()))?;
+        let (seq, name) = (info.delivered.stream_sequence + 1, info.name.clone());
+        if let Err(e) = handle.delete_consumer(&name).await {
+            tracing::debug!(stream, error = %e, "probe consumer not deleted; it expires");
+        }
+        Ok(seq)
+    }
+
     /// The next messages, in sequence order, at most `max`; empty once the
     /// range is read.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<jetstream::Message>, ReaderError> {

@@ -251,10 +251,15 @@ pub struct BusConfig {
     /// dies lets go of them at once); a round that runs out of time leaves
     /// them for the next round.
     pub relay_lease_secs: u64,
-    /// Published outbox rows older than this are deleted, in hours. The inbox
-    /// (`processed_events`) is kept: it is what makes a replay of the streams
-    /// harmless.
-    pub outbox_retention_hours: u64,
+    /// How long the inbox (`processed_events`), published outbox rows and
+    /// idempotency keys are kept, in hours (0: forever). Never shorter than
+    /// the streams' `max_age` (a service refuses to start otherwise), so an
+    /// event a stream still holds is still recognised on replay. (Formerly
+    /// `outbox_retention_hours`, which covered the outbox only; that name is
+    /// now refused as unknown, so an old setting cannot pass silently.)
+    pub retention_hours: u64,
+    /// How often rows past retention are purged, in seconds (0: never).
+    pub purge_interval_secs: u64,
     /// How often each consumer walks its stream to move its replay
     /// checkpoint (see `bus::checkpoint`), in seconds (0: only when
     /// `sagactl replay` asks).
@@ -274,7 +279,9 @@ impl Default for BusConfig {
             relay_batch_size: 256,
             relay_poll_ms: 250,
             relay_lease_secs: 10,
-            outbox_retention_hours: 24 * 7,
+            // A day more than the streams' default max_age.
+            retention_hours: 24 * 8,
+            purge_interval_secs: 600,
             checkpoint_interval_secs: 60,
         }
     }
@@ -422,5 +429,29 @@ mod tests {
         for bad in ["", "Saga", "1abc", "a.b", "a-b", &"x".repeat(33)] {
             assert!(validate_namespace(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn retention_is_read_and_its_former_name_is_refused_by_name() {
+        #[derive(Default, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Settings {
+            bus: BusConfig,
+        }
+        let dir = std::env::temp_dir().join(format!("retention-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load_toml = |text: &str| {
+            let file = dir.join("settings.toml");
+            std::fs::write(&file, text).unwrap();
+            load::<Settings>("RETENTION_TEST_UNSET__", Some(&file))
+        };
+        let old = load_toml("[bus]\noutbox_retention_hours = 300\n")
+            .err()
+            .expect("the former name is refused");
+        assert!(old.to_string().contains("outbox_retention_hours"), "{old}");
+        let new = load_toml("[bus]\nretention_hours = 400\n").unwrap();
+        assert_eq!(new.bus.retention_hours, 400);
+        assert_eq!(Settings::default().bus.retention_hours, 24 * 8);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
