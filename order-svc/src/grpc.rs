@@ -147,6 +147,19 @@ impl OrderService for OrderGrpc {
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn get_order_history(
+        &self,
+        request: Request<pb::GetOrderHistoryRequest>,
+    ) -> Result<Response<pb::GetOrderHistoryResponse>, Status> {
+        let id = validate::uuid("order_id", &request.into_inner().order_id)?;
+        let (order, steps) = self.orders.history(id).await?;
+        Ok(Response::new(pb::GetOrderHistoryResponse {
+            order: Some(order.into()),
+            events: steps.into_iter().map(order_event).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn list_orders(
         &self,
         request: Request<pb::ListOrdersRequest>,
@@ -225,5 +238,22 @@ impl OrderService for OrderGrpc {
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order.into()),
         }))
+    }
+}
+
+fn order_event(s: saga_shared::bus::history::Step) -> pb::OrderEvent {
+    use saga_shared::time::to_proto;
+    pb::OrderEvent {
+        event_id: s.event_id.to_string(),
+        event_type: s.event_type,
+        producer: s.producer.unwrap_or_default().to_owned(),
+        at: Some(to_proto(s.at)),
+        stored_at: s.stored_at.map(to_proto),
+        stream: s.stream.unwrap_or_default(),
+        stream_seq: s.seq.unwrap_or_default(),
+        causation_id: s.causation_id.map(|c| c.to_string()).unwrap_or_default(),
+        caused_by: s.caused_by.unwrap_or_default(),
+        after_cause: s.after_cause.map(saga_shared::time::delta_to_proto),
+        applied_at: s.applied_by.first().map(|(_, t)| to_proto(*t)),
     }
 }

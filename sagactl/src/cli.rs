@@ -85,6 +85,10 @@ pub enum Command {
     /// Inventory operations.
     #[command(subcommand)]
     Inventory(InventoryCmd),
+    /// A saga's story, and the sagas that wait. Reads the four services'
+    /// databases and the streams (ORDER_SVC__*, INVENTORY_SVC__*, ...).
+    #[command(subcommand)]
+    Saga(SagaCmd),
     /// Check the invariants across the four services' databases and Redis
     /// (run it when the system is quiet); exits 1 on any violation.
     /// Connects like the services (ORDER_SVC__*, INVENTORY_SVC__*, ...).
@@ -367,4 +371,32 @@ impl From<UrlArgs> for Urls {
             reservation: urls.reservation_url,
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum SagaCmd {
+    /// Every event of an order across the four services, in order: time,
+    /// type, producer, stream position, cause and the delay from it, who
+    /// applied it and after how long; then each participant's record.
+    Show {
+        /// Order id.
+        order_id: String,
+        /// Namespace of the streams (default: the configured one).
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+    },
+    /// Open orders unchanged for a while: the step each waits for, the
+    /// service that owes it, and how that service's consumer stands
+    /// (pending, unacknowledged, age of the oldest unacknowledged).
+    Stuck {
+        /// Unchanged for at least this long (90s, 15m, 2h, 3d).
+        #[arg(long, default_value = "30s", value_parser = crate::replay::parse_ago)]
+        older_than: std::time::Duration,
+        /// At most this many orders, oldest first.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Namespace of the streams (default: the configured one).
+        #[arg(long, env = "SAGA_NAMESPACE")]
+        namespace: Option<String>,
+    },
 }

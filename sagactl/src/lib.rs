@@ -9,6 +9,8 @@
 //! - [`bench`]: benchmarks (the race lab).
 //! - [`audit`]: the invariant auditor (`sagactl audit`).
 //! - [`dlq`]: the dead-letter queue (`sagactl dlq list|show|redrive`).
+//! - [`replay`]: replay and checkpoints (`sagactl replay`).
+//! - [`saga`]: a saga's story and the sagas that wait (`sagactl saga show|stuck`).
 //! - [`show`]: human-readable rendering of API messages.
 
 pub mod audit;
@@ -19,5 +21,6 @@ pub mod cmd;
 pub mod dlq;
 pub mod poll;
 pub mod replay;
+pub mod saga;
 pub mod show;
 pub mod system;

@@ -5,6 +5,7 @@
 //! ([`run`], `sagactl replay <service>`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -391,20 +392,12 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
     out
 }
 
-/// `--since`: an RFC 3339 timestamp, or a time ago as a whole number and a
-/// unit (`90s`, `15m`, `2h`, `3d`).
-pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let bad = || {
-        format!(
-            "{text:?} is neither an RFC 3339 time (2026-11-24T09:30:00Z) nor a time ago (90s, 15m, 2h, 3d)"
-        )
-    };
+/// A time ago as a whole number and a unit: `90s`, `15m`, `2h`, `3d`.
+pub fn parse_ago(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a time ago (90s, 15m, 2h, 3d)");
     let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(digits);
-    let n: i64 = number.parse().map_err(|_| bad())?;
+    let n: u64 = number.parse().map_err(|_| bad())?;
     let unit_secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -413,7 +406,22 @@ pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(unit_secs)
-        .and_then(chrono::TimeDelta::try_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long ago"))
+}
+
+/// `--since`: an RFC 3339 timestamp, or a time ago ([`parse_ago`]).
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = parse_ago(text).map_err(|_| {
+        format!(
+            "{text:?} is neither an RFC 3339 time (2026-11-24T09:30:00Z) nor a time ago (90s, 15m, 2h, 3d)"
+        )
+    })?;
+    chrono::TimeDelta::from_std(ago)
+        .ok()
         .and_then(|ago| Utc::now().checked_sub_signed(ago))
         .ok_or_else(|| format!("{text:?} is too long ago"))
 }

@@ -1,4 +1,4 @@
-//! Conversions between `chrono` timestamps and `prost_types::Timestamp`.
+//! Conversions between `chrono` times and `prost_types::{Timestamp, Duration}`.
 
 use chrono::{DateTime, Utc};
 
@@ -11,4 +11,26 @@ pub fn to_proto(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 pub fn from_proto(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+/// A span of time as a protobuf Duration (negative spans too, as protobuf
+/// allows: seconds and nanos of the same sign).
+pub fn delta_to_proto(d: chrono::TimeDelta) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_keep_one_sign_in_seconds_and_nanos() {
+        let d = delta_to_proto(chrono::TimeDelta::milliseconds(1_500));
+        assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
+        let d = delta_to_proto(chrono::TimeDelta::milliseconds(-1_500));
+        assert_eq!((d.seconds, d.nanos), (-1, -500_000_000));
+    }
 }

@@ -6,6 +6,7 @@ mod bus;
 mod chaos;
 mod contention;
 mod delivery;
+mod history;
 mod idempotency;
 mod inventory;
 mod outages;

@@ -19,6 +19,7 @@ use crate::domain::{
 };
 use crate::store::{self, Store};
 pub use catalog::{Catalog, CatalogError};
+use saga_shared::bus::history;
 
 /// Why an order operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,16 @@ impl Orders {
         Outbox::enqueue(tx, &EventMeta::new(order.id, None), &event).await?;
         metrics::counter!("orders_placed_total").increment(1);
         Ok(order)
+    }
+
+    /// The order and its events as this service knows them: those it
+    /// published (its outbox) and those it applied (its inbox), in order.
+    pub async fn history(&self, id: Uuid) -> Result<(Order, Vec<history::Step>)> {
+        let order = self.get(id).await?;
+        let pool = &self.store.pool;
+        let (published, applied) =
+            tokio::try_join!(history::published(pool, id), history::applied(pool, id))?;
+        Ok((order, history::story(published, applied)))
     }
 
     /// One page of orders, newest first.

@@ -230,6 +230,24 @@ impl Auditor {
         })
     }
 
+    /// Each service's name and database.
+    fn service_pools(&self) -> [(&'static str, &PgPool); 4] {
+        [
+            ("order-svc", &self.orders),
+            ("inventory-svc", &self.inventory),
+            ("payment-svc", &self.payment),
+            ("reservation-svc", &self.reservation),
+        ]
+    }
+
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn ns(&self) -> &Namespace {
+        &self.ns
+    }
+
     pub async fn close(self) {
         for p in [self.orders, self.inventory, self.payment, self.reservation] {
             p.close().await;

@@ -7,6 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::Row;
 use uuid::Uuid;
 
+use saga_shared::bus::history::{self, Applied, Published};
+
+use crate::saga::OpenOrder;
+
 use super::Auditor;
 use super::facts::{Movement, OrderFacts, PaymentFacts, SkuFacts, SlotFacts, WalletFacts};
 
@@ -145,7 +149,6 @@ impl Auditor {
 
     /// A page of orders after `after`, with what each participant has.
     pub async fn read_orders(&self, after: Uuid) -> anyhow::Result<Vec<OrderFacts>> {
-        let slack = self.deadline_slack.as_secs_f64();
         let rows = sqlx::query(
             "SELECT id, state, customer_id, slot_id, total_cents, \
                  (deadline_at < now() - make_interval(secs => $3)) AS overdue \
@@ -153,9 +156,76 @@ impl Auditor {
         )
         .bind(after)
         .bind(PAGE)
-        .bind(slack)
+        .bind(self.deadline_slack.as_secs_f64())
         .fetch_all(&self.orders)
         .await?;
+        self.with_participants(&rows).await
+    }
+
+    /// One order with what each participant has of it (None: order-svc
+    /// does not know it).
+    pub async fn read_order(&self, id: Uuid) -> anyhow::Result<Option<OrderFacts>> {
+        let rows = sqlx::query(
+            "SELECT id, state, customer_id, slot_id, total_cents, \
+                 (deadline_at < now() - make_interval(secs => $2)) AS overdue \
+             FROM orders WHERE id = $1",
+        )
+        .bind(id)
+        .bind(self.deadline_slack.as_secs_f64())
+        .fetch_all(&self.orders)
+        .await?;
+        Ok(self.with_participants(&rows).await?.pop())
+    }
+
+    /// What each service's outbox (events it published) and inbox (events
+    /// it applied) hold of an order's events.
+    pub async fn read_events(&self, id: Uuid) -> anyhow::Result<(Vec<Published>, Vec<Applied>)> {
+        let (mut published, mut applied) = (Vec::new(), Vec::new());
+        for (_, pool) in self.service_pools() {
+            published.extend(history::published(pool, id).await?);
+            applied.extend(history::applied(pool, id).await?);
+        }
+        Ok((published, applied))
+    }
+
+    /// Each service's outbox rows of an order (events it published).
+    pub async fn read_published(&self, id: Uuid) -> anyhow::Result<Vec<(&'static str, Published)>> {
+        let mut out = Vec::new();
+        for (service, pool) in self.service_pools() {
+            out.extend(
+                history::published(pool, id)
+                    .await?
+                    .into_iter()
+                    .map(|p| (service, p)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Open orders (PENDING, RESERVED) unchanged for `older_than`, oldest
+    /// first, at most `limit`.
+    pub async fn read_open_orders(
+        &self,
+        older_than: std::time::Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OpenOrder>> {
+        Ok(sqlx::query_as::<_, OpenOrder>(
+            "SELECT id, state, inventory, slot, payment, updated_at, deadline_at FROM orders \
+             WHERE state IN ('PENDING', 'RESERVED') \
+               AND updated_at < now() - make_interval(secs => $1) \
+             ORDER BY updated_at LIMIT $2",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.orders)
+        .await?)
+    }
+
+    /// The orders of `rows` with what each participant has of them.
+    async fn with_participants(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+    ) -> anyhow::Result<Vec<OrderFacts>> {
         let mut orders: Vec<OrderFacts> = rows
             .iter()
             .map(|r| OrderFacts {
@@ -283,12 +353,7 @@ impl Auditor {
     /// Each service's outbox rows not yet published.
     pub(super) async fn read_outboxes(&self) -> anyhow::Result<Vec<(&'static str, i64)>> {
         let mut out = Vec::with_capacity(4);
-        for (name, pool) in [
-            ("order-svc", &self.orders),
-            ("inventory-svc", &self.inventory),
-            ("payment-svc", &self.payment),
-            ("reservation-svc", &self.reservation),
-        ] {
+        for (name, pool) in self.service_pools() {
             let n: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                     .fetch_one(pool)

@@ -1,7 +1,7 @@
 //! What each command does, one file per command (the argument types are in
 //! [`crate::cli`]). [`run`] hands a parsed command line to its command.
 //!
-//! `up`, `audit`, `inventory reconcile`, `dlq`, `replay` and `bench` work on the
+//! `up`, `audit`, `inventory reconcile`, `dlq`, `replay`, `saga` and `bench` work on the
 //! services' stores and the bus directly; the others are gRPC clients of
 //! running services (see [`crate::client`]).
 
@@ -13,6 +13,7 @@ mod order;
 mod payment;
 mod reconcile;
 mod replay;
+mod saga;
 mod slot;
 mod stock;
 mod up;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { namespace } => audit::run(namespace).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Saga(cmd) => saga::run(cmd).await,
         Command::Demo => demo::run(&clients()?).await,
         Command::Stock(cmd) => stock::run(&clients()?, cmd).await,
         Command::Wallet(cmd) => wallet::run(&clients()?, cmd).await,

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod durable;
 pub mod envelope;
+pub mod history;
 pub mod inbox;
 pub mod outbox;
 pub mod reader;
