@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use saga_shared::bus::checkpoint::{self, Checkpoint};
-use saga_shared::bus::consumer::{BusContext, Consumer, ReplayReport};
+use saga_shared::bus::consumer::{BusContext, Consumer, FailureKind, ReplayReport};
 use saga_shared::bus::reader::StreamReader;
 use saga_shared::bus::retention::{self, Horizon};
 use saga_shared::bus::{EventType, Handler, Namespace, Outbox, StreamKind};
@@ -386,7 +386,13 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
             ));
         }
         for f in &r.report.failed {
-            out.push_str(&format!("  failed seq {:<8} {}\n", f.seq, f.error));
+            let fate = match f.kind {
+                FailureKind::Poison => "poison, dead-lettered by the live consumer",
+                FailureKind::Transient => "transient, not dead-lettered: replay again",
+                FailureKind::Failed if f.dead_lettered => "dead-lettered (Saga-Dlq-Replay: true)",
+                FailureKind::Failed => "NOT dead-lettered: the DLQ did not take it",
+            };
+            out.push_str(&format!("  failed seq {:<8} {fate}: {}\n", f.seq, f.error));
         }
     }
     out

@@ -1,6 +1,8 @@
 //! Recovery by replay (issue 9): checkpoints.
 
 use saga_shared::bus::checkpoint::Checkpoint;
+use saga_shared::bus::consumer::FailureKind;
+use saga_shared::bus::dlq::headers as dlq_headers;
 use saga_shared::bus::{EventMeta, EventType, StreamKind};
 use saga_shared::proto::order::v1::OrderState;
 use saga_tests::{TestSystem, eventually, order_request, state};
@@ -205,12 +207,6 @@ async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_change
         state(&sys.get_order(&stuck.order_id).await?),
         OrderState::Reserved
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE {schema}.payments DROP CONSTRAINT drill_block"
-    )))
-    .execute(&sys.db)
-    .await?;
-
     let request = |start, dry_run| replay::Request {
         service: "payment".into(),
         start,
@@ -237,6 +233,57 @@ async fn a_replay_fills_exactly_the_gaps_as_its_dry_run_said_and_a_second_change
         OrderState::Reserved,
         "a dry run changes nothing"
     );
+
+    // A replay while the cause is still there fails on that event and
+    // writes it to the DLQ, as a replay's letter beside the consumer's.
+    let letters_of = |seq: u64| {
+        let (js, ns) = (sys.js.clone(), sys.namespace());
+        async move {
+            let all = sagactl::dlq::list(&js, &ns).await?;
+            anyhow::Ok(
+                all.into_iter()
+                    .filter(|l| l.consumer == "payment-svc" && l.stream_seq == seq.to_string())
+                    .map(|l| l.headers.get(dlq_headers::REPLAY).is_some())
+                    .collect::<Vec<bool>>(),
+            )
+        }
+    };
+    assert_eq!(
+        letters_of(would[0].seq).await?,
+        [false],
+        "the consumer's letter"
+    );
+    let failing = replay::run(
+        &sys.config,
+        &request(replay::Start::Checkpoint, false),
+        |_, _, _, _| {},
+    )
+    .await?;
+    let r = &failing[0].report;
+    assert_eq!(r.applied, 0, "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    let f = &r.failed[0];
+    assert_eq!(
+        (f.seq, f.kind, f.dead_lettered),
+        (would[0].seq, FailureKind::Failed, true)
+    );
+    assert!(f.error.contains("drill_block"), "{f:?}");
+    assert_eq!(
+        letters_of(would[0].seq).await?,
+        [false, true],
+        "and the replay's"
+    );
+    let table = replay::render_replay(&failing, false);
+    assert!(
+        table.contains("dead-lettered (Saga-Dlq-Replay: true)"),
+        "{table}"
+    );
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.payments DROP CONSTRAINT drill_block"
+    )))
+    .execute(&sys.db)
+    .await?;
 
     // The replay applies exactly that event; the saga then ends.
     let real = replay::run(

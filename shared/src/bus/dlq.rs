@@ -16,6 +16,9 @@ pub mod headers {
     pub const DELIVERED: &str = "Saga-Dlq-Delivered";
     pub const CONSUMER: &str = "Saga-Dlq-Consumer";
     pub const AT: &str = "Saga-Dlq-At";
+    /// `true` on a letter written by a replay (`sagactl replay`), not by
+    /// the durable consumer.
+    pub const REPLAY: &str = "Saga-Dlq-Replay";
 }
 
 /// Where a dead letter came from.
@@ -25,6 +28,8 @@ pub struct Origin<'a> {
     pub stream: &'a str,
     pub stream_seq: u64,
     pub delivered: i64,
+    /// Written by a replay, not by the durable consumer.
+    pub replay: bool,
 }
 
 /// A header value must be one line of printable characters.
@@ -44,14 +49,22 @@ pub async fn dead_letter(
     error: &str,
 ) -> Result<(), async_nats::Error> {
     let mut h = msg.headers.clone().unwrap_or_default();
+    // One letter per message and writer (the durable, or a replay) within
+    // the DLQ's duplicate window.
     h.insert(
         async_nats::header::NATS_MESSAGE_ID,
         format!(
-            "dlq:{}:{}:{}",
-            origin.consumer, origin.stream, origin.stream_seq
+            "dlq{}:{}:{}:{}",
+            if origin.replay { "-replay" } else { "" },
+            origin.consumer,
+            origin.stream,
+            origin.stream_seq
         )
         .as_str(),
     );
+    if origin.replay {
+        h.insert(headers::REPLAY, "true");
+    }
     h.insert(headers::ERROR, header_safe(error, 2000).as_str());
     h.insert(headers::SUBJECT, msg.subject.as_str());
     h.insert(headers::STREAM, origin.stream);

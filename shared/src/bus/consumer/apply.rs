@@ -216,6 +216,7 @@ impl<H: Handler> Consumer<H> {
             stream: &stream,
             stream_seq: seq,
             delivered,
+            replay: false,
         };
         match dlq::dead_letter(&self.ctx.js, &self.ctx.ns, &held.msg.message, origin, error).await {
             Ok(()) => {

@@ -63,7 +63,7 @@ use crate::config::BusConfig;
 
 pub use handler::{Delivery, Handler, HandlerError, event_uuid};
 use hands::{Hands, Held};
-pub use replay::{Missing, ReplayFailure, ReplayReport};
+pub use replay::{FailureKind, Missing, ReplayFailure, ReplayReport};
 
 /// What a consumer needs from its service.
 #[derive(Clone)]

@@ -7,8 +7,8 @@
 
 use super::apply::panicked;
 use super::*;
-use crate::bus::inbox;
 use crate::bus::reader::{ReaderError, StreamReader};
+use crate::bus::{dlq, inbox};
 
 const BATCH: usize = 500;
 
@@ -20,11 +20,27 @@ pub struct Missing {
     pub order_id: Uuid,
 }
 
+/// Why a replay could not apply an event, and where it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Undecodable or invalid: the live consumer dead-lettered it when it
+    /// met it; not written to the DLQ again.
+    Poison,
+    /// A dependency was down or busy: not dead-lettered; replay again.
+    Transient,
+    /// The handler failed for good (a rule refused it, a bug): written to
+    /// the DLQ (`dead_lettered`), marked as a replay's letter.
+    Failed,
+}
+
 /// An event a replay could not apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayFailure {
     pub seq: u64,
+    pub kind: FailureKind,
     pub error: String,
+    /// Its copy is in the DLQ (written by this replay).
+    pub dead_lettered: bool,
 }
 
 /// What a replay read and did.
@@ -62,21 +78,27 @@ impl<H: Handler> Consumer<H> {
                 break;
             }
             report.read += batch.len() as u64;
+            // Each event to handle, with its message (for a dead letter).
             let mut live = Vec::with_capacity(batch.len());
             for msg in &batch {
                 let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                 report.last_seq = report.last_seq.max(seq);
                 match self.open(msg) {
-                    Opened::Event(d) => live.push(*d),
+                    Opened::Event(d) => live.push((*d, msg)),
                     Opened::NotForUs => report.not_for_us += 1,
-                    Opened::Poison(error) => report.failed.push(ReplayFailure { seq, error }),
+                    Opened::Poison(error) => report.failed.push(ReplayFailure {
+                        seq,
+                        kind: FailureKind::Poison,
+                        error,
+                        dead_lettered: false,
+                    }),
                 }
             }
-            let ids: Vec<Uuid> = live.iter().map(|d| d.meta.event_id).collect();
+            let ids: Vec<Uuid> = live.iter().map(|(d, _)| d.meta.event_id).collect();
             let done = inbox::already_processed(&self.ctx.pool, self.durable(), &ids)
                 .await
                 .unwrap_or_default();
-            for d in live {
+            for (d, msg) in live {
                 if done.contains(&d.meta.event_id) {
                     report.already_applied += 1;
                     continue;
@@ -97,15 +119,52 @@ impl<H: Handler> Consumer<H> {
                     }
                     // Applied meanwhile by the live consumer.
                     Ok(false) => report.already_applied += 1,
-                    Err(e) => report.failed.push(ReplayFailure {
-                        seq: d.stream_seq,
-                        error: e.to_string(),
-                    }),
+                    Err(e) => {
+                        let failure = self.replay_failed(&d, msg, e).await;
+                        report.failed.push(failure);
+                    }
                 }
             }
             progress(&report);
         }
         Ok(report)
+    }
+
+    /// A replayed event that failed: dead-lettered unless the failure is
+    /// transient (then the replay can simply run again).
+    async fn replay_failed(
+        &self,
+        d: &Delivery,
+        msg: &async_nats::jetstream::Message,
+        e: HandlerError,
+    ) -> ReplayFailure {
+        let error = e.to_string();
+        if matches!(e, HandlerError::Transient(_)) {
+            return ReplayFailure {
+                seq: d.stream_seq,
+                kind: FailureKind::Transient,
+                error,
+                dead_lettered: false,
+            };
+        }
+        let origin = dlq::Origin {
+            consumer: self.durable(),
+            stream: &d.stream,
+            stream_seq: d.stream_seq,
+            delivered: d.delivered,
+            replay: true,
+        };
+        let written =
+            dlq::dead_letter(&self.ctx.js, &self.ctx.ns, &msg.message, origin, &error).await;
+        if let Err(ref w) = written {
+            tracing::error!(service = self.ctx.service, seq = d.stream_seq, error = %w, "replay could not write a dead letter");
+        }
+        ReplayFailure {
+            seq: d.stream_seq,
+            kind: FailureKind::Failed,
+            error,
+            dead_lettered: written.is_ok(),
+        }
     }
 
     /// One event through prepare, apply (with its inbox row), committed and
