@@ -188,6 +188,12 @@ pub enum DlqCmd {
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// End to end: the four services in this process (a namespace and a
+    /// database of its own), orders placed at a fixed concurrency or an
+    /// offered rate with a chosen mix; confirmed orders/s, place-to-terminal
+    /// latency, Postgres transactions and CPU per confirmed order, and raw
+    /// baselines taken in the same run. Run it on the release build.
+    Saga(Box<SagaBenchArgs>),
     /// Replay into payment-svc: events/s for events that apply and for
     /// events already applied, beside the raw publish-with-ack rate. Needs
     /// no running service; uses a namespace of its own.
@@ -399,4 +405,64 @@ pub enum SagaCmd {
         #[arg(long, env = "SAGA_NAMESPACE")]
         namespace: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub struct SagaBenchArgs {
+    /// Orders in flight at once (closed loop).
+    #[arg(long, default_value_t = 64, conflicts_with = "rate")]
+    pub concurrency: usize,
+    /// Orders offered per second instead (open loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured time (90s, 2m).
+    #[arg(long, default_value = "30s", value_parser = crate::replay::parse_ago)]
+    pub duration: std::time::Duration,
+    /// Warm-up before it, not measured.
+    #[arg(long, default_value = "5s", value_parser = crate::replay::parse_ago)]
+    pub warmup: std::time::Duration,
+    /// SKUs in stock.
+    #[arg(long, default_value_t = 100)]
+    pub skus: usize,
+    /// Zipf exponent of SKU popularity (0: uniform; 1.2: a few hot SKUs).
+    #[arg(long, default_value_t = 0.0)]
+    pub skew: f64,
+    /// Lines per order.
+    #[arg(long, default_value_t = 1)]
+    pub lines: usize,
+    /// Share of orders with a delivery slot (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    pub slot_share: f64,
+    /// Share of orders for a SKU out of stock (cancelled).
+    #[arg(long, default_value_t = 0.0)]
+    pub out_of_stock_share: f64,
+    /// Share of orders by a customer without funds (cancelled).
+    #[arg(long, default_value_t = 0.0)]
+    pub unfunded_share: f64,
+    /// The simulated card gateway's decline rate (cancelled).
+    #[arg(long, default_value_t = 0.0)]
+    pub decline_rate: f64,
+    /// Funded customers.
+    #[arg(long, default_value_t = 1_000)]
+    pub customers: usize,
+    /// Slots (capacity 100,000 each).
+    #[arg(long, default_value_t = 20)]
+    pub slots: usize,
+    /// BUS__BATCH_SIZE of every service (default: as configured).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// How long each raw baseline runs (0s: none).
+    #[arg(long, default_value = "3s", value_parser = crate::replay::parse_ago)]
+    pub baseline: std::time::Duration,
+    /// A database of its own (created if missing; its service schemas are
+    /// dropped at the start of each run).
+    #[arg(
+        long,
+        env = "SAGA_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/saga_bench"
+    )]
+    pub database_url: String,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }

@@ -42,15 +42,7 @@ async fn an_orders_story_has_every_event_across_the_services_with_causes_and_who
     let story = saga::show(&auditor, id).await?.expect("a known order");
     let steps = &story.steps;
     let all: BTreeSet<&str> = types(steps).into_iter().collect();
-    let expected: BTreeSet<&str> = [
-        "orders.placed",
-        "inventory.reserved",
-        "reservations.held",
-        "orders.reserved",
-        "payments.succeeded",
-        "orders.confirmed",
-    ]
-    .into();
+    let expected: BTreeSet<&str> = saga_tests::CONFIRMED_WITH_SLOT.into();
     assert_eq!(all, expected, "{:?}", types(steps));
     assert_eq!(steps.len(), 6, "each event once: {:?}", types(steps));
     assert_eq!(steps[0].event_type, "orders.placed");

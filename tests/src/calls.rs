@@ -84,6 +84,16 @@ pub fn reason(o: &ord::Order) -> ord::CancelReason {
 }
 
 /// A PlaceOrder request.
+/// The events of a saga that confirms an order with a slot, each once.
+pub const CONFIRMED_WITH_SLOT: [&str; 6] = [
+    "orders.placed",
+    "inventory.reserved",
+    "reservations.held",
+    "orders.reserved",
+    "payments.succeeded",
+    "orders.confirmed",
+];
+
 pub fn order_request(
     customer: &str,
     items: &[(&str, i64)],

@@ -33,10 +33,10 @@ pub mod snapshot;
 pub mod system;
 pub mod wait;
 
-pub use calls::{order_request, reason, state};
+pub use calls::{CONFIRMED_WITH_SLOT, order_request, reason, state};
 pub use http::http_get;
 pub use inspect::CONSUMERS;
 pub use sagactl::client::is_terminal;
 pub use snapshot::Snapshot;
-pub use system::TestSystem;
+pub use system::{TestSystem, pg_base};
 pub use wait::{Poll, eventually, poll_until};

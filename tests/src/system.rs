@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::processes;
 
 /// Where the servers are (overridable for other machines).
-fn pg_base() -> String {
+pub fn pg_base() -> String {
     std::env::var("SAGA_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }

@@ -1,5 +1,6 @@
 //! Benchmarks that print figures (never timed assertions).
 //!
+//! - [`saga`]: end to end, the four services under a chosen load and mix.
 //! - [`replay`]: replay into payment-svc, for events that apply and events
 //!   already applied, beside the raw publish rate.
 //! - [`reserve`]: the race lab. Ways to reserve stock under contention, each
@@ -8,6 +9,7 @@
 
 pub mod replay;
 pub mod reserve;
+pub mod saga;
 
 use std::time::Duration;
 
@@ -18,6 +20,21 @@ pub fn percentile_ms(sorted_micros: &[u32], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * (sorted_micros.len() - 1) as f64).round() as usize;
     f64::from(sorted_micros[rank.min(sorted_micros.len() - 1)]) / 1000.0
+}
+
+/// Deletes the Redis keys matching `pattern` (a benchmark's own).
+pub async fn delete_keys(redis: &fred::clients::Pool, pattern: &str) -> anyhow::Result<()> {
+    use fred::interfaces::KeysInterface;
+    use futures::TryStreamExt;
+    let client = redis.next().clone();
+    let keys: Vec<fred::types::Key> = client
+        .scan_buffered(pattern, Some(1_000), None)
+        .try_collect()
+        .await?;
+    for chunk in keys.chunks(500) {
+        let _: i64 = client.del(chunk.to_vec()).await?;
+    }
+    Ok(())
 }
 
 pub fn micros(d: Duration) -> u32 {

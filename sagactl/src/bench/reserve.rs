@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use super::{micros, percentile_ms};
+use super::{delete_keys, micros, percentile_ms};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -317,19 +317,6 @@ async fn reset(lab: &Lab, units: &HashMap<String, i64>) -> anyhow::Result<()> {
             closed: Vec::new(),
         };
         lab.cache.rebuild(&snapshot, 1, None).await?;
-    }
-    Ok(())
-}
-
-async fn delete_keys(redis: &Pool, pattern: &str) -> anyhow::Result<()> {
-    use futures::TryStreamExt;
-    let client = redis.next().clone();
-    let keys: Vec<fred::types::Key> = client
-        .scan_buffered(pattern, Some(1_000), None)
-        .try_collect()
-        .await?;
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await?;
     }
     Ok(())
 }

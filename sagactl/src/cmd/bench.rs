@@ -1,11 +1,15 @@
-//! `sagactl bench reserve`: the race lab; prints figures and writes JSON.
+//! `sagactl bench saga|replay|reserve`: print figures and write JSON.
 
 use anyhow::{Context, bail};
 
 use crate::bench::reserve::{self, Options, Scenario, Strategy};
-use crate::cli::BenchCmd;
+use crate::bench::saga::load::Mix;
+use crate::cli::{BenchCmd, SagaBenchArgs};
 
 pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    if let BenchCmd::Saga(args) = cmd {
+        return saga(*args).await;
+    }
     if let BenchCmd::Replay {
         events,
         database_url,
@@ -84,5 +88,51 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     println!("wrote {}", json.display());
+    Ok(())
+}
+
+async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
+    let share = |name: &str, x: f64| {
+        if (0.0..=1.0).contains(&x) {
+            Ok(x)
+        } else {
+            Err(anyhow::anyhow!("--{name} must be within 0..=1, got {x}"))
+        }
+    };
+    if a.duration.is_zero() || a.skus == 0 || a.lines == 0 || a.customers == 0 {
+        bail!("--duration, --skus, --lines and --customers must be more than 0");
+    }
+    if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of orders per second");
+    }
+    if a.skew < 0.0 || !a.skew.is_finite() {
+        bail!("--skew must be 0 or more, got {}", a.skew);
+    }
+    let opts = crate::bench::saga::Options {
+        concurrency: a.concurrency,
+        rate: a.rate,
+        duration: a.duration,
+        warmup: a.warmup,
+        mix: Mix {
+            skus: a.skus,
+            skew: a.skew,
+            lines: a.lines,
+            slot_share: share("slot-share", a.slot_share)?,
+            out_of_stock_share: share("out-of-stock-share", a.out_of_stock_share)?,
+            unfunded_share: share("unfunded-share", a.unfunded_share)?,
+            customers: a.customers,
+            slots: a.slots,
+        },
+        decline_rate: share("decline-rate", a.decline_rate)?,
+        batch_size: a.batch_size,
+        database_url: a.database_url,
+        baseline: a.baseline,
+    };
+    let figures = crate::bench::saga::run(opts).await?;
+    print!("{}", crate::bench::saga::render(&figures));
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

@@ -142,40 +142,42 @@ pub async fn purge(pool: &PgPool, retention: Duration) -> sqlx::Result<Purged> {
             break;
         }
     }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM outbox WHERE id IN ( \
-                 SELECT id FROM outbox \
-                 WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(secs)
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        purged.outbox += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM idempotency_keys k USING ( \
-                 SELECT scope, key FROM idempotency_keys \
-                 WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 \
-             ) old WHERE k.scope = old.scope AND k.key = old.key",
-        )
-        .bind(secs)
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        purged.idempotency_keys += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
+    purged.outbox = delete_in_batches(
+        pool,
+        secs,
+        "DELETE FROM outbox WHERE id IN ( \
+             SELECT id FROM outbox \
+             WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .await?;
+    purged.idempotency_keys = delete_in_batches(
+        pool,
+        secs,
+        "DELETE FROM idempotency_keys k USING ( \
+             SELECT scope, key FROM idempotency_keys \
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2 \
+         ) old WHERE k.scope = old.scope AND k.key = old.key",
+    )
+    .await?;
     Ok(purged)
+}
+
+/// Runs `delete` (rows older than `$1` seconds, at most `$2` of them) until
+/// it deletes fewer than a batch; returns how many it deleted.
+async fn delete_in_batches(pool: &PgPool, secs: f64, delete: &'static str) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(delete)
+            .bind(secs)
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// What the inbox of a consumer forgot of a stream.

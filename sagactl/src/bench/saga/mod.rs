@@ -1,0 +1,643 @@
+//! `sagactl bench saga`: the end-to-end benchmark. It runs the four
+//! services in this process (on a runtime of their own, so their CPU is
+//! told apart from the load generator's), in a namespace and a database of
+//! its own, seeds SKUs, wallets and slots, places orders at a fixed
+//! concurrency (closed loop) or a fixed offered rate (open loop) with a
+//! chosen mix, and learns each order's end from the events order-svc
+//! publishes. Over the measured window (after a warm-up) it reports
+//! confirmed orders per second, place-to-terminal latency, Postgres
+//! transactions per confirmed order and CPU per component; then raw
+//! baselines taken in the same run, and the ratios to them.
+
+pub mod baseline;
+pub mod load;
+pub mod probe;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use saga_shared::bus::Namespace;
+use serde::Serialize;
+use tokio::sync::{Mutex, Semaphore, oneshot};
+use uuid::Uuid;
+
+use self::baseline::Baselines;
+use self::load::{End, Ends, Mix};
+use self::probe::Cpu;
+use super::percentile_ms;
+use crate::client::{Clients, Urls};
+use crate::system::{System, SystemConfig};
+
+/// How long an order may take to end before it counts as unfinished.
+const END_TIMEOUT: Duration = Duration::from_secs(60);
+/// Orders in flight at most under an offered rate (beyond: shed, counted).
+const OPEN_LOOP_CAP: usize = 20_000;
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Options {
+    /// Orders in flight at once (closed loop), when no `rate` is given.
+    pub concurrency: usize,
+    /// Orders offered per second (open loop).
+    pub rate: Option<f64>,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    #[serde(with = "secs")]
+    pub warmup: Duration,
+    #[serde(skip)]
+    pub mix: Mix,
+    /// The simulated gateway's decline rate (cancelled: payment declined).
+    pub decline_rate: f64,
+    /// `bus.batch_size` of every service (default: the configured one).
+    pub batch_size: Option<usize>,
+    #[serde(skip)]
+    pub database_url: String,
+    /// How long each baseline runs (zero: none).
+    #[serde(with = "secs")]
+    pub baseline: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Place-to-terminal latency, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// A run's figures (the JSON output).
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
+    pub benchmark: &'static str,
+    pub run_at: String,
+    pub cpus: usize,
+    pub options: Options,
+    pub mix: MixFigures,
+    pub window_secs: f64,
+    pub placed: u64,
+    pub confirmed: u64,
+    pub cancelled: BTreeMap<String, u64>,
+    pub place_errors: BTreeMap<String, u64>,
+    /// Placed in the window and not ended within a minute.
+    pub unfinished: u64,
+    /// Not placed: the open loop's cap of orders in flight was reached.
+    pub shed: u64,
+    pub confirmed_per_sec: f64,
+    pub ended_per_sec: f64,
+    pub latency_ms: Latency,
+    pub postgres_transactions_per_sec: f64,
+    pub postgres_transactions_per_confirmed: f64,
+    /// CPU seconds per component over the window.
+    pub cpu_seconds: BTreeMap<&'static str, f64>,
+    pub cpu_ms_per_confirmed: BTreeMap<&'static str, f64>,
+    pub baselines: Baselines,
+    /// confirmed/s over each baseline, and Postgres tx/s over its baseline.
+    pub ratios: BTreeMap<&'static str, f64>,
+}
+
+/// The mix, for the JSON output.
+#[derive(Clone, Debug, Serialize)]
+pub struct MixFigures {
+    pub skus: usize,
+    pub skew: f64,
+    pub lines: usize,
+    pub slot_share: f64,
+    pub out_of_stock_share: f64,
+    pub unfunded_share: f64,
+    pub customers: usize,
+    pub slots: usize,
+}
+
+impl From<&Mix> for MixFigures {
+    fn from(m: &Mix) -> Self {
+        Self {
+            skus: m.skus,
+            skew: m.skew,
+            lines: m.lines,
+            slot_share: m.slot_share,
+            out_of_stock_share: m.out_of_stock_share,
+            unfunded_share: m.unfunded_share,
+            customers: m.customers,
+            slots: m.slots,
+        }
+    }
+}
+
+/// One order's life, in time since the run started.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    placed: Duration,
+    ended: Duration,
+    end: End,
+}
+
+/// What the load generator counts while it runs.
+#[derive(Default)]
+struct Tally {
+    samples: Mutex<Vec<Sample>>,
+    place_errors: Mutex<BTreeMap<String, u64>>,
+    placed: AtomicU64,
+    unfinished_at: Mutex<Vec<Duration>>,
+    shed: AtomicU64,
+    confirmed: AtomicU64,
+}
+
+/// The services, on a runtime of their own whose threads are named
+/// [`probe::SERVICE_THREADS`]: stopped by [`Services::stop`].
+struct Services {
+    stop: oneshot::Sender<()>,
+    done: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Services {
+    async fn start(cfg: SystemConfig) -> anyhow::Result<(Self, Urls)> {
+        let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<Urls>>();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(probe::SERVICE_THREADS)
+            .enable_all()
+            .build()?;
+        let done = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let system = match System::start(cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(Urls {
+                    order: system.order.grpc_url(),
+                    inventory: system.inventory.grpc_url(),
+                    payment: system.payment.grpc_url(),
+                    reservation: system.reservation.grpc_url(),
+                }));
+                let _ = stop_rx.await;
+                system.stop().await
+            })
+        });
+        let urls = ready_rx.await.context("the services' runtime ended")??;
+        Ok((Self { stop, done }, urls))
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.done
+            .join()
+            .map_err(|_| anyhow::anyhow!("the services' runtime panicked"))?
+    }
+}
+
+/// Runs the benchmark; `progress` shows on a terminal.
+pub async fn run(opts: Options) -> anyhow::Result<Figures> {
+    let ns_name = format!("bsaga{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let ns = Namespace::new(&ns_name)?;
+    let mut cfg = SystemConfig::from_env()?
+        .with_namespace(&ns_name)
+        .with_database_url(&opts.database_url)
+        .with_free_ports();
+    cfg.payment.gateway.decline_rate = opts.decline_rate;
+    if let Some(batch) = opts.batch_size {
+        for bus in cfg.buses_mut() {
+            bus.batch_size = batch;
+        }
+    }
+    let database = database_name(&opts.database_url)?;
+    saga_shared::db::ensure_database(&opts.database_url).await?;
+    let pg = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(baseline::PG_CLIENTS as u32 + 2)
+        .connect(&opts.database_url)
+        .await
+        .context("the benchmark's database")?;
+    // A fresh start: last run's rows would slow this one.
+    for db in cfg.databases() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            db.schema
+        )))
+        .execute(&pg)
+        .await?;
+    }
+    let nats = async_nats::connect(cfg.order.nats.server_addrs()?)
+        .await
+        .context("NATS")?;
+    let js = async_nats::jetstream::new(nats.clone());
+
+    let (services, urls) = Services::start(cfg.clone()).await?;
+    let measured = drive(&opts, &urls, &nats, &ns, &pg, &database).await;
+    let stopped = services.stop();
+    saga_shared::bus::streams::delete_streams(&js, &ns).await;
+    let (mut figures, bar) = measured?;
+    stopped?;
+
+    let redis = saga_shared::redis::connect(&cfg.inventory.redis)
+        .await
+        .context("Redis")?;
+    for pattern in [format!("inv:{{{ns_name}:*"), format!("rsv:{{{ns_name}:*")] {
+        super::delete_keys(&redis, &pattern).await?;
+    }
+    if !opts.baseline.is_zero() {
+        bar.set_message("baselines");
+        figures.baselines = baseline::measure(
+            &pg,
+            &js,
+            &format!("{}_BASELINE", ns_name.to_ascii_uppercase()),
+            &format!("{ns_name}.baseline"),
+            &redis,
+            opts.baseline,
+        )
+        .await?;
+        let b = &figures.baselines;
+        for (name, base, achieved) in [
+            (
+                "confirmed_per_postgres_commit",
+                b.postgres_commits_per_sec,
+                figures.confirmed_per_sec,
+            ),
+            (
+                "postgres_tx_per_postgres_commit",
+                b.postgres_commits_per_sec,
+                figures.postgres_transactions_per_sec,
+            ),
+            (
+                "confirmed_per_jetstream_publish",
+                b.jetstream_publishes_per_sec,
+                figures.confirmed_per_sec,
+            ),
+            (
+                "confirmed_per_redis_evalsha",
+                b.redis_evalsha_per_sec,
+                figures.confirmed_per_sec,
+            ),
+        ] {
+            figures.ratios.insert(name, achieved / base.max(1e-9));
+        }
+    }
+    bar.finish_and_clear();
+    pg.close().await;
+    Ok(figures)
+}
+
+fn database_name(url: &str) -> anyhow::Result<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    options
+        .get_database()
+        .map(str::to_owned)
+        .context("the benchmark's database URL names no database")
+}
+
+/// Seeds, loads and measures; returns the figures (without baselines).
+async fn drive(
+    opts: &Options,
+    urls: &Urls,
+    nats: &async_nats::Client,
+    ns: &Namespace,
+    pg: &sqlx::PgPool,
+    database: &str,
+) -> anyhow::Result<(Figures, ProgressBar)> {
+    let clients = Arc::new(Clients::new(urls)?);
+    let mix = opts.mix.clone();
+    let slots = seed(&clients, &mix).await?;
+    let ends = Ends::listen(nats, ns).await?;
+
+    let tally = Arc::new(Tally::default());
+    let t0 = Instant::now();
+    let window_start = opts.warmup;
+    let window_end = opts.warmup + opts.duration;
+    let total = window_end.as_secs().max(1);
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} s  {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("bench saga");
+
+    // The window's probes: CPU and Postgres counters at its two ends.
+    let probes = {
+        let pg = pg.clone();
+        let database = database.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep_until((t0 + window_start).into()).await;
+            let (cpu0, tx0) = (Cpu::now(), probe::transactions(&pg, &database).await?);
+            tokio::time::sleep_until((t0 + window_end).into()).await;
+            let (cpu1, tx1) = (Cpu::now(), probe::transactions(&pg, &database).await?);
+            anyhow::Ok((cpu1.since(&cpu0), tx1 - tx0))
+        })
+    };
+    let ticker = {
+        let (bar, tally) = (bar.clone(), tally.clone());
+        tokio::spawn(async move {
+            let mut last = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let confirmed = tally.confirmed.load(Ordering::Relaxed);
+                let rate = (confirmed - last.0) as f64 / last.1.elapsed().as_secs_f64();
+                last = (confirmed, Instant::now());
+                bar.set_position(t0.elapsed().as_secs());
+                bar.set_message(format!(
+                    "{} placed, {confirmed} confirmed, {rate:.0} confirmed/s now{}",
+                    tally.placed.load(Ordering::Relaxed),
+                    if t0.elapsed() < window_start {
+                        " (warm-up)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        })
+    };
+
+    let weights = Arc::new(mix.weights());
+    let slots = Arc::new(slots);
+    let one = {
+        let (clients, ends, tally, mix) = (clients.clone(), ends.clone(), tally.clone(), mix);
+        move || {
+            let request = mix.order(&mut rand::rng(), &weights, &slots);
+            one_order(clients.clone(), ends.clone(), tally.clone(), t0, request)
+        }
+    };
+    match opts.rate {
+        None => {
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..opts.concurrency.max(1) {
+                let one = one.clone();
+                workers.spawn(async move {
+                    while t0.elapsed() < window_end {
+                        one().await;
+                    }
+                });
+            }
+            while workers.join_next().await.is_some() {}
+        }
+        Some(rate) => {
+            let room = Arc::new(Semaphore::new(OPEN_LOOP_CAP));
+            let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut orders = tokio::task::JoinSet::new();
+            while t0.elapsed() < window_end {
+                every.tick().await;
+                let Ok(permit) = room.clone().try_acquire_owned() else {
+                    tally.shed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let order = one();
+                orders.spawn(async move {
+                    order.await;
+                    drop(permit);
+                });
+                while orders.try_join_next().is_some() {}
+            }
+            bar.set_message("draining");
+            while orders.join_next().await.is_some() {}
+        }
+    }
+    ticker.abort();
+    let (cpu, transactions) = probes.await??;
+
+    let samples = tally.samples.lock().await.clone();
+    let in_window = |t: Duration| t >= window_start && t < window_end;
+    let window = opts.duration.as_secs_f64();
+    let confirmed = samples
+        .iter()
+        .filter(|s| s.end == End::Confirmed && in_window(s.ended))
+        .count() as u64;
+    let ended = samples.iter().filter(|s| in_window(s.ended)).count() as u64;
+    let mut cancelled = BTreeMap::new();
+    for s in samples.iter().filter(|s| in_window(s.ended)) {
+        if let End::Cancelled(reason) = s.end {
+            let name = reason.as_str_name().trim_start_matches("CANCEL_REASON_");
+            *cancelled.entry(name.to_ascii_lowercase()).or_default() += 1;
+        }
+    }
+    let mut latencies: Vec<u32> = samples
+        .iter()
+        .filter(|s| in_window(s.placed))
+        .map(|s| super::micros(s.ended.saturating_sub(s.placed)))
+        .collect();
+    latencies.sort_unstable();
+    let unfinished = tally
+        .unfinished_at
+        .lock()
+        .await
+        .iter()
+        .filter(|t| in_window(**t))
+        .count() as u64;
+    let per_confirmed = |x: f64| x / (confirmed.max(1) as f64);
+    let figures = Figures {
+        benchmark: "saga",
+        run_at: chrono::Utc::now().to_rfc3339(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        options: opts.clone(),
+        mix: MixFigures::from(&opts.mix),
+        window_secs: window,
+        placed: tally.placed.load(Ordering::Relaxed),
+        confirmed,
+        cancelled,
+        place_errors: tally.place_errors.lock().await.clone(),
+        unfinished,
+        shed: tally.shed.load(Ordering::Relaxed),
+        confirmed_per_sec: confirmed as f64 / window,
+        ended_per_sec: ended as f64 / window,
+        latency_ms: Latency {
+            p50: percentile_ms(&latencies, 50.0),
+            p95: percentile_ms(&latencies, 95.0),
+            p99: percentile_ms(&latencies, 99.0),
+            max: percentile_ms(&latencies, 100.0),
+        },
+        postgres_transactions_per_sec: transactions as f64 / window,
+        postgres_transactions_per_confirmed: per_confirmed(transactions as f64),
+        cpu_ms_per_confirmed: cpu
+            .iter()
+            .map(|(who, s)| (*who, per_confirmed(s * 1000.0)))
+            .collect(),
+        cpu_seconds: cpu,
+        baselines: Baselines::default(),
+        ratios: BTreeMap::new(),
+    };
+    Ok((figures, bar))
+}
+
+/// Places one order and waits for its end.
+async fn one_order(
+    clients: Arc<Clients>,
+    ends: Arc<Ends>,
+    tally: Arc<Tally>,
+    t0: Instant,
+    request: saga_shared::proto::order::v1::PlaceOrderRequest,
+) {
+    let placed = t0.elapsed();
+    tally.placed.fetch_add(1, Ordering::Relaxed);
+    let order = match clients.place_order(request).await {
+        Ok(o) => o,
+        Err(status) => {
+            *tally
+                .place_errors
+                .lock()
+                .await
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1;
+            return;
+        }
+    };
+    let Ok(id) = order.order_id.parse::<Uuid>() else {
+        return;
+    };
+    match tokio::time::timeout(END_TIMEOUT, ends.wait(id)).await {
+        Ok(Ok(end)) => {
+            if end == End::Confirmed {
+                tally.confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            tally.samples.lock().await.push(Sample {
+                placed,
+                ended: t0.elapsed(),
+                end,
+            });
+        }
+        _ => {
+            ends.forget(id);
+            tally.unfinished_at.lock().await.push(placed);
+        }
+    }
+}
+
+/// Seeds the mix's SKUs (plenty of stock; one SKU with none), funded
+/// customers (and one without funds) and slots; returns the slots' ids.
+async fn seed(clients: &Clients, mix: &Mix) -> anyhow::Result<Vec<String>> {
+    for i in 0..mix.skus {
+        clients
+            .seed(&load::sku(i), "bench item", 100, 1_000_000_000)
+            .await
+            .with_context(|| format!("seeding {}", load::sku(i)))?;
+    }
+    clients
+        .seed(load::OUT_OF_STOCK_SKU, "never in stock", 100, 0)
+        .await?;
+    for i in 0..mix.customers {
+        clients
+            .top_up(saga_shared::proto::payment::v1::TopUpRequest {
+                customer_id: load::customer(i),
+                amount_cents: 100_000_000_000,
+            })
+            .await?;
+    }
+    let mut slots = Vec::with_capacity(mix.slots);
+    for i in 0..mix.slots {
+        slots.push(
+            clients
+                .create_slot(&format!("bench slot {i}"), 100_000)
+                .await?
+                .slot_id,
+        );
+    }
+    Ok(slots)
+}
+
+/// The figures as text.
+pub fn render(f: &Figures) -> String {
+    let o = &f.options;
+    let m = &f.mix;
+    let load = match o.rate {
+        Some(r) => format!("{r:.0} orders/s offered (open loop)"),
+        None => format!("{} in flight (closed loop)", o.concurrency),
+    };
+    let mut out = format!(
+        "saga benchmark: {:.0} s measured after {:.0} s warm-up, {load}\n\
+         mix: {}-line orders over {} SKUs (skew {}), {:.0}% with a slot, {:.0}% out of stock, \
+         {:.0}% unfunded, {:.0}% declined; batch size {}\n",
+        o.duration.as_secs_f64(),
+        o.warmup.as_secs_f64(),
+        m.lines,
+        m.skus,
+        m.skew,
+        m.slot_share * 100.0,
+        m.out_of_stock_share * 100.0,
+        m.unfunded_share * 100.0,
+        o.decline_rate * 100.0,
+        o.batch_size
+            .map_or_else(|| "as configured".to_owned(), |b| b.to_string()),
+    );
+    let cancelled: Vec<String> = f
+        .cancelled
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let errors: Vec<String> = f
+        .place_errors
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "placed {}  confirmed {}  cancelled [{}]  place errors [{}]  unfinished {}  shed {}\n",
+        f.placed,
+        f.confirmed,
+        cancelled.join(", "),
+        errors.join(", "),
+        f.unfinished,
+        f.shed
+    ));
+    out.push_str(&format!(
+        "{:<40} {:>10.1}\n{:<40} {:>10.1}\n",
+        "confirmed orders/s", f.confirmed_per_sec, "ended orders/s", f.ended_per_sec
+    ));
+    let l = &f.latency_ms;
+    out.push_str(&format!(
+        "place -> terminal, ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n",
+        l.p50, l.p95, l.p99, l.max
+    ));
+    out.push_str(&format!(
+        "{:<40} {:>10.1}  ({:.0} tx/s)\n",
+        "Postgres transactions / confirmed order",
+        f.postgres_transactions_per_confirmed,
+        f.postgres_transactions_per_sec
+    ));
+    let total: f64 = f.cpu_ms_per_confirmed.values().sum();
+    let parts: Vec<String> = f
+        .cpu_ms_per_confirmed
+        .iter()
+        .map(|(who, ms)| format!("{who} {ms:.2}"))
+        .collect();
+    out.push_str(&format!(
+        "CPU ms / confirmed order: {}  (total {total:.2})\n",
+        parts.join(", ")
+    ));
+    let b = &f.baselines;
+    if b.postgres_commits_per_sec > 0.0 {
+        out.push_str(&format!(
+            "raw baselines, same run:\n\
+             {:<44} {:>10.0}/s   confirmed/s over it {:.4}, Postgres tx/s over it {:.2}\n\
+             {:<44} {:>10.0}/s   confirmed/s over it {:.4}\n\
+             {:<44} {:>10.0}/s   confirmed/s over it {:.4}\n",
+            format!(
+                "  Postgres insert+commit ({} clients)",
+                baseline::PG_CLIENTS
+            ),
+            b.postgres_commits_per_sec,
+            f.ratios["confirmed_per_postgres_commit"],
+            f.ratios["postgres_tx_per_postgres_commit"],
+            format!(
+                "  JetStream publish+ack ({} in flight)",
+                baseline::IN_FLIGHT
+            ),
+            b.jetstream_publishes_per_sec,
+            f.ratios["confirmed_per_jetstream_publish"],
+            format!("  Redis EVALSHA ({} clients)", baseline::REDIS_CLIENTS),
+            b.redis_evalsha_per_sec,
+            f.ratios["confirmed_per_redis_evalsha"],
+        ));
+    }
+    out
+}

@@ -1,0 +1,66 @@
+//! The end-to-end benchmark's harness counts what it claims to (a short
+//! run in the debug build; the figures themselves come from release runs,
+//! never from a test).
+
+use std::time::Duration;
+
+use sagactl::bench::saga::{self, Options, load::Mix};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Result<()> {
+    let db = format!("saga_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let opts = Options {
+        concurrency: 8,
+        rate: None,
+        duration: Duration::from_secs(4),
+        warmup: Duration::from_secs(1),
+        mix: Mix {
+            skus: 5,
+            skew: 1.0,
+            lines: 1,
+            slot_share: 0.3,
+            out_of_stock_share: 0.2,
+            unfunded_share: 0.2,
+            customers: 10,
+            slots: 2,
+        },
+        decline_rate: 0.0,
+        batch_size: None,
+        database_url: format!("{}/{db}", saga_tests::pg_base()),
+        baseline: Duration::from_millis(300),
+    };
+    let ran = saga::run(opts).await;
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", saga_tests::pg_base())).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        admin.close().await;
+    }
+    let f = ran?;
+    assert!(f.confirmed > 0, "{f:?}");
+    for reason in ["out_of_stock", "insufficient_funds"] {
+        assert!(
+            f.cancelled.get(reason).is_some_and(|n| *n > 0),
+            "{reason}: {:?}",
+            f.cancelled
+        );
+    }
+    assert_eq!(f.unfinished, 0, "every order ended");
+    assert!(f.place_errors.is_empty(), "{:?}", f.place_errors);
+    let ended: u64 = f.confirmed + f.cancelled.values().sum::<u64>();
+    assert!((f.ended_per_sec * f.window_secs - ended as f64).abs() < 0.5);
+    assert!(f.latency_ms.p50 > 0.0 && f.latency_ms.p50 <= f.latency_ms.max);
+    assert!(f.postgres_transactions_per_confirmed >= 1.0, "{f:?}");
+    for component in ["services", "postgres", "load generator"] {
+        assert!(f.cpu_seconds.contains_key(component), "{:?}", f.cpu_seconds);
+    }
+    let b = &f.baselines;
+    assert!(b.postgres_commits_per_sec > 0.0 && b.jetstream_publishes_per_sec > 0.0);
+    assert!(b.redis_evalsha_per_sec > 0.0);
+    let text = saga::render(&f);
+    assert!(
+        text.contains("confirmed orders/s") && text.contains("raw baselines"),
+        "{text}"
+    );
+    Ok(())
+}
