@@ -116,8 +116,22 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
+    /// Which of the redelivered events the inbox has already: they are
+    /// acked without any work. A first delivery is not looked up (the
+    /// lookup would cost a round trip and a transaction for every event to
+    /// spare the rare duplicate its `prepare`): the apply transaction's own
+    /// inbox insert decides, and `prepare` is safe to run for an event that
+    /// was applied (it already is when this lookup fails, or when another
+    /// instance applies the event meanwhile).
     async fn already_processed(&self, live: &[(Held, Delivery)]) -> sqlx::Result<HashSet<Uuid>> {
-        let ids: Vec<Uuid> = live.iter().map(|(_, d)| d.meta.event_id).collect();
+        let ids: Vec<Uuid> = live
+            .iter()
+            .filter(|(_, d)| d.delivered > 1)
+            .map(|(_, d)| d.meta.event_id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
         inbox::already_processed(&self.ctx.pool, self.durable(), &ids).await
     }
 
