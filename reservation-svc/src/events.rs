@@ -35,6 +35,19 @@ impl From<ReservationError> for HandlerError {
     }
 }
 
+/// Whether an order event is about a slot: an order without one is none
+/// of reservation's business (no transaction, no inbox row). A slot id
+/// that is not a UUID does concern it: it is refused as invalid.
+pub fn concerns(event: &SagaEvent) -> bool {
+    let slot = match event {
+        SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
+        SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
+        SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
+        _ => return true,
+    };
+    slot.is_some_and(|s| !s.is_empty())
+}
+
 fn slot_of(slot: Option<&String>) -> Result<Option<Uuid>, HandlerError> {
     slot.filter(|s| !s.is_empty())
         .map(|s| event_uuid("slot_id", s))
@@ -48,6 +61,10 @@ impl Handler for OrderEvents {
 
     fn wants(&self, event_type: EventType) -> bool {
         WANTS.contains(&event_type)
+    }
+
+    fn concerns(&self, event: &SagaEvent) -> bool {
+        concerns(event)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -101,5 +118,41 @@ impl Handler for OrderEvents {
         if let Some(lock) = lock {
             self.reservations.unlock(lock).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_shared::proto::events::v1 as pb;
+
+    use super::*;
+
+    #[test]
+    fn only_order_events_with_a_slot_concern_reservation() {
+        let placed = |slot: Option<&str>| {
+            SagaEvent::OrderPlaced(pb::OrderPlaced {
+                slot_id: slot.map(str::to_owned),
+                ..Default::default()
+            })
+        };
+        assert!(!concerns(&placed(None)));
+        assert!(!concerns(&placed(Some(""))));
+        assert!(
+            concerns(&placed(Some("not-a-uuid"))),
+            "refused as invalid, not ignored"
+        );
+        assert!(concerns(&placed(Some(
+            "0190aaaa-0000-7000-8000-000000000000"
+        ))));
+        let cancelled = SagaEvent::OrderCancelled(pb::OrderCancelled {
+            slot_id: None,
+            ..Default::default()
+        });
+        assert!(!concerns(&cancelled));
+        let confirmed = SagaEvent::OrderConfirmed(pb::OrderConfirmed {
+            slot_id: Some("0190aaaa-0000-7000-8000-000000000000".into()),
+            ..Default::default()
+        });
+        assert!(concerns(&confirmed));
     }
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use saga_shared::bus::checkpoint::{self, Checkpoint};
-use saga_shared::bus::consumer::{BusContext, Consumer, FailureKind, ReplayReport};
+use saga_shared::bus::consumer::{BusContext, Consumer, FailureKind, ReplayReport, every_event};
 use saga_shared::bus::reader::StreamReader;
 use saga_shared::bus::retention::{self, Horizon};
-use saga_shared::bus::{EventType, Handler, Namespace, Outbox, StreamKind};
+use saga_shared::bus::{EventType, Handler, Namespace, Outbox, SagaEvent, StreamKind};
 use sqlx::migrate::Migrator;
 
 use crate::system::SystemConfig;
@@ -24,6 +24,8 @@ pub struct Consumes {
     pub service: &'static str,
     pub input: &'static [StreamKind],
     pub wants: &'static [EventType],
+    /// Of the events it wants, those that concern it (`Handler::concerns`).
+    pub concerns: fn(&SagaEvent) -> bool,
 }
 
 /// The four services' inputs.
@@ -32,23 +34,37 @@ pub const SERVICES: [Consumes; 4] = [
         service: "order-svc",
         input: order_svc::events::INPUT,
         wants: order_svc::events::WANTS,
+        concerns: every_event,
     },
     Consumes {
         service: "inventory-svc",
         input: inventory_svc::events::INPUT,
         wants: inventory_svc::events::WANTS,
+        concerns: every_event,
     },
     Consumes {
         service: "payment-svc",
         input: payment_svc::events::INPUT,
         wants: payment_svc::events::WANTS,
+        concerns: every_event,
     },
     Consumes {
         service: "reservation-svc",
         input: reservation_svc::events::INPUT,
         wants: reservation_svc::events::WANTS,
+        concerns: reservation_svc::events::concerns,
     },
 ];
+
+/// What `c` handles, for a checkpoint walk.
+fn interest(
+    c: &Consumes,
+) -> checkpoint::Interest<impl Fn(EventType) -> bool + '_, fn(&SagaEvent) -> bool> {
+    checkpoint::Interest {
+        wants: |t: EventType| c.wants.contains(&t),
+        concerns: c.concerns,
+    }
+}
 
 /// The service named `name` (`payment` or `payment-svc`).
 pub fn service(name: &str) -> anyhow::Result<&'static Consumes> {
@@ -110,8 +126,8 @@ pub async fn status(cfg: &SystemConfig, only: Option<&str>) -> anyhow::Result<Ve
     for c in chosen {
         let pool = service_pool(cfg, c).await?;
         for kind in c.input {
-            let wants = |t: EventType| c.wants.contains(&t);
-            let checkpoint = checkpoint::advance(&pool, &js, &ns, c.service, *kind, wants).await?;
+            let checkpoint =
+                checkpoint::advance(&pool, &js, &ns, c.service, *kind, interest(c)).await?;
             let horizon = retention::horizon(&pool, c.service, &checkpoint.stream).await?;
             out.push(Standing {
                 checkpoint,
@@ -244,8 +260,7 @@ pub async fn run(
             Start::Seq(n) => n.max(1),
             Start::Since(time) => StreamReader::seq_at(&js, &stream, time).await?,
             Start::Checkpoint => {
-                let wants = |t: EventType| c.wants.contains(&t);
-                checkpoint::advance(&pool, &js, &ns, c.service, kind, wants)
+                checkpoint::advance(&pool, &js, &ns, c.service, kind, interest(c))
                     .await?
                     .seq
                     + 1

@@ -489,3 +489,52 @@ async fn inventory_restored_from_a_dump_rebuilt_and_replayed_ends_as_if_nothing_
     assert_eq!(applied, 12);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_do_not_concern_a_service_leave_no_inbox_row_nor_hold_its_checkpoint()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("nia", 10_000).await?;
+    let slot = sys.create_slot("tuesday", 3).await?;
+    let without = sys.place(order_request("nia", &[("A", 1)], None)).await?;
+    let with = sys
+        .place(order_request("nia", &[("A", 1)], Some(&slot.slot_id)))
+        .await?;
+    for o in [&without, &with] {
+        assert_eq!(
+            state(&sys.wait_terminal(&o.order_id, WAIT).await?),
+            OrderState::Confirmed
+        );
+    }
+    sys.quiesce(WAIT).await?;
+    // Reservation applied the slot order's placement and confirmation, and
+    // nothing of the order without a slot.
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT correlation_id, event_type FROM reservation.processed_events ORDER BY stream_seq",
+    )
+    .fetch_all(&sys.db)
+    .await?;
+    let with_id: Uuid = with.order_id.parse()?;
+    assert_eq!(
+        rows,
+        [
+            (with_id, "orders.placed".to_owned()),
+            (with_id, "orders.confirmed".to_owned())
+        ],
+        "without a slot: {}",
+        without.order_id
+    );
+    // Its checkpoint passes what does not concern it.
+    let end = sys
+        .js
+        .get_stream(sys.namespace().stream(StreamKind::Orders))
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let c = checkpoint_of(&sys, "reservation").await?;
+    assert_eq!((c.seq, c.gap), (end, None));
+    sys.stop().await
+}

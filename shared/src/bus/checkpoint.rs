@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::reader::{ReaderError, StreamReader};
-use super::{EventMeta, EventType, Namespace, StreamKind};
+use super::{EventMeta, EventType, Namespace, SagaEvent, StreamKind};
 
 const BATCH: usize = 1_000;
 
@@ -76,18 +76,30 @@ async fn store(pool: &PgPool, consumer: &str, stream: &str, seq: u64) -> sqlx::R
     Ok(())
 }
 
+/// What a consumer handles: the event types it wants and, of those, the
+/// events that concern it (see `Handler::wants`, `Handler::concerns`).
+pub struct Interest<W, C> {
+    pub wants: W,
+    pub concerns: C,
+}
+
 /// Moves the checkpoint of `consumer` (the durable's name, which its inbox
-/// rows carry) on `kind` as far as every message is accounted for; `wants`
-/// says which event types the consumer handles. Messages the stream no
-/// longer holds are passed over: they cannot be replayed either.
-pub async fn advance(
+/// rows carry) on `kind` as far as every message is accounted for: not of
+/// interest to the consumer, or in its inbox. Messages the stream no longer
+/// holds are passed over: they cannot be replayed either.
+pub async fn advance<W, C>(
     pool: &PgPool,
     js: &async_nats::jetstream::Context,
     ns: &Namespace,
     consumer: &str,
     kind: StreamKind,
-    wants: impl Fn(EventType) -> bool,
-) -> Result<Checkpoint, CheckpointError> {
+    interest: Interest<W, C>,
+) -> Result<Checkpoint, CheckpointError>
+where
+    W: Fn(EventType) -> bool,
+    C: Fn(&SagaEvent) -> bool,
+{
+    let wants = &interest.wants;
     let stream = ns.stream(kind);
     let was = stored(pool, consumer, &stream).await?;
     let mut seq = was;
@@ -109,6 +121,11 @@ pub async fn advance(
             let wanted = ns
                 .event_type_of(msg.subject.as_str())
                 .filter(|t| wants(*t))
+                .filter(|t| {
+                    // An event that does not concern the consumer has no
+                    // inbox row; one that does not decode is a gap.
+                    SagaEvent::decode(*t, &msg.payload).map_or(true, |e| (interest.concerns)(&e))
+                })
                 .map(|t| {
                     let id = msg
                         .headers

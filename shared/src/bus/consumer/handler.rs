@@ -121,6 +121,15 @@ pub trait Handler: Send + Sync + 'static {
     /// Events of other types are acked without a trace in the inbox.
     fn wants(&self, event_type: EventType) -> bool;
 
+    /// Whether an event of a type it wants is about something this service
+    /// keeps (reservation: an order with a slot). One that is not is acked
+    /// like an event of another type: no transaction, no inbox row. It must
+    /// decide from the event alone, the same way every time (checkpoints
+    /// and replays ask it too).
+    fn concerns(&self, _event: &SagaEvent) -> bool {
+        true
+    }
+
     /// Work outside the database transaction. It may run more than once for
     /// one event (redelivery, a batch redone), so it must be idempotent.
     fn prepare(
@@ -152,4 +161,10 @@ pub trait Handler: Send + Sync + 'static {
     fn finish(&self, _prepared: Self::Prepared) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// [`Handler::concerns`] of a service that handles every event of the types
+/// it wants.
+pub fn every_event(_event: &SagaEvent) -> bool {
+    true
 }

@@ -57,11 +57,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::checkpoint::Interest;
 use super::dlq::{self, Origin};
 use super::{EventMeta, EventType, Namespace, Outbox, SagaEvent, StreamKind};
 use crate::config::BusConfig;
 
-pub use handler::{Delivery, Handler, HandlerError, event_uuid};
+pub use handler::{Delivery, Handler, HandlerError, event_uuid, every_event};
 use hands::{Hands, Held};
 pub use replay::{FailureKind, Missing, ReplayFailure, ReplayReport};
 
@@ -211,7 +212,10 @@ impl<H: Handler> Consumer<H> {
                 &ctx.ns,
                 self.durable(),
                 self.stream,
-                |t| self.handler.wants(t),
+                Interest {
+                    wants: |t| self.handler.wants(t),
+                    concerns: |e: &SagaEvent| self.handler.concerns(e),
+                },
             );
             let walked = tokio::select! {
                 w = walked => w,
@@ -363,6 +367,9 @@ impl<H: Handler> Consumer<H> {
         let Ok(order_id) = Uuid::parse_str(event.order_id()) else {
             return Opened::Poison(format!("order_id: not a UUID: {:?}", event.order_id()));
         };
+        if !self.handler.concerns(&event) {
+            return Opened::NotForUs;
+        }
         let span = tracing::info_span!(
             "handle_event",
             otel.name = %format!("handle {event_type}"),
