@@ -20,6 +20,7 @@ use crate::domain::{
 use crate::store::{self, Store};
 pub use catalog::{Catalog, CatalogError};
 use saga_shared::bus::history;
+use tracing::Instrument;
 
 /// Why an order operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -203,13 +204,13 @@ impl Orders {
         let ids = store::overdue(&mut tx, BATCH).await?;
         for id in &ids {
             let span = tracing::info_span!("deadline", order_id = %id);
-            let _entered = span.enter();
             self.advance(
                 &mut tx,
                 *id,
                 Input::Cancel(CancelReason::Timeout),
                 EventMeta::new(*id, None),
             )
+            .instrument(span)
             .await?;
         }
         tx.commit().await?;
