@@ -76,6 +76,25 @@ impl Handler for OrderEvents {
         WANTS.contains(&event_type)
     }
 
+    async fn lock_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[&Delivery],
+    ) -> Result<(), HandlerError> {
+        let mut skus: Vec<String> = batch
+            .iter()
+            .flat_map(|d| match &d.event {
+                SagaEvent::OrderPlaced(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+                SagaEvent::OrderConfirmed(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+                SagaEvent::OrderCancelled(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        skus.sort_unstable();
+        skus.dedup();
+        Ok(self.inventory.lock_products(tx, &skus).await?)
+    }
+
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Prepared, HandlerError> {
         let order = d.order_id;

@@ -42,6 +42,24 @@ impl Handler for OrderEvents {
         WANTS.contains(&event_type)
     }
 
+    async fn lock_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[&Delivery],
+    ) -> Result<(), HandlerError> {
+        let mut customers: Vec<String> = batch
+            .iter()
+            .filter_map(|d| match &d.event {
+                SagaEvent::OrderReserved(e) => Some(e.customer_id.clone()),
+                SagaEvent::OrderCancelled(e) => Some(e.customer_id.clone()),
+                _ => None,
+            })
+            .collect();
+        customers.sort_unstable();
+        customers.dedup();
+        Ok(self.payments.lock_wallets(tx, &customers).await?)
+    }
+
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Option<Authorization>, HandlerError> {
         // Only a charge asks the card gateway, and it must not wait inside

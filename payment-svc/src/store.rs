@@ -318,6 +318,11 @@ pub async fn refund(conn: &mut PgConnection, payment: &Payment) -> sqlx::Result<
     settle(conn, payment.order_id, PaymentState::Refunded, None).await
 }
 
+/// Locks the wallets rows of `keys` in one order (a batch's first step).
+pub async fn lock_wallets(conn: &mut PgConnection, keys: &[String]) -> sqlx::Result<()> {
+    saga_shared::db::lock_in_order(conn, "wallets", "customer_id", keys).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,29 @@ impl Handler for OrderEvents {
         concerns(event)
     }
 
+    async fn lock_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[&Delivery],
+    ) -> Result<(), HandlerError> {
+        let mut slots: Vec<Uuid> = batch
+            .iter()
+            .filter_map(|d| {
+                let slot = match &d.event {
+                    SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
+                    SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
+                    SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
+                    _ => None,
+                };
+                // A malformed id is refused when its event is applied.
+                slot.and_then(|s| Uuid::parse_str(s).ok())
+            })
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(self.reservations.lock_slots(tx, &slots).await?)
+    }
+
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, d: &Delivery) -> Result<Option<HeldLock>, HandlerError> {
         match &d.event {

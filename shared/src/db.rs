@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::backoff::Backoff;
 use crate::config::DatabaseConfig;
@@ -65,6 +65,37 @@ async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> Result<(), 
         migrator.dangerous_set_table_name(format!("\"{schema}\".{table}"));
         migrator.run(pool).await?;
     }
+    Ok(())
+}
+
+/// Locks the rows of `table` whose `column` is one of `keys`, in the order
+/// of `column`. Transactions that each take all the rows they will change
+/// this way, before changing any, never deadlock with one another (a batch
+/// of events otherwise locks rows in the order its events come).
+pub async fn lock_in_order<K>(
+    conn: &mut PgConnection,
+    table: &'static str,
+    column: &'static str,
+    keys: &[K],
+) -> sqlx::Result<()>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+        + sqlx::postgres::PgHasArrayType
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let sql =
+        format!("SELECT 1 FROM {table} WHERE {column} = ANY($1) ORDER BY {column} FOR UPDATE");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(keys.to_vec())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -28,6 +28,8 @@ async fn a_durable_restarted_with_other_settings_takes_them_and_refuses_what_can
     let sys = TestSystem::start_with(|cfg| {
         cfg.payment.bus.ack_wait_secs = 4;
         cfg.payment.bus.concurrency = 300;
+        // max_ack_pending is 4 x concurrency x batch size.
+        cfg.payment.bus.batch_size = 1;
     })
     .await?;
     let ns = sys.namespace();

@@ -73,6 +73,16 @@ impl Inventory {
         &self.store
     }
 
+    /// Locks the products of `skus` in one order, first in a batch's
+    /// transaction, so that batches never deadlock on them.
+    pub async fn lock_products(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        skus: &[String],
+    ) -> sqlx::Result<()> {
+        crate::store::lock_products(tx, skus).await
+    }
+
     pub fn cache(&self) -> &StockCache {
         &self.cache
     }

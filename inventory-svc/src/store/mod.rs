@@ -295,3 +295,8 @@ pub async fn set_on_hand(
         .await?;
     Ok(row.into())
 }
+
+/// Locks the products rows of `keys` in one order (a batch's first step).
+pub async fn lock_products(conn: &mut PgConnection, keys: &[String]) -> sqlx::Result<()> {
+    saga_shared::db::lock_in_order(conn, "products", "sku", keys).await
+}

@@ -54,6 +54,12 @@ pub struct Payments {
 }
 
 impl Payments {
+    /// Locks the wallets of `customers` in one order, first in a batch's
+    /// transaction, so that batches never deadlock on them.
+    pub async fn lock_wallets(&self, tx: &mut PgConnection, customers: &[String]) -> Result<()> {
+        Ok(store::lock_wallets(tx, customers).await?)
+    }
+
     pub fn new(store: Store, gateway: Gateway, outbox: Outbox) -> Self {
         Self {
             store,

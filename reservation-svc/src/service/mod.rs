@@ -43,6 +43,12 @@ pub struct Reservations {
 }
 
 impl Reservations {
+    /// Locks `slots` in one order, first in a batch's transaction, so that
+    /// batches never deadlock on them.
+    pub async fn lock_slots(&self, tx: &mut PgConnection, slots: &[Uuid]) -> sqlx::Result<()> {
+        store::lock_slots(tx, slots).await
+    }
+
     pub fn new(store: Store, locks: SlotLocks) -> Self {
         Self { store, locks }
     }

@@ -213,6 +213,11 @@ pub async fn close_booking(
     Ok(())
 }
 
+/// Locks the slots rows of `keys` in one order (a batch's first step).
+pub async fn lock_slots(conn: &mut PgConnection, keys: &[uuid::Uuid]) -> sqlx::Result<()> {
+    saga_shared::db::lock_in_order(conn, "slots", "id", keys).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

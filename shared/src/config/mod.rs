@@ -269,7 +269,7 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
-            batch_size: 1,
+            batch_size: 16,
             concurrency: 32,
             fetch_size: 256,
             max_deliver: 8,

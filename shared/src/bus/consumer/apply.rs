@@ -90,6 +90,12 @@ impl<H: Handler> Consumer<H> {
                 }
                 Err(e) => {
                     tracing::debug!(service = self.ctx.service, error = %e, "batch failed; one event at a time");
+                    metrics::counter!(
+                        "saga_batches_redone_total",
+                        "service" => self.ctx.service,
+                        "kind" => e.kind(),
+                    )
+                    .increment(1);
                 }
             }
         }
@@ -163,6 +169,8 @@ impl<H: Handler> Consumer<H> {
         ready: &[(Held, Delivery, H::Prepared)],
     ) -> Result<Vec<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
+        let events: Vec<&Delivery> = ready.iter().map(|(_, d, _)| d).collect();
+        self.handler.lock_batch(&mut tx, &events).await?;
         let mut committed = Vec::with_capacity(ready.len());
         for (_, d, p) in ready {
             if !self.record(&mut tx, d).await? {

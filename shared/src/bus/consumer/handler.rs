@@ -148,6 +148,19 @@ pub trait Handler: Send + Sync + 'static {
         prepared: Self::Prepared,
     ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
 
+    /// Called first in the transaction of a batch of events (`bus.
+    /// batch_size` > 1), before any of them is applied: lock, in one fixed
+    /// order, the rows that the batch's events will change and that other
+    /// batches may change too (see [`crate::db::lock_in_order`]). Without
+    /// it, batches lock shared rows in event order and deadlock.
+    fn lock_batch(
+        &self,
+        _tx: &mut PgConnection,
+        _batch: &[&Delivery],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Work that must follow the commit of [`Handler::apply`]'s transaction
     /// (telling Redis what Postgres now says, say). It runs at most once per
     /// commit; if the process dies first, a later pass (reconciliation,
