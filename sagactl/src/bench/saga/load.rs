@@ -99,7 +99,7 @@ impl Ends {
 }
 
 /// What the orders are made of.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Mix {
     /// SKUs with stock, chosen by a Zipf law of exponent `skew` (0: uniform).
     pub skus: usize,

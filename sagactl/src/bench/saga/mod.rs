@@ -48,7 +48,6 @@ pub struct Options {
     pub duration: Duration,
     #[serde(with = "secs")]
     pub warmup: Duration,
-    #[serde(skip)]
     pub mix: Mix,
     /// The simulated gateway's decline rate (cancelled: payment declined).
     pub decline_rate: f64,
@@ -86,7 +85,6 @@ pub struct Figures {
     pub run_at: String,
     pub cpus: usize,
     pub options: Options,
-    pub mix: MixFigures,
     pub window_secs: f64,
     pub placed: u64,
     pub confirmed: u64,
@@ -107,34 +105,6 @@ pub struct Figures {
     pub baselines: Baselines,
     /// confirmed/s over each baseline, and Postgres tx/s over its baseline.
     pub ratios: BTreeMap<&'static str, f64>,
-}
-
-/// The mix, for the JSON output.
-#[derive(Clone, Debug, Serialize)]
-pub struct MixFigures {
-    pub skus: usize,
-    pub skew: f64,
-    pub lines: usize,
-    pub slot_share: f64,
-    pub out_of_stock_share: f64,
-    pub unfunded_share: f64,
-    pub customers: usize,
-    pub slots: usize,
-}
-
-impl From<&Mix> for MixFigures {
-    fn from(m: &Mix) -> Self {
-        Self {
-            skus: m.skus,
-            skew: m.skew,
-            lines: m.lines,
-            slot_share: m.slot_share,
-            out_of_stock_share: m.out_of_stock_share,
-            unfunded_share: m.unfunded_share,
-            customers: m.customers,
-            slots: m.slots,
-        }
-    }
 }
 
 /// One order's life, in time since the run started.
@@ -442,7 +412,6 @@ async fn drive(
         run_at: chrono::Utc::now().to_rfc3339(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         options: opts.clone(),
-        mix: MixFigures::from(&opts.mix),
         window_secs: window,
         placed: tally.placed.load(Ordering::Relaxed),
         confirmed,
@@ -549,7 +518,7 @@ async fn seed(clients: &Clients, mix: &Mix) -> anyhow::Result<Vec<String>> {
 /// The figures as text.
 pub fn render(f: &Figures) -> String {
     let o = &f.options;
-    let m = &f.mix;
+    let m = &o.mix;
     let load = match o.rate {
         Some(r) => format!("{r:.0} orders/s offered (open loop)"),
         None => format!("{} in flight (closed loop)", o.concurrency),
