@@ -81,7 +81,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let mut skus: Vec<String> = batch
+        let skus: Vec<String> = batch
             .iter()
             .flat_map(|d| match &d.event {
                 SagaEvent::OrderPlaced(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
@@ -90,8 +90,6 @@ impl Handler for OrderEvents {
                 _ => Vec::new(),
             })
             .collect();
-        skus.sort_unstable();
-        skus.dedup();
         Ok(self.inventory.lock_products(tx, &skus).await?)
     }
 

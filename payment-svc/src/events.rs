@@ -47,7 +47,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let mut customers: Vec<String> = batch
+        let customers: Vec<String> = batch
             .iter()
             .filter_map(|d| match &d.event {
                 SagaEvent::OrderReserved(e) => Some(e.customer_id.clone()),
@@ -55,8 +55,6 @@ impl Handler for OrderEvents {
                 _ => None,
             })
             .collect();
-        customers.sort_unstable();
-        customers.dedup();
         Ok(self.payments.lock_wallets(tx, &customers).await?)
     }
 

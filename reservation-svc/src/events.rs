@@ -72,7 +72,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let mut slots: Vec<Uuid> = batch
+        let slots: Vec<Uuid> = batch
             .iter()
             .filter_map(|d| {
                 let slot = match &d.event {
@@ -85,8 +85,6 @@ impl Handler for OrderEvents {
                 slot.and_then(|s| Uuid::parse_str(s).ok())
             })
             .collect();
-        slots.sort_unstable();
-        slots.dedup();
         Ok(self.reservations.lock_slots(tx, &slots).await?)
     }
 

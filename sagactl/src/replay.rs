@@ -218,7 +218,7 @@ pub struct StreamReplay {
 pub async fn run(
     cfg: &SystemConfig,
     request: &Request,
-    mut progress: impl FnMut(&str, u64, u64, &ReplayReport),
+    progress: impl FnMut(&str, u64, u64, &ReplayReport),
 ) -> anyhow::Result<Vec<StreamReplay>> {
     let c = service(&request.service)?;
     let (js, ns) = jetstream(cfg).await?;
@@ -286,77 +286,71 @@ pub async fn run(
         }
         starts.push((kind, stream, from));
     }
-    let mut out = Vec::new();
-    for (kind, stream, from) in starts {
-        let mut reader = StreamReader::open(&js, &stream, from, request.to_seq).await?;
-        // What the stream no longer holds is not read.
-        let from = from.max(reader.first);
-        let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
-        // The handlers are of four types: one generic call for each.
-        macro_rules! through {
-            ($handler:expr) => {
-                replay_through(
-                    ctx.clone(),
-                    kind,
-                    $handler,
-                    &mut reader,
-                    request.dry_run,
-                    |r| progress(&stream, from, to, r),
-                )
-                .await?
-            };
+    // The service's handler, built once (a Redis connection included) for
+    // all its streams; four handler types, one generic call each.
+    let out = match c.service {
+        "order-svc" => {
+            let orders = order_svc::orders(&cfg.order, pool.clone(), outbox.clone())?;
+            let handler = order_svc::events::ParticipantEvents { orders };
+            replay_streams(&ctx, handler, &starts, request, progress).await?
         }
-        let report = match c.service {
-            "order-svc" => {
-                let orders = order_svc::orders(&cfg.order, pool.clone(), outbox.clone())?;
-                let handler = order_svc::events::ParticipantEvents { orders };
-                through!(handler)
-            }
-            "inventory-svc" => {
-                let redis = saga_shared::redis::connect(&cfg.inventory.redis)
-                    .await
-                    .context("inventory's Redis")?;
-                let inventory = inventory_svc::inventory(&cfg.inventory, pool.clone(), redis, true);
-                let handler = inventory_svc::events::OrderEvents { inventory };
-                through!(handler)
-            }
-            "payment-svc" => {
-                let payments = payment_svc::payments(&cfg.payment, pool.clone(), outbox.clone());
-                let handler = payment_svc::events::OrderEvents { payments };
-                through!(handler)
-            }
-            _ => {
-                let redis = saga_shared::redis::connect(&cfg.reservation.redis)
-                    .await
-                    .context("reservation's Redis")?;
-                let reservations =
-                    reservation_svc::reservations(&cfg.reservation, pool.clone(), redis);
-                let handler = reservation_svc::events::OrderEvents { reservations };
-                through!(handler)
-            }
-        };
+        "inventory-svc" => {
+            let redis = saga_shared::redis::connect(&cfg.inventory.redis)
+                .await
+                .context("inventory's Redis")?;
+            let inventory = inventory_svc::inventory(&cfg.inventory, pool.clone(), redis, true);
+            let handler = inventory_svc::events::OrderEvents { inventory };
+            replay_streams(&ctx, handler, &starts, request, progress).await?
+        }
+        "payment-svc" => {
+            let payments = payment_svc::payments(&cfg.payment, pool.clone(), outbox.clone());
+            let handler = payment_svc::events::OrderEvents { payments };
+            replay_streams(&ctx, handler, &starts, request, progress).await?
+        }
+        _ => {
+            let redis = saga_shared::redis::connect(&cfg.reservation.redis)
+                .await
+                .context("reservation's Redis")?;
+            let reservations = reservation_svc::reservations(&cfg.reservation, pool.clone(), redis);
+            let handler = reservation_svc::events::OrderEvents { reservations };
+            replay_streams(&ctx, handler, &starts, request, progress).await?
+        }
+    };
+    pool.close().await;
+    Ok(out)
+}
+
+/// Replays each of `starts` (stream kind, name, first sequence) through
+/// `handler`, one stream after the other.
+async fn replay_streams<H: Handler>(
+    ctx: &BusContext,
+    handler: H,
+    starts: &[(StreamKind, String, u64)],
+    request: &Request,
+    mut progress: impl FnMut(&str, u64, u64, &ReplayReport),
+) -> anyhow::Result<Vec<StreamReplay>> {
+    let handler = Arc::new(handler);
+    let mut out = Vec::with_capacity(starts.len());
+    for (kind, stream, from) in starts {
+        let mut reader = StreamReader::open(&ctx.js, stream, *from, request.to_seq).await?;
+        // What the stream no longer holds is not read.
+        let from = (*from).max(reader.first);
+        let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
+        let consumer = Consumer::new(ctx.clone(), *kind, handler.clone());
+        let report = consumer
+            .replay(&mut reader, request.dry_run, |r| {
+                progress(stream, from, to, r);
+            })
+            .await?;
         out.push(StreamReplay {
-            service: c.service,
-            stream,
+            service: ctx.service,
+            stream: stream.clone(),
             from,
             to,
             report,
         });
     }
-    pool.close().await;
     Ok(out)
-}
-
-async fn replay_through<H: Handler>(
-    ctx: BusContext,
-    kind: StreamKind,
-    handler: H,
-    reader: &mut StreamReader,
-    dry_run: bool,
-    progress: impl FnMut(&ReplayReport),
-) -> anyhow::Result<ReplayReport> {
-    let consumer = Consumer::new(ctx, kind, Arc::new(handler));
-    Ok(consumer.replay(reader, dry_run, progress).await?)
 }
 
 /// A replay's closing table, and what it applied (or would apply).

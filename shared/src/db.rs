@@ -68,8 +68,8 @@ async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> Result<(), 
     Ok(())
 }
 
-/// Locks the rows of `table` whose `column` is one of `keys`, in the order
-/// of `column`. Transactions that each take all the rows they will change
+/// Locks the rows of `table` whose `column` is one of `keys` (in any order,
+/// repeats allowed), in the order of `column`. Transactions that each take all the rows they will change
 /// this way, before changing any, never deadlock with one another (a batch
 /// of events otherwise locks rows in the order its events come).
 pub async fn lock_in_order<K>(

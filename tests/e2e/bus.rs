@@ -191,8 +191,8 @@ async fn events_that_follow_a_quiet_spell_are_delivered_once_to_every_consumer()
     sys.top_up("quin", 100_000).await?;
     let slot = sys.create_slot("q", 10).await?.slot_id;
     for _ in 0..3 {
-        // The scenario: consumers idle for longer than a pull request's
-        // idle heartbeat and than an ack wait, then work arrives.
+        // The fault being injected: consumers idle for longer than a pull
+        // request's idle heartbeat and than an ack wait, then work arrives.
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         let o = sys
             .place(order_request("quin", &[("Q", 1)], Some(&slot)))

@@ -114,18 +114,13 @@ where
         if batch.is_empty() {
             break;
         }
-        // (sequence, wanted event type and id) of each message.
+        // (sequence, wanted event type and id, message) of each message.
         let mut positions = Vec::with_capacity(batch.len());
         for msg in &batch {
             let Ok(info) = msg.info() else { continue };
             let wanted = ns
                 .event_type_of(msg.subject.as_str())
                 .filter(|t| wants(*t))
-                .filter(|t| {
-                    // An event that does not concern the consumer has no
-                    // inbox row; one that does not decode is a gap.
-                    SagaEvent::decode(*t, &msg.payload).map_or(true, |e| (interest.concerns)(&e))
-                })
                 .map(|t| {
                     let id = msg
                         .headers
@@ -134,17 +129,26 @@ where
                         .map(|m| m.event_id);
                     (t, id)
                 });
-            positions.push((info.stream_sequence, wanted));
+            positions.push((info.stream_sequence, wanted, msg));
         }
         let ids: Vec<Uuid> = positions
             .iter()
-            .filter_map(|(_, w)| w.and_then(|(_, id)| id))
+            .filter_map(|(_, w, _)| w.and_then(|(_, id)| id))
             .collect();
         let applied: HashSet<Uuid> = super::inbox::already_processed(pool, consumer, &ids).await?;
-        for (at, wanted) in positions {
+        for (at, wanted, msg) in positions {
             match wanted {
                 None => seq = at,
                 Some((_, Some(id))) if applied.contains(&id) => seq = at,
+                // Not in the inbox because it does not concern the consumer
+                // (decoded only here, for what the inbox lacks); one that
+                // does not decode is a gap.
+                Some((t, _))
+                    if SagaEvent::decode(t, &msg.payload)
+                        .is_ok_and(|e| !(interest.concerns)(&e)) =>
+                {
+                    seq = at;
+                }
                 Some((event_type, event_id)) => {
                     gap = Some(Gap {
                         seq: at,
