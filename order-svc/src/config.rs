@@ -39,6 +39,11 @@ pub struct OrderSettings {
     pub reservation_url: String,
     /// How long a SKU or slot seen to exist is remembered, in seconds.
     pub catalog_cache_secs: u64,
+    /// Most orders open (placed, not yet CONFIRMED or CANCELLED) before
+    /// PlaceOrder answers RESOURCE_EXHAUSTED; 0 admits everything.
+    pub max_open_orders: u64,
+    /// How often the open orders are counted, in milliseconds.
+    pub admission_refresh_ms: u64,
 }
 
 impl Default for OrderSettings {
@@ -51,6 +56,8 @@ impl Default for OrderSettings {
             inventory_url: "http://127.0.0.1:50052".into(),
             reservation_url: "http://127.0.0.1:50054".into(),
             catalog_cache_secs: 60,
+            max_open_orders: 1_000,
+            admission_refresh_ms: 100,
         }
     }
 }

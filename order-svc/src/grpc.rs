@@ -82,6 +82,14 @@ impl From<OrderError> for Status {
                 Status::unavailable(c.to_string())
             }
             OrderError::Catalog(ref c) => saga_shared::grpc::internal("catalog misconfigured", c),
+            OrderError::Busy(busy) => {
+                let mut status = Status::resource_exhausted(busy.to_string());
+                // The hint gRPC retry policies read (gRFC A6).
+                if let Ok(ms) = busy.retry_after.as_millis().to_string().parse() {
+                    status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+                }
+                status
+            }
             OrderError::Db(ref db) => saga_shared::grpc::database("order database", db),
         }
     }
@@ -116,6 +124,7 @@ impl OrderService for OrderGrpc {
             return Ok(Response::new(placed));
         }
         self.orders.check_references(&new).await?;
+        let ticket = self.orders.admit()?;
 
         let orders = self.orders.clone();
         let answer = idempotency::once(pool, "order.PlaceOrder", key, r, |tx, _| {
@@ -129,6 +138,7 @@ impl OrderService for OrderGrpc {
         })
         .await?;
         if !answer.replayed {
+            ticket.placed();
             self.orders.outbox().wake();
         }
         Ok(Response::new(answer.response))

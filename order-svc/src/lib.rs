@@ -53,6 +53,8 @@ impl Service for OrderSvc {
         platform.consume(events::INPUT, handler).await?;
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
+        let counter = orders.clone();
+        platform.spawn_background(move |stop| async move { counter.count_open_orders(stop).await });
         let routes =
             tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc { orders }));
         platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])

@@ -222,28 +222,57 @@ async fn lines_of<'e>(
     Ok(out)
 }
 
-/// Reads an order, locking its row if `lock`.
+/// An order row with its lines, read in one statement.
+#[derive(sqlx::FromRow)]
+struct LoadedRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    skus: Vec<String>,
+    quantities: Vec<i64>,
+    prices: Vec<Option<i64>>,
+}
+
+/// Reads an order and its lines in one round trip, locking the order's row
+/// if `lock`.
 #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
 pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result<Option<Order>> {
-    let sql = if lock {
-        format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 FOR UPDATE")
-    } else {
-        format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")
+    let lines = |column: &str| {
+        format!(
+            "ARRAY(SELECT {column} FROM order_lines l WHERE l.order_id = o.id ORDER BY line_no)"
+        )
     };
-    let Some(row): Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS}, {} AS skus, {} AS quantities, {} AS prices \
+         FROM orders o WHERE id = $1{}",
+        lines("sku"),
+        lines("quantity"),
+        lines("unit_price_cents"),
+        if lock { " FOR UPDATE OF o" } else { "" },
+    );
+    let Some(row): Option<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
     else {
         return Ok(None);
     };
-    let lines = lines_of(&mut *conn, &[id])
-        .await?
+    if row.skus.len() != row.quantities.len() || row.skus.len() != row.prices.len() {
+        return Err(sqlx::Error::Decode(
+            format!("order {id}: its lines' columns differ in length").into(),
+        ));
+    }
+    let lines = row
+        .skus
         .into_iter()
-        .next()
-        .map(|(_, l)| l)
-        .unwrap_or_default();
-    row.into_order(lines).map(Some)
+        .zip(row.quantities)
+        .zip(row.prices)
+        .map(|((sku, quantity), unit_price_cents)| Line {
+            sku,
+            quantity,
+            unit_price_cents,
+        })
+        .collect();
+    row.order.into_order(lines).map(Some)
 }
 
 #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -285,7 +314,8 @@ pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
 
 /// Saves what [`Order::apply`](crate::domain::Order::apply) may change.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
+/// Saves the order's state; its lines' prices too when `prices_changed`.
+pub async fn save(conn: &mut PgConnection, o: &Order, prices_changed: bool) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE orders SET state = $2, cancel_reason = $3, inventory = $4, slot = $5, \
              payment = $6, total_cents = $7, updated_at = $8 WHERE id = $1",
@@ -300,7 +330,7 @@ pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     .bind(o.updated_at)
     .execute(&mut *conn)
     .await?;
-    if o.lines.iter().any(|l| l.unit_price_cents.is_some()) {
+    if prices_changed {
         let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
         let prices: Vec<Option<i64>> = o.lines.iter().map(|l| l.unit_price_cents).collect();
         sqlx::query(
@@ -315,6 +345,14 @@ pub async fn save(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// Orders not yet CONFIRMED or CANCELLED (through the partial index of open
+/// orders).
+pub async fn count_open(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE state IN ('PENDING', 'RESERVED')")
+        .fetch_one(pool)
+        .await
 }
 
 /// Locks up to `limit` open orders past their deadline that no other

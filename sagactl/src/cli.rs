@@ -451,6 +451,11 @@ pub struct SagaBenchArgs {
     /// BUS__BATCH_SIZE of every service (default: as configured).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// ORDER_SVC__ORDER__MAX_OPEN_ORDERS: open orders beyond which
+    /// PlaceOrder answers RESOURCE_EXHAUSTED (0: no limit; default: as
+    /// configured). Refusals count as place errors.
+    #[arg(long)]
+    pub max_open_orders: Option<u64>,
     /// How long each raw baseline runs (0s: none).
     #[arg(long, default_value = "3s", value_parser = crate::replay::parse_ago)]
     pub baseline: std::time::Duration,

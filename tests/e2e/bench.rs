@@ -27,6 +27,7 @@ async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Re
         },
         decline_rate: 0.0,
         batch_size: None,
+        max_open_orders: None,
         database_url: format!("{}/{db}", saga_tests::pg_base()),
         baseline: Duration::from_millis(300),
     };

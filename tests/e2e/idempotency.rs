@@ -5,7 +5,7 @@ use saga_shared::proto::order::v1::ListOrdersRequest;
 use saga_tests::processes::Service;
 use saga_tests::{TestSystem, order_request};
 
-async fn orders_of(sys: &TestSystem, customer: &str) -> anyhow::Result<usize> {
+pub(crate) async fn orders_of(sys: &TestSystem, customer: &str) -> anyhow::Result<usize> {
     Ok(sys
         .clients
         .order

@@ -2,6 +2,7 @@
 //! Postgres and Redis of this machine, each test in its own database and
 //! namespace (see `saga_tests::TestSystem`). One binary keeps link time down.
 
+mod admission;
 mod bench;
 mod bus;
 mod chaos;

@@ -2,6 +2,7 @@
 //! the events each change owes, written through the outbox in the same
 //! transaction.
 
+mod admission;
 mod catalog;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::domain::{
     CancelReason, Effect, Input, Limits, ListFilter, NewOrder, Order, OrderState, Refusal,
 };
 use crate::store::{self, Store};
+pub use admission::{Admission, Busy, Ticket};
 pub use catalog::{Catalog, CatalogError};
 use saga_shared::bus::history;
 use tracing::Instrument;
@@ -34,6 +36,8 @@ pub enum OrderError {
     Refused(#[from] Refusal),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Busy(#[from] Busy),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -44,15 +48,21 @@ pub struct Orders {
     store: Store,
     outbox: Outbox,
     catalog: Catalog,
+    admission: Admission,
     settings: OrderSettings,
 }
 
 impl Orders {
     pub fn new(store: Store, outbox: Outbox, catalog: Catalog, settings: OrderSettings) -> Self {
+        let admission = Admission::new(
+            settings.max_open_orders,
+            Duration::from_millis(settings.admission_refresh_ms.max(10)),
+        );
         Self {
             store,
             outbox,
             catalog,
+            admission,
             settings,
         }
     }
@@ -70,6 +80,16 @@ impl Orders {
             max_lines: self.settings.max_lines,
             max_quantity: self.settings.max_quantity,
         }
+    }
+
+    /// Room for one more open order (see [`admission`]).
+    pub fn admit(&self) -> Result<Ticket<'_>> {
+        Ok(self.admission.admit()?)
+    }
+
+    /// Counts the open orders every refresh until `stop`.
+    pub async fn count_open_orders(&self, stop: tokio_util::sync::CancellationToken) {
+        self.admission.run(self.store.pool.clone(), stop).await;
     }
 
     /// Refuses an order that names a SKU or slot nobody knows.
@@ -172,10 +192,15 @@ impl Orders {
         let Some(mut order) = store::load(tx, id, true).await? else {
             return Ok(None);
         };
+        let prices = |o: &Order| -> Vec<Option<i64>> {
+            o.lines.iter().map(|l| l.unit_price_cents).collect()
+        };
+        let prices_before = prices(&order);
         let outcome = order.apply(input)?;
         if outcome.changed {
             order.updated_at = Utc::now();
-            store::save(tx, &order).await?;
+            let prices_changed = prices(&order) != prices_before;
+            store::save(tx, &order, prices_changed).await?;
         }
         if let Some(effect) = outcome.effect {
             Outbox::enqueue(tx, &meta, &effect_event(&order, effect)).await?;

@@ -125,6 +125,7 @@ async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
         },
         decline_rate: share("decline-rate", a.decline_rate)?,
         batch_size: a.batch_size,
+        max_open_orders: a.max_open_orders,
         database_url: a.database_url,
         baseline: a.baseline,
     };

@@ -50,3 +50,49 @@ pub async fn record(tx: &mut PgConnection, consumer: &str, d: &Delivery) -> sqlx
     .rows_affected();
     Ok(inserted == 1)
 }
+
+/// Records a batch of events in the inbox in one statement, in the caller's
+/// transaction; false unless every one of them was new (the caller then
+/// rolls back and handles them one at a time).
+pub async fn record_all(
+    tx: &mut PgConnection,
+    consumer: &str,
+    batch: &[&Delivery],
+) -> sqlx::Result<bool> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut types = Vec::with_capacity(batch.len());
+    let mut streams = Vec::with_capacity(batch.len());
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut orders = Vec::with_capacity(batch.len());
+    let mut causes = Vec::with_capacity(batch.len());
+    let mut published = Vec::with_capacity(batch.len());
+    for d in batch {
+        ids.push(d.meta.event_id);
+        types.push(d.event_type().as_str());
+        streams.push(d.stream.as_str());
+        seqs.push(i64::try_from(d.stream_seq).unwrap_or(i64::MAX));
+        orders.push(d.order_id);
+        causes.push(d.meta.causation_id);
+        published.push(d.published);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events \
+             (consumer, event_id, event_type, stream, stream_seq, correlation_id, causation_id, \
+              published_at) \
+         SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], \
+                                  $7::uuid[], $8::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&streams)
+    .bind(&seqs)
+    .bind(&orders)
+    .bind(&causes)
+    .bind(&published)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == batch.len() as u64)
+}

@@ -53,6 +53,8 @@ pub struct Options {
     pub decline_rate: f64,
     /// `bus.batch_size` of every service (default: the configured one).
     pub batch_size: Option<usize>,
+    /// order-svc's `max_open_orders` (default: the configured one).
+    pub max_open_orders: Option<u64>,
     #[serde(skip)]
     pub database_url: String,
     /// How long each baseline runs (zero: none).
@@ -185,6 +187,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
         for bus in cfg.buses_mut() {
             bus.batch_size = batch;
         }
+    }
+    if let Some(max) = opts.max_open_orders {
+        cfg.order.order.max_open_orders = max;
     }
     let database = database_name(&opts.database_url)?;
     saga_shared::db::ensure_database(&opts.database_url).await?;
@@ -526,7 +531,7 @@ pub fn render(f: &Figures) -> String {
     let mut out = format!(
         "saga benchmark: {:.0} s measured after {:.0} s warm-up, {load}\n\
          mix: {}-line orders over {} SKUs (skew {}), {:.0}% with a slot, {:.0}% out of stock, \
-         {:.0}% unfunded, {:.0}% declined; batch size {}\n",
+         {:.0}% unfunded, {:.0}% declined; batch size {}; open orders at most {}\n",
         o.duration.as_secs_f64(),
         o.warmup.as_secs_f64(),
         m.lines,
@@ -538,6 +543,8 @@ pub fn render(f: &Figures) -> String {
         o.decline_rate * 100.0,
         o.batch_size
             .map_or_else(|| "as configured".to_owned(), |b| b.to_string()),
+        o.max_open_orders
+            .map_or_else(|| "as configured".to_owned(), |m| m.to_string()),
     );
     let cancelled: Vec<String> = f
         .cancelled

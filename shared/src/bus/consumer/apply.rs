@@ -171,12 +171,13 @@ impl<H: Handler> Consumer<H> {
         let mut tx = self.ctx.pool.begin().await?;
         let events: Vec<&Delivery> = ready.iter().map(|(_, d, _)| d).collect();
         self.handler.lock_batch(&mut tx, &events).await?;
+        if !inbox::record_all(&mut tx, self.durable(), &events).await? {
+            // One of them was applied already (or is twice in the batch):
+            // the one-by-one path sorts it out.
+            return Err(HandlerError::transient("duplicate within batch"));
+        }
         let mut committed = Vec::with_capacity(ready.len());
         for (_, d, p) in ready {
-            if !self.record(&mut tx, d).await? {
-                // A duplicate inside the batch: let the one-by-one path sort it out.
-                return Err(HandlerError::transient("duplicate within batch"));
-            }
             committed.push(
                 self.handler
                     .apply(&mut tx, d, p.clone())
