@@ -12,6 +12,7 @@
 //! has committed (`committed`). When the breaker has sent reservations to
 //! Postgres, Redis is not involved at all.
 
+use saga_shared::bus::consumer::keys_of;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
@@ -72,24 +73,19 @@ impl Handler for OrderEvents {
     type Prepared = Prepared;
     type Committed = AfterCommit;
 
-    fn wants(&self, event_type: EventType) -> bool {
-        WANTS.contains(&event_type)
-    }
+    const WANTS: &'static [EventType] = WANTS;
 
     async fn lock_batch(
         &self,
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let skus: Vec<String> = batch
-            .iter()
-            .flat_map(|d| match &d.event {
-                SagaEvent::OrderPlaced(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
-                SagaEvent::OrderConfirmed(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
-                SagaEvent::OrderCancelled(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let skus = keys_of(batch, |event| match event {
+            SagaEvent::OrderPlaced(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+            SagaEvent::OrderConfirmed(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+            SagaEvent::OrderCancelled(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
+            _ => Vec::new(),
+        });
         Ok(self.inventory.lock_products(tx, &skus).await?)
     }
 

@@ -64,9 +64,7 @@ impl Handler for ParticipantEvents {
     type Prepared = ();
     type Committed = ();
 
-    fn wants(&self, event_type: EventType) -> bool {
-        WANTS.contains(&event_type)
-    }
+    const WANTS: &'static [EventType] = WANTS;
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, _d: &Delivery) -> Result<(), HandlerError> {

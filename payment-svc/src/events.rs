@@ -5,6 +5,7 @@
 //! - `orders.cancelled`: refund a captured payment (`payments.refunded`), or
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
+use saga_shared::bus::consumer::keys_of;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 
@@ -38,23 +39,18 @@ impl Handler for OrderEvents {
     type Prepared = Option<Authorization>;
     type Committed = ();
 
-    fn wants(&self, event_type: EventType) -> bool {
-        WANTS.contains(&event_type)
-    }
+    const WANTS: &'static [EventType] = WANTS;
 
     async fn lock_batch(
         &self,
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let customers: Vec<String> = batch
-            .iter()
-            .filter_map(|d| match &d.event {
-                SagaEvent::OrderReserved(e) => Some(e.customer_id.clone()),
-                SagaEvent::OrderCancelled(e) => Some(e.customer_id.clone()),
-                _ => None,
-            })
-            .collect();
+        let customers = keys_of(batch, |event| match event {
+            SagaEvent::OrderReserved(e) => Some(e.customer_id.clone()),
+            SagaEvent::OrderCancelled(e) => Some(e.customer_id.clone()),
+            _ => None,
+        });
         Ok(self.payments.lock_wallets(tx, &customers).await?)
     }
 

@@ -5,7 +5,7 @@
 //!   placement has not been seen yet.
 //! - `orders.confirmed`: the held place is confirmed.
 
-use saga_shared::bus::consumer::event_uuid;
+use saga_shared::bus::consumer::{event_uuid, keys_of};
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -59,9 +59,7 @@ impl Handler for OrderEvents {
     type Prepared = Option<HeldLock>;
     type Committed = ();
 
-    fn wants(&self, event_type: EventType) -> bool {
-        WANTS.contains(&event_type)
-    }
+    const WANTS: &'static [EventType] = WANTS;
 
     fn concerns(&self, event: &SagaEvent) -> bool {
         concerns(event)
@@ -72,19 +70,16 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
-        let slots: Vec<Uuid> = batch
-            .iter()
-            .filter_map(|d| {
-                let slot = match &d.event {
-                    SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
-                    SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
-                    SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
-                    _ => None,
-                };
-                // A malformed id is refused when its event is applied.
-                slot.and_then(|s| Uuid::parse_str(s).ok())
-            })
-            .collect();
+        let slots = keys_of(batch, |event| {
+            let slot = match event {
+                SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
+                SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
+                SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
+                _ => None,
+            };
+            // A malformed id is refused when its event is applied.
+            slot.and_then(|s| Uuid::parse_str(s).ok())
+        });
         Ok(self.reservations.lock_slots(tx, &slots).await?)
     }
 

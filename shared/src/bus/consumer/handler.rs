@@ -118,8 +118,14 @@ pub trait Handler: Send + Sync + 'static {
     /// What [`Handler::apply`] leaves for [`Handler::committed`].
     type Committed: Send + 'static;
 
-    /// Events of other types are acked without a trace in the inbox.
-    fn wants(&self, event_type: EventType) -> bool;
+    /// The event types it handles; events of other types are acked without
+    /// a trace in the inbox.
+    const WANTS: &'static [EventType];
+
+    /// Whether it handles events of `event_type` (one of [`Handler::WANTS`]).
+    fn wants(&self, event_type: EventType) -> bool {
+        Self::WANTS.contains(&event_type)
+    }
 
     /// Whether an event of a type it wants is about something this service
     /// keeps (reservation: an order with a slot). One that is not is acked
@@ -174,6 +180,15 @@ pub trait Handler: Send + Sync + 'static {
     fn finish(&self, _prepared: Self::Prepared) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// The keys that a batch's events name, in event order, repeats and all
+/// (what [`Handler::lock_batch`] hands to [`crate::db::lock_in_order`]).
+pub fn keys_of<K, I: IntoIterator<Item = K>>(
+    batch: &[&Delivery],
+    keys: impl Fn(&SagaEvent) -> I,
+) -> Vec<K> {
+    batch.iter().flat_map(|d| keys(&d.event)).collect()
 }
 
 /// [`Handler::concerns`] of a service that handles every event of the types
