@@ -65,3 +65,51 @@ async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Re
     );
     Ok(())
 }
+
+/// The race lab's gRPC row: ReserveStock on the real service, many callers
+/// at once on one SKU and on spread SKUs, twice as many requests as units.
+/// Exactly the units that exist are granted, through the service as through
+/// the raw script beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_lab_reserves_through_the_service_and_never_oversells() -> anyhow::Result<()> {
+    use sagactl::bench::reserve::{self, Scenario, Strategy};
+    let db = format!("saga_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let opts = reserve::Options {
+        database_url: format!("{}/{db}", saga_tests::pg_base()),
+        redis_url: saga_tests::system::redis_url(),
+        concurrency: 16,
+        requests: 400,
+        spread_skus: 10,
+        strategies: vec![Strategy::RedisLua, Strategy::Grpc],
+        scenarios: vec![Scenario::Hot, Scenario::Spread],
+        rounds: 1,
+    };
+    let ran = reserve::run(&opts).await;
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", saga_tests::pg_base())).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        admin.close().await;
+    }
+    let results = ran?;
+    assert_eq!(results.runs.len(), 4);
+    for row in &results.runs {
+        assert_eq!(row.errors, 0, "{row:?}");
+        assert_eq!(row.oversold, 0, "{row:?}");
+        assert_eq!(
+            row.granted + row.rejected,
+            row.requests as u64,
+            "every request decided: {row:?}"
+        );
+        assert_eq!(row.granted, row.units as u64, "every unit granted: {row:?}");
+    }
+    for scenario in [Scenario::Hot, Scenario::Spread] {
+        let r = reserve::ratio(
+            &results.medians,
+            scenario,
+            Strategy::Grpc,
+            Strategy::RedisLua,
+        );
+        assert!(r.is_some_and(|r| r > 0.0), "{scenario:?}: {r:?}");
+    }
+    Ok(())
+}

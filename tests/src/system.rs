@@ -24,7 +24,7 @@ pub fn pg_base() -> String {
     std::env::var("SAGA_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("SAGA_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 fn nats_url() -> String {

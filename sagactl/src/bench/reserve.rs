@@ -1,4 +1,4 @@
-//! The race lab: six ways to reserve one unit of stock, run side by side
+//! The race lab: seven ways to reserve one unit of stock, run side by side
 //! against the same Postgres and Redis, on one hot SKU and on spread SKUs.
 //!
 //! | strategy | what it does |
@@ -9,6 +9,7 @@
 //! | for-update | `BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT` |
 //! | redis-lock | Redis `SET NX PX` lock per SKU, then read and write Postgres, then unlock |
 //! | redis-lua | the inventory service's own reserve script (`inventory-svc/src/lua/reserve.lua`) |
+//! | grpc | ReserveStock on inventory-svc (run in this process for the run), which runs that script and records the hold in Postgres |
 //!
 //! Each run offers twice as many requests as there are units, so exactly half
 //! must be granted; a strategy that grants more has oversold.
@@ -30,7 +31,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+use super::saga::Services;
 use super::{delete_keys, micros, percentile_ms};
+use crate::client::Clients;
+use crate::system::SystemConfig;
+use saga_shared::proto::inventory::v1 as inv;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -41,16 +46,18 @@ pub enum Strategy {
     ForUpdate,
     RedisLock,
     RedisLua,
+    Grpc,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::Naive,
         Strategy::Optimistic,
         Strategy::Conditional,
         Strategy::ForUpdate,
         Strategy::RedisLock,
         Strategy::RedisLua,
+        Strategy::Grpc,
     ];
 
     pub fn label(self) -> &'static str {
@@ -61,6 +68,7 @@ impl Strategy {
             Strategy::ForUpdate => "SELECT ... FOR UPDATE",
             Strategy::RedisLock => "Redis lock + Postgres",
             Strategy::RedisLua => "Redis Lua (the service's)",
+            Strategy::Grpc => "ReserveStock over gRPC",
         }
     }
 }
@@ -133,6 +141,7 @@ impl Lab {
         strategy: Strategy,
         sku: &str,
         retries: &mut u64,
+        direct: Option<&Clients>,
     ) -> anyhow::Result<Outcome> {
         match strategy {
             Strategy::Naive => {
@@ -272,7 +281,86 @@ impl Lab {
                     other => anyhow::bail!("unexpected answer {other:?}"),
                 }
             }
+            Strategy::Grpc => {
+                let clients = direct.context("no inventory-svc for the gRPC strategy")?;
+                let request = inv::ReserveStockRequest {
+                    reservation_id: Uuid::now_v7().to_string(),
+                    lines: vec![inv::ReservationLine {
+                        sku: sku.to_owned(),
+                        quantity: 1,
+                    }],
+                };
+                let answer = clients.inventory.clone().reserve_stock(request).await?;
+                let state = answer
+                    .into_inner()
+                    .reservation
+                    .map(|r| r.state())
+                    .context("an answer without its reservation")?;
+                match state {
+                    inv::ReservationState::Reserved => Ok(Outcome::Granted),
+                    inv::ReservationState::Rejected => Ok(Outcome::Rejected),
+                    other => anyhow::bail!("unexpected state {other:?}"),
+                }
+            }
         }
+    }
+}
+
+/// inventory-svc (with the three other services) on a runtime of its own,
+/// in a namespace and schemas of its own, stocked for one gRPC run.
+struct Direct {
+    services: Services,
+    clients: Clients,
+    ns: String,
+    cfg: SystemConfig,
+}
+
+impl Direct {
+    async fn start(
+        lab: &Lab,
+        opts: &Options,
+        units: &HashMap<String, i64>,
+    ) -> anyhow::Result<Self> {
+        let ns = format!("bres{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let mut cfg = SystemConfig::from_env()?
+            .with_namespace(&ns)
+            .with_database_url(&opts.database_url)
+            .with_free_ports();
+        cfg.inventory.redis.url = opts.redis_url.clone();
+        cfg.reservation.redis.url = opts.redis_url.clone();
+        for db in cfg.databases() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                db.schema
+            )))
+            .execute(&lab.pg)
+            .await?;
+        }
+        let (services, urls) = Services::start(cfg.clone()).await?;
+        let clients = Clients::new(&urls)?;
+        for (sku, n) in units {
+            clients.seed(sku, "race lab", 100, *n).await?;
+        }
+        Ok(Self {
+            services,
+            clients,
+            ns,
+            cfg,
+        })
+    }
+
+    async fn stop(self, lab: &Lab) -> anyhow::Result<()> {
+        let stopped = self.services.stop();
+        let nats = async_nats::connect(self.cfg.order.nats.server_addrs()?).await?;
+        let ns = saga_shared::bus::Namespace::new(&self.ns)?;
+        saga_shared::bus::streams::delete_streams(&async_nats::jetstream::new(nats), &ns).await;
+        for pattern in [
+            format!("inv:{{{}:*", self.ns),
+            format!("rsv:{{{}:*", self.ns),
+        ] {
+            delete_keys(&lab.redis, &pattern).await?;
+        }
+        stopped
     }
 }
 
@@ -337,7 +425,13 @@ async fn run_one(
     for n in units.values_mut() {
         *n /= 2;
     }
-    reset(&lab, &units).await?;
+    let direct = match strategy {
+        Strategy::Grpc => Some(Arc::new(Direct::start(&lab, opts, &units).await?)),
+        _ => {
+            reset(&lab, &units).await?;
+            None
+        }
+    };
 
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -345,6 +439,7 @@ async fn run_one(
         .map(|_| {
             let lab = lab.clone();
             let next = next.clone();
+            let direct = direct.clone();
             let (requests, spread) = (opts.requests, opts.spread_skus);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -357,7 +452,8 @@ async fn run_one(
                     }
                     let sku = sku_of(scenario, i, spread);
                     let t = Instant::now();
-                    let outcome = lab.attempt(strategy, &sku, &mut retries).await;
+                    let clients = direct.as_ref().map(|d| &d.clients);
+                    let outcome = lab.attempt(strategy, &sku, &mut retries, clients).await;
                     latencies.push(micros(t.elapsed()));
                     match outcome {
                         Ok(Outcome::Granted) => *granted.entry(sku).or_default() += 1,
@@ -388,6 +484,10 @@ async fn run_one(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(direct) = direct {
+        let direct = Arc::into_inner(direct).context("a worker kept the services")?;
+        direct.stop(&lab).await?;
+    }
     latencies.sort_unstable();
     let oversold = granted.iter().map(|(sku, n)| (n - units[sku]).max(0)).sum();
     Ok(Row {
@@ -538,10 +638,15 @@ pub fn line(r: &Row) -> String {
 
 /// Redis Lua throughput over `SELECT ... FOR UPDATE` at the hot SKU.
 pub fn hot_ratio(rows: &[Row]) -> Option<f64> {
+    ratio(rows, Scenario::Hot, Strategy::RedisLua, Strategy::ForUpdate)
+}
+
+/// Decided/s of `over` over decided/s of `under` in `scenario`.
+pub fn ratio(rows: &[Row], scenario: Scenario, over: Strategy, under: Strategy) -> Option<f64> {
     let find = |s: Strategy| {
         rows.iter()
-            .find(|r| r.strategy == s && r.scenario == Scenario::Hot)
+            .find(|r| r.strategy == s && r.scenario == scenario)
             .map(|r| r.per_sec)
     };
-    Some(find(Strategy::RedisLua)? / find(Strategy::ForUpdate)?)
+    Some(find(over)? / find(under)?)
 }

@@ -70,6 +70,23 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     if let Some(r) = ratio {
         println!("Redis Lua / SELECT ... FOR UPDATE at the hot SKU: {r:.1}x");
     }
+    let mut direct = serde_json::Map::new();
+    for scenario in &opts.scenarios {
+        let over = reserve::ratio(
+            &results.medians,
+            *scenario,
+            Strategy::Grpc,
+            Strategy::RedisLua,
+        );
+        if let Some(r) = over {
+            let name = format!("{scenario:?}").to_lowercase();
+            println!(
+                "ReserveStock over gRPC / the raw script ({name}): {:.1}% (target >= 40%)",
+                r * 100.0
+            );
+            direct.insert(name, r.into());
+        }
+    }
     let report = serde_json::json!({
         "benchmark": "reserve",
         "run_at": chrono::Utc::now().to_rfc3339(),
@@ -79,6 +96,7 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         "spread_skus": spread_skus,
         "rounds": rounds,
         "hot_lua_over_for_update": ratio,
+        "grpc_over_lua": direct,
         "medians": results.medians,
         "runs": results.runs,
     });

@@ -130,13 +130,13 @@ struct Tally {
 
 /// The services, on a runtime of their own whose threads are named
 /// [`probe::SERVICE_THREADS`]: stopped by [`Services::stop`].
-struct Services {
+pub(crate) struct Services {
     stop: oneshot::Sender<()>,
     done: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Services {
-    async fn start(cfg: SystemConfig) -> anyhow::Result<(Self, Urls)> {
+    pub(crate) async fn start(cfg: SystemConfig) -> anyhow::Result<(Self, Urls)> {
         let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<Urls>>();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,7 +166,7 @@ impl Services {
         Ok((Self { stop, done }, urls))
     }
 
-    fn stop(self) -> anyhow::Result<()> {
+    pub(crate) fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.done
             .join()
