@@ -111,5 +111,9 @@ async fn the_race_lab_reserves_through_the_service_and_never_oversells() -> anyh
         );
         assert!(r.is_some_and(|r| r > 0.0), "{scenario:?}: {r:?}");
     }
+    assert!(
+        results.grpc_floor_per_sec.is_some_and(|f| f > 0.0),
+        "the floor of a gRPC call is measured"
+    );
     Ok(())
 }

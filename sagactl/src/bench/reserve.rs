@@ -29,6 +29,7 @@ use saga_shared::backoff::Backoff;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tonic::transport::Endpoint;
 use uuid::Uuid;
 
 use super::saga::Services;
@@ -311,6 +312,8 @@ impl Lab {
 struct Direct {
     services: Services,
     clients: Clients,
+    /// inventory-svc's gRPC address.
+    url: String,
     ns: String,
     cfg: SystemConfig,
 }
@@ -344,6 +347,7 @@ impl Direct {
         Ok(Self {
             services,
             clients,
+            url: urls.inventory,
             ns,
             cfg,
         })
@@ -514,6 +518,10 @@ async fn run_one(
 pub struct Results {
     pub medians: Vec<Row>,
     pub runs: Vec<Row>,
+    /// With the gRPC strategy: calls/s of a call that does no work (the
+    /// health Check) on the same server at the same concurrency, the most
+    /// any gRPC call reaches here.
+    pub grpc_floor_per_sec: Option<f64>,
 }
 
 /// Runs every chosen strategy on every chosen scenario, `rounds` times
@@ -593,12 +601,54 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
             println!("{}", line(row));
         }
     }
+    let grpc_floor_per_sec = if opts.strategies.contains(&Strategy::Grpc) {
+        let floor = grpc_floor(&lab, opts).await?;
+        println!(
+            "gRPC call that does no work (health Check), {} at once: {floor:.0}/s",
+            opts.concurrency
+        );
+        Some(floor)
+    } else {
+        None
+    };
     delete_keys(&lab.redis, &format!("inv:{{{}:*", lab.ns)).await?;
     delete_keys(&lab.redis, &format!("bench:{{{}:*", lab.ns)).await?;
     sqlx::query("DROP TABLE IF EXISTS bench_stock")
         .execute(&lab.pg)
         .await?;
-    Ok(Results { medians, runs })
+    Ok(Results {
+        medians,
+        runs,
+        grpc_floor_per_sec,
+    })
+}
+
+/// Health Checks per second on inventory-svc, `concurrency` at once.
+async fn grpc_floor(lab: &Lab, opts: &Options) -> anyhow::Result<f64> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let direct = Direct::start(lab, opts, &HashMap::new()).await?;
+    let channel = Endpoint::from_shared(direct.url.clone())?.connect_lazy();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (next, requests) = (next.clone(), opts.requests);
+            let mut health = HealthClient::new(channel.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    health.check(HealthCheckRequest::default()).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    let per_sec = opts.requests as f64 / started.elapsed().as_secs_f64();
+    direct.stop(lab).await?;
+    Ok(per_sec)
 }
 
 pub fn header() -> String {

@@ -87,6 +87,16 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             direct.insert(name, r.into());
         }
     }
+    let raw_hot = results
+        .medians
+        .iter()
+        .find(|r| r.strategy == Strategy::RedisLua && r.scenario == Scenario::Hot);
+    if let (Some(floor), Some(raw)) = (results.grpc_floor_per_sec, raw_hot) {
+        println!(
+            "a gRPC call that does no work / the raw script (hot): {:.1}%: no gRPC call goes faster here",
+            floor / raw.per_sec * 100.0
+        );
+    }
     let report = serde_json::json!({
         "benchmark": "reserve",
         "run_at": chrono::Utc::now().to_rfc3339(),
@@ -97,6 +107,7 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         "rounds": rounds,
         "hot_lua_over_for_update": ratio,
         "grpc_over_lua": direct,
+        "grpc_floor_per_sec": results.grpc_floor_per_sec,
         "medians": results.medians,
         "runs": results.runs,
     });
