@@ -220,3 +220,68 @@ async fn events_that_follow_a_quiet_spell_are_delivered_once_to_every_consumer()
     }
     sys.stop().await
 }
+
+/// Inside a consumer's batch, outbox rows are held back and written with
+/// one statement before the commit: none is written early, none is lost,
+/// and their ids (the relay's publishing order) follow the enqueue order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_held_back_in_a_batch_are_written_at_the_flush_in_enqueue_order()
+-> anyhow::Result<()> {
+    use saga_shared::bus::outbox::{flush_held, holding_back};
+    use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
+    use saga_shared::proto::events::v1 as ev;
+    use sqlx::Connection;
+
+    let sys = TestSystem::start().await?;
+    let db = &sys.config.order.database;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&options.options([("search_path", db.schema.as_str())]))
+            .await?;
+    let mut tx = conn.begin().await?;
+    let order = uuid::Uuid::now_v7();
+    let events: Vec<(EventMeta, SagaEvent)> = (0..5)
+        .map(|i| {
+            let event = SagaEvent::OrderReserved(ev::OrderReserved {
+                order_id: order.to_string(),
+                customer_id: format!("held-{i}"),
+                amount_cents: i,
+            });
+            (EventMeta::new(order, None), event)
+        })
+        .collect();
+    let ids: Vec<uuid::Uuid> = events.iter().map(|(m, _)| m.event_id).collect();
+    let count = "SELECT count(*) FROM outbox WHERE event_id = ANY($1)";
+
+    holding_back(async {
+        for (meta, event) in &events {
+            Outbox::enqueue(&mut tx, meta, event).await?;
+        }
+        let early: i64 = sqlx::query_scalar(count)
+            .bind(&ids)
+            .fetch_one(&mut *tx)
+            .await?;
+        assert_eq!(early, 0, "nothing is written before the flush");
+        flush_held(&mut tx).await?;
+        anyhow::Ok(())
+    })
+    .await?;
+    let written: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM outbox WHERE event_id = ANY($1) ORDER BY id")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    assert_eq!(written, ids, "every row, in the order enqueued");
+
+    // Outside a batch a row is written at once.
+    let (meta, event) = (EventMeta::new(order, None), events[0].1.clone());
+    Outbox::enqueue(&mut tx, &meta, &event).await?;
+    let single: i64 = sqlx::query_scalar(count)
+        .bind(vec![meta.event_id])
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(single, 1);
+    // Rolled back: the relay never sees these made-up events.
+    tx.rollback().await?;
+    sys.stop().await
+}

@@ -14,6 +14,11 @@
 //! window, then the consumers' inbox, drop a second copy of a row that was
 //! published but not yet marked. One connection per relay is held while it
 //! publishes, never one per event.
+//!
+//! While a consumer applies a batch of events, the rows its handlers enqueue
+//! are held back and written with one statement just before the batch
+//! commits ([`holding_back`], [`flush_held`]): the same rows, in the same
+//! transaction and order, one round trip instead of one per event.
 
 use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
@@ -43,32 +48,123 @@ impl Outbox {
     }
 
     /// Stores `event` in the caller's transaction. Call [`Outbox::wake`] after
-    /// the commit.
+    /// the commit. Inside a consumer's batch the row is held back and
+    /// written, in this order, just before the batch's commit.
     pub async fn enqueue(
         conn: &mut PgConnection,
         meta: &EventMeta,
         event: &SagaEvent,
     ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
-             traceparent, tracestate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(meta.event_id)
-        .bind(event.event_type().as_str())
-        .bind(event.encode())
-        .bind(meta.correlation_id)
-        .bind(meta.causation_id)
-        .bind(meta.trace.traceparent.as_deref())
-        .bind(meta.trace.tracestate.as_deref())
-        .execute(conn)
-        .await?;
-        Ok(())
+        let mut row = Some(HeldRow {
+            event_id: meta.event_id,
+            event_type: event.event_type().as_str(),
+            payload: event.encode(),
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+            traceparent: meta.trace.traceparent.clone(),
+            tracestate: meta.trace.tracestate.clone(),
+        });
+        let held = HELD.try_with(|held| {
+            if let Some(row) = row.take() {
+                held.borrow_mut().push(row);
+            }
+        });
+        match (held, row) {
+            (Err(_), Some(row)) => insert(conn, vec![row]).await,
+            _ => Ok(()),
+        }
     }
 
     /// Tells the relay that new rows are committed.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+}
+
+/// An outbox row not yet written.
+struct HeldRow {
+    event_id: Uuid,
+    event_type: &'static str,
+    payload: Vec<u8>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+tokio::task_local! {
+    /// The rows enqueued inside [`holding_back`], not yet written.
+    static HELD: std::cell::RefCell<Vec<HeldRow>>;
+}
+
+/// Runs `work` with the outbox rows it enqueues held back until
+/// [`flush_held`] (which `work` must call on its transaction before it
+/// commits).
+pub async fn holding_back<F: std::future::Future>(work: F) -> F::Output {
+    HELD.scope(std::cell::RefCell::default(), work).await
+}
+
+/// Writes the rows held back so far, in the order they were enqueued, with
+/// one statement on `conn`.
+pub async fn flush_held(conn: &mut PgConnection) -> sqlx::Result<()> {
+    let rows = HELD.try_with(|held| held.take()).unwrap_or_default();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    insert(conn, rows).await
+}
+
+async fn insert(conn: &mut PgConnection, rows: Vec<HeldRow>) -> sqlx::Result<()> {
+    if let [row] = rows.as_slice() {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
+             traceparent, tracestate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(row.event_id)
+        .bind(row.event_type)
+        .bind(&row.payload)
+        .bind(row.correlation_id)
+        .bind(row.causation_id)
+        .bind(row.traceparent.as_deref())
+        .bind(row.tracestate.as_deref())
+        .execute(conn)
+        .await?;
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut correlations = Vec::with_capacity(rows.len());
+    let mut causes = Vec::with_capacity(rows.len());
+    let mut parents = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.event_id);
+        types.push(row.event_type);
+        payloads.push(row.payload);
+        correlations.push(row.correlation_id);
+        causes.push(row.causation_id);
+        parents.push(row.traceparent);
+        states.push(row.tracestate);
+    }
+    // Ids (and so the relay's publishing order) follow the enqueue order.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
+             traceparent, tracestate) \
+         SELECT e, t, p, c, k, tp, ts FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], \
+             $4::uuid[], $5::uuid[], $6::text[], $7::text[]) WITH ORDINALITY \
+             AS r(e, t, p, c, k, tp, ts, n) ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&correlations)
+    .bind(&causes)
+    .bind(&parents)
+    .bind(&states)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! retry by kind of failure, or dead-letter.
 
 use super::*;
-use crate::bus::inbox;
+use crate::bus::{inbox, outbox};
 
 impl<H: Handler> Consumer<H> {
     pub(super) async fn handle_chunk(&self, msgs: Vec<Held>) {
@@ -176,15 +176,20 @@ impl<H: Handler> Consumer<H> {
             // the one-by-one path sorts it out.
             return Err(HandlerError::transient("duplicate within batch"));
         }
-        let mut committed = Vec::with_capacity(ready.len());
-        for (_, d, p) in ready {
-            committed.push(
-                self.handler
-                    .apply(&mut tx, d, p.clone())
-                    .instrument(d.span.clone())
-                    .await?,
-            );
-        }
+        let committed = outbox::holding_back(async {
+            let mut committed = Vec::with_capacity(ready.len());
+            for (_, d, p) in ready {
+                committed.push(
+                    self.handler
+                        .apply(&mut tx, d, p.clone())
+                        .instrument(d.span.clone())
+                        .await?,
+                );
+            }
+            outbox::flush_held(&mut tx).await?;
+            Ok::<_, HandlerError>(committed)
+        })
+        .await?;
         tx.commit().await?;
         crate::faults::crash_point(CrashPoint::ConsumerAfterCommit);
         self.ctx.outbox.wake();
