@@ -21,6 +21,12 @@ pub const WANTS: &[EventType] = saga_shared::bus::HOLDER_EVENTS;
 
 pub struct OrderEvents {
     pub reservations: Reservations,
+    /// Whether `prepare` takes the slot's Redis lock: only when events are
+    /// applied one at a time (`bus.batch_size` 1). A batch locks its slots'
+    /// rows in Postgres once, in one order (`lock_batch`), and a Redis lock
+    /// taken per event and held until the batch ends would make the batch's
+    /// other events for that slot wait out the whole lock wait.
+    pub slot_locks: bool,
 }
 
 impl From<ReservationError> for HandlerError {
@@ -87,8 +93,8 @@ impl Handler for OrderEvents {
     async fn prepare(&self, d: &Delivery) -> Result<Option<HeldLock>, HandlerError> {
         match &d.event {
             SagaEvent::OrderPlaced(e) => match slot_of(e.slot_id.as_ref())? {
-                Some(slot) => Ok(self.reservations.lock(slot).await),
-                None => Ok(None),
+                Some(slot) if self.slot_locks => Ok(self.reservations.lock(slot).await),
+                _ => Ok(None),
             },
             _ => Ok(None),
         }

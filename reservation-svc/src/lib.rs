@@ -53,6 +53,7 @@ impl Service for ReservationSvc {
                 events::INPUT,
                 Arc::new(events::OrderEvents {
                     reservations: reservations.clone(),
+                    slot_locks: config.bus.batch_size <= 1,
                 }),
             )
             .await?;

@@ -312,7 +312,11 @@ pub async fn run(
                 .await
                 .context("reservation's Redis")?;
             let reservations = reservation_svc::reservations(&cfg.reservation, pool.clone(), redis);
-            let handler = reservation_svc::events::OrderEvents { reservations };
+            // A replay applies one event at a time.
+            let handler = reservation_svc::events::OrderEvents {
+                reservations,
+                slot_locks: true,
+            };
             replay_streams(&ctx, handler, &starts, request, progress).await?
         }
     };
