@@ -222,57 +222,43 @@ async fn lines_of<'e>(
     Ok(out)
 }
 
-/// An order row with its lines, read in one statement.
+/// An order row joined with one of its lines.
 #[derive(sqlx::FromRow)]
-struct LoadedRow {
+struct OrderLineRow {
     #[sqlx(flatten)]
     order: OrderRow,
-    skus: Vec<String>,
-    quantities: Vec<i64>,
-    prices: Vec<Option<i64>>,
+    sku: String,
+    quantity: i64,
+    unit_price_cents: Option<i64>,
 }
 
-/// Reads an order and its lines in one round trip, locking the order's row
-/// if `lock`.
+/// Reads an order and its lines in one round trip (every order has at
+/// least one line), locking the order's row and its lines' rows if `lock`.
+/// Both are locked so that a read that waited for the lock sees the lines
+/// as the transaction it waited for left them, as it sees the order.
 #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
 pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result<Option<Order>> {
-    let lines = |column: &str| {
-        format!(
-            "ARRAY(SELECT {column} FROM order_lines l WHERE l.order_id = o.id ORDER BY line_no)"
-        )
-    };
     let sql = format!(
-        "SELECT {ORDER_COLUMNS}, {} AS skus, {} AS quantities, {} AS prices \
-         FROM orders o WHERE id = $1{}",
-        lines("sku"),
-        lines("quantity"),
-        lines("unit_price_cents"),
-        if lock { " FOR UPDATE OF o" } else { "" },
+        "SELECT {ORDER_COLUMNS}, sku, quantity, unit_price_cents \
+         FROM orders o JOIN order_lines l ON l.order_id = o.id \
+         WHERE o.id = $1 ORDER BY l.line_no{}",
+        if lock { " FOR UPDATE OF o, l" } else { "" },
     );
-    let Some(row): Option<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<OrderLineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if row.skus.len() != row.quantities.len() || row.skus.len() != row.prices.len() {
-        return Err(sqlx::Error::Decode(
-            format!("order {id}: its lines' columns differ in length").into(),
-        ));
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut lines = Vec::with_capacity(rows.len());
+    let mut order = None;
+    for row in rows {
+        lines.push(Line {
+            sku: row.sku,
+            quantity: row.quantity,
+            unit_price_cents: row.unit_price_cents,
+        });
+        order.get_or_insert(row.order);
     }
-    let lines = row
-        .skus
-        .into_iter()
-        .zip(row.quantities)
-        .zip(row.prices)
-        .map(|((sku, quantity), unit_price_cents)| Line {
-            sku,
-            quantity,
-            unit_price_cents,
-        })
-        .collect();
-    row.order.into_order(lines).map(Some)
+    order.map(|o| o.into_order(lines)).transpose()
 }
 
 #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -262,3 +262,71 @@ async fn a_confirmed_order_cannot_be_cancelled() -> anyhow::Result<()> {
     );
     sys.stop().await
 }
+
+/// A cancellation that waits for the order's lock answers the order as the
+/// transaction it waited for left it: its lines' prices included, not the
+/// lines as they stood before the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_that_waited_for_the_order_sees_its_lines_as_the_lock_holder_left_them()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders.orders (id, customer_id, state, inventory, slot, payment, \
+             created_at, updated_at, deadline_at) \
+         VALUES ($1, 'waiter', 'PENDING', 'PENDING', 'NONE', 'NONE', now(), now(), \
+             now() + interval '1 hour')",
+    )
+    .bind(id)
+    .execute(&sys.db)
+    .await?;
+    sqlx::query(
+        "INSERT INTO orders.order_lines (order_id, line_no, sku, quantity) VALUES ($1, 0, 'A', 2)",
+    )
+    .bind(id)
+    .execute(&sys.db)
+    .await?;
+
+    // Another transaction holds the order and prices its lines...
+    let mut holder = sys.db.begin().await?;
+    sqlx::query("SELECT 1 FROM orders.orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *holder)
+        .await?;
+    sqlx::query("UPDATE orders.order_lines SET unit_price_cents = 250 WHERE order_id = $1")
+        .bind(id)
+        .execute(&mut *holder)
+        .await?;
+    sqlx::query("UPDATE orders.orders SET total_cents = 500 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *holder)
+        .await?;
+    // ... while the cancellation waits for it.
+    let cancel = {
+        let clients = sys.clients.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { clients.cancel_order(&id).await })
+    };
+    eventually(
+        "the cancellation waits for the order's lock",
+        WAIT,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&sys.db)
+            .await?;
+            Ok(waiting > 0)
+        },
+    )
+    .await?;
+    holder.commit().await?;
+
+    let cancelled = cancel.await??;
+    assert_eq!(state(&cancelled), OrderState::Cancelled);
+    assert_eq!(cancelled.total_cents, Some(500));
+    let prices: Vec<Option<i64>> = cancelled.lines.iter().map(|l| l.unit_price_cents).collect();
+    assert_eq!(prices, vec![Some(250)], "{cancelled:?}");
+    sys.stop().await
+}
