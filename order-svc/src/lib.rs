@@ -53,6 +53,7 @@ impl Service for OrderSvc {
         platform.consume(events::INPUT, handler).await?;
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });
+        orders.count_open_orders_now().await;
         let counter = orders.clone();
         platform.spawn_background(move |stop| async move { counter.count_open_orders(stop).await });
         let routes =

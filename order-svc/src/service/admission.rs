@@ -14,7 +14,9 @@
 //! instance adds the placements it commits and those still in flight. Within
 //! one instance the bound is exact: a check and its reservation happen
 //! under one lock. Several instances may together exceed it by what the
-//! others place within one refresh.
+//! others place within one refresh, and a placement whose commit's outcome
+//! is unknown (the connection lost during COMMIT) is not counted until the
+//! next read. The first read happens before the service takes calls.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -87,6 +87,14 @@ impl Orders {
         Ok(self.admission.admit()?)
     }
 
+    /// Counts the open orders once (before the service takes calls; a
+    /// failure is left to the next refresh).
+    pub async fn count_open_orders_now(&self) {
+        if let Err(e) = self.admission.refresh(&self.store.pool).await {
+            tracing::warn!(error = %e, "counting open orders failed");
+        }
+    }
+
     /// Counts the open orders every refresh until `stop`.
     pub async fn count_open_orders(&self, stop: tokio_util::sync::CancellationToken) {
         self.admission.run(self.store.pool.clone(), stop).await;

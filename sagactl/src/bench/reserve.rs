@@ -308,7 +308,9 @@ impl Lab {
 }
 
 /// inventory-svc (with the three other services) on a runtime of its own,
-/// in a namespace and schemas of its own, stocked for one gRPC run.
+/// in a namespace of its own, stocked for one gRPC run. The service schemas
+/// of the lab's database are dropped when it starts (as `bench saga` does
+/// with its own): the lab's database is for benchmarks only.
 struct Direct {
     services: Services,
     clients: Clients,
@@ -340,21 +342,31 @@ impl Direct {
             .await?;
         }
         let (services, urls) = Services::start(cfg.clone()).await?;
-        let clients = Clients::new(&urls)?;
-        for (sku, n) in units {
-            clients.seed(sku, "race lab", 100, *n).await?;
-        }
-        Ok(Self {
+        let direct = Self {
             services,
-            clients,
+            clients: Clients::new(&urls)?,
             url: urls.inventory,
             ns,
             cfg,
-        })
+        };
+        for (sku, n) in units {
+            if let Err(e) = direct.clients.seed(sku, "race lab", 100, *n).await {
+                direct.stop(lab).await?;
+                return Err(e).context("stocking the race lab");
+            }
+        }
+        Ok(direct)
     }
 
+    /// Stops the services (the clients let go first, so that the servers'
+    /// graceful shutdown is not left waiting on them) and removes the
+    /// namespace's streams and keys.
     async fn stop(self, lab: &Lab) -> anyhow::Result<()> {
-        let stopped = self.services.stop();
+        drop(self.clients);
+        let services = self.services;
+        let stopped = tokio::task::spawn_blocking(move || services.stop())
+            .await
+            .context("stopping the services")?;
         let nats = async_nats::connect(self.cfg.order.nats.server_addrs()?).await?;
         let ns = saga_shared::bus::Namespace::new(&self.ns)?;
         saga_shared::bus::streams::delete_streams(&async_nats::jetstream::new(nats), &ns).await;
@@ -477,8 +489,14 @@ async fn run_one(
     let mut latencies = Vec::with_capacity(opts.requests);
     let mut granted: HashMap<String, i64> = HashMap::new();
     let (mut rejected, mut retries, mut errors) = (0, 0, 0);
-    for w in workers {
-        let (l, g, r, t, e) = w.await?;
+    let joined = futures::future::join_all(workers).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(direct) = direct {
+        let direct = Arc::into_inner(direct).context("a worker kept the services")?;
+        direct.stop(&lab).await?;
+    }
+    for w in joined {
+        let (l, g, r, t, e) = w?;
         latencies.extend(l);
         for (sku, n) in g {
             *granted.entry(sku).or_default() += n;
@@ -486,11 +504,6 @@ async fn run_one(
         rejected += r;
         retries += t;
         errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    if let Some(direct) = direct {
-        let direct = Arc::into_inner(direct).context("a worker kept the services")?;
-        direct.stop(&lab).await?;
     }
     latencies.sort_unstable();
     let oversold = granted.iter().map(|(sku, n)| (n - units[sku]).max(0)).sum();
@@ -628,7 +641,10 @@ async fn grpc_floor(lab: &Lab, opts: &Options) -> anyhow::Result<f64> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let direct = Direct::start(lab, opts, &HashMap::new()).await?;
-    let channel = Endpoint::from_shared(direct.url.clone())?.connect_lazy();
+    let channel = Endpoint::from_shared(direct.url.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..opts.concurrency)
@@ -643,11 +659,13 @@ async fn grpc_floor(lab: &Lab, opts: &Options) -> anyhow::Result<f64> {
             })
         })
         .collect();
-    for w in workers {
-        w.await??;
-    }
+    let joined = futures::future::join_all(workers).await;
     let per_sec = opts.requests as f64 / started.elapsed().as_secs_f64();
+    drop(channel);
     direct.stop(lab).await?;
+    for w in joined {
+        w??;
+    }
     Ok(per_sec)
 }
 

@@ -98,10 +98,26 @@ tokio::task_local! {
 }
 
 /// Runs `work` with the outbox rows it enqueues held back until
-/// [`flush_held`] (which `work` must call on its transaction before it
-/// commits).
-pub async fn holding_back<F: std::future::Future>(work: F) -> F::Output {
-    HELD.scope(std::cell::RefCell::default(), work).await
+/// [`flush_held`], which `work` must call on its transaction before it
+/// commits. A `work` that succeeds with rows still held is an error (they
+/// would be lost), not a success.
+pub async fn holding_back<T, E, F>(work: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: From<sqlx::Error>,
+{
+    HELD.scope(std::cell::RefCell::default(), async {
+        let out = work.await?;
+        let left = HELD.with(|held| held.borrow().len());
+        if left > 0 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{left} outbox rows enqueued in a batch and never written"
+            ))
+            .into());
+        }
+        Ok(out)
+    })
+    .await
 }
 
 /// Writes the rows held back so far, in the order they were enqueued, with
