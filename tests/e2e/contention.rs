@@ -175,7 +175,8 @@ async fn a_batch_of_bookings_for_one_slot_never_waits_on_its_own_slot_lock() -> 
     let first = sys
         .place(order_request("bo", &[("A", 1)], Some(&slot)))
         .await?;
-    sys.wait_terminal(&first.order_id, WAIT).await?;
+    let first = sys.wait_terminal(&first.order_id, WAIT).await?;
+    assert_eq!(state(&first), OrderState::Confirmed, "{first:?}");
     // The placements pile up while reservation-svc is down, then come in
     // full batches, every event for the same slot.
     sys.processes().kill(Service::Reservation);
@@ -192,7 +193,12 @@ async fn a_batch_of_bookings_for_one_slot_never_waits_on_its_own_slot_lock() -> 
         let order = sys.wait_terminal(id, WAIT).await?;
         assert_eq!(state(&order), OrderState::Confirmed, "{order:?}");
     }
-    assert_eq!(sys.slot(&slot).await?.confirmed, 33);
+    // reservation-svc confirms the bookings once it applies orders.confirmed,
+    // after the orders end.
+    saga_tests::eventually("the slot has every booking confirmed", WAIT, || async {
+        Ok(sys.slot(&slot).await?.confirmed == 33)
+    })
+    .await?;
     let (_, body) = saga_tests::http_get(sys.reservation.admin, "/metrics").await?;
     let waited_out: f64 = body
         .lines()
