@@ -85,9 +85,10 @@ impl From<OrderError> for Status {
             OrderError::Busy(busy) => {
                 let mut status = Status::resource_exhausted(busy.to_string());
                 // The hint gRPC retry policies read (gRFC A6).
-                if let Ok(ms) = busy.retry_after.as_millis().to_string().parse() {
-                    status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
-                }
+                let ms = u64::try_from(busy.retry_after.as_millis()).unwrap_or(u64::MAX);
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", ms.into());
                 status
             }
             OrderError::Db(ref db) => saga_shared::grpc::database("order database", db),

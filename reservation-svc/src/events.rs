@@ -45,13 +45,20 @@ impl From<ReservationError> for HandlerError {
 /// of reservation's business (no transaction, no inbox row). A slot id
 /// that is not a UUID does concern it: it is refused as invalid.
 pub fn concerns(event: &SagaEvent) -> bool {
-    let slot = match event {
-        SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
-        SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
-        SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
-        _ => return true,
-    };
-    slot.is_some_and(|s| !s.is_empty())
+    match slot_id_of(event) {
+        Some(slot) => slot.is_some_and(|s| !s.is_empty()),
+        None => true,
+    }
+}
+
+/// The slot field of an order event (`None` for other events).
+fn slot_id_of(event: &SagaEvent) -> Option<Option<&String>> {
+    match event {
+        SagaEvent::OrderPlaced(e) => Some(e.slot_id.as_ref()),
+        SagaEvent::OrderConfirmed(e) => Some(e.slot_id.as_ref()),
+        SagaEvent::OrderCancelled(e) => Some(e.slot_id.as_ref()),
+        _ => None,
+    }
 }
 
 fn slot_of(slot: Option<&String>) -> Result<Option<Uuid>, HandlerError> {
@@ -76,15 +83,11 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         batch: &[&Delivery],
     ) -> Result<(), HandlerError> {
+        // A malformed id is refused when its event is applied.
         let slots = keys_of(batch, |event| {
-            let slot = match event {
-                SagaEvent::OrderPlaced(e) => e.slot_id.as_ref(),
-                SagaEvent::OrderConfirmed(e) => e.slot_id.as_ref(),
-                SagaEvent::OrderCancelled(e) => e.slot_id.as_ref(),
-                _ => None,
-            };
-            // A malformed id is refused when its event is applied.
-            slot.and_then(|s| Uuid::parse_str(s).ok())
+            slot_id_of(event)
+                .flatten()
+                .and_then(|s| Uuid::parse_str(s).ok())
         });
         Ok(self.reservations.lock_slots(tx, &slots).await?)
     }

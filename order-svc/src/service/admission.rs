@@ -43,19 +43,17 @@ pub struct Busy {
 struct Counts {
     /// Open orders in the table at the last read.
     base: u64,
-    /// `commits` when that read began: commits after it are added to `base`
-    /// (some of them may be in the read already: counted twice, which errs
-    /// towards refusing, never towards admitting too many).
-    commits_at_base: u64,
-    /// Placements this instance has committed, ever.
-    commits: u64,
+    /// Placements this instance committed since that read began (some of
+    /// them may be in the read already: counted twice, which errs towards
+    /// refusing, never towards admitting too many).
+    committed: u64,
     /// Placements admitted and not yet committed or given up.
     in_flight: u64,
 }
 
 impl Counts {
     fn open(&self) -> u64 {
-        self.base + (self.commits - self.commits_at_base) + self.in_flight
+        self.base + self.committed + self.in_flight
     }
 }
 
@@ -79,7 +77,7 @@ impl Ticket<'_> {
         if let Some(a) = self.admission.take() {
             let mut c = a.lock();
             c.in_flight -= 1;
-            c.commits += 1;
+            c.committed += 1;
         }
     }
 }
@@ -132,30 +130,34 @@ impl Admission {
         self.lock().open()
     }
 
-    /// Reads the table's open orders once.
+    /// Reads the table's open orders once (nothing to do without a limit).
     pub async fn refresh(&self, pool: &PgPool) -> sqlx::Result<()> {
-        let commits = self.lock().commits;
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let before = self.lock().committed;
         let open = store::count_open(pool).await?;
         let mut c = self.lock();
         c.base = u64::try_from(open).unwrap_or(0);
-        c.commits_at_base = commits;
+        // Commits made while the count ran are kept.
+        c.committed = c.committed.saturating_sub(before);
         metrics::gauge!("orders_open").set(c.base as f64);
         Ok(())
     }
 
-    /// Reads the count every `refresh` until `stop` (nothing to do without a
-    /// limit).
+    /// Reads the count again every `refresh` until `stop` (the first read
+    /// is the caller's, before the service takes calls).
     pub async fn run(&self, pool: PgPool, stop: CancellationToken) {
         if self.limit == 0 {
             return;
         }
         loop {
-            if let Err(e) = self.refresh(&pool).await {
-                tracing::warn!(error = %e, "counting open orders failed; admission uses the last count");
-            }
             tokio::select! {
                 _ = tokio::time::sleep(self.refresh) => {}
                 _ = stop.cancelled() => return,
+            }
+            if let Err(e) = self.refresh(&pool).await {
+                tracing::warn!(error = %e, "counting open orders failed; admission uses the last count");
             }
         }
     }
@@ -198,7 +200,7 @@ mod tests {
         {
             let mut c = a.lock();
             c.base = 7;
-            c.commits_at_base = c.commits;
+            c.committed = 0;
         }
         a.admit().expect("room").placed();
         assert_eq!(a.open(), 8);

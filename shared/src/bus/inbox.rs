@@ -28,33 +28,11 @@ pub async fn already_processed(
     Ok(done.into_iter().collect())
 }
 
-/// Records the event in the inbox, in the caller's transaction; false if it
-/// was there already (another delivery applied it: the caller rolls back).
-pub async fn record(tx: &mut PgConnection, consumer: &str, d: &Delivery) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO processed_events \
-             (consumer, event_id, event_type, stream, stream_seq, correlation_id, causation_id, \
-              published_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(d.meta.event_id)
-    .bind(d.event_type().as_str())
-    .bind(&d.stream)
-    .bind(i64::try_from(d.stream_seq).unwrap_or(i64::MAX))
-    .bind(d.order_id)
-    .bind(d.meta.causation_id)
-    .bind(d.published)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
-}
-
-/// Records a batch of events in the inbox in one statement, in the caller's
-/// transaction; false unless every one of them was new (the caller then
-/// rolls back and handles them one at a time).
-pub async fn record_all(
+/// Records events (one, or a batch) in the inbox with one statement, in the
+/// caller's transaction; false unless every one of them was new (another
+/// delivery applied it: the caller rolls back, and a batch is then handled
+/// one event at a time).
+pub async fn record(
     tx: &mut PgConnection,
     consumer: &str,
     batch: &[&Delivery],

@@ -55,7 +55,7 @@ impl Outbox {
         meta: &EventMeta,
         event: &SagaEvent,
     ) -> sqlx::Result<()> {
-        let mut row = Some(HeldRow {
+        let row = HeldRow {
             event_id: meta.event_id,
             event_type: event.event_type().as_str(),
             payload: event.encode(),
@@ -63,16 +63,12 @@ impl Outbox {
             causation_id: meta.causation_id,
             traceparent: meta.trace.traceparent.clone(),
             tracestate: meta.trace.tracestate.clone(),
-        });
-        let held = HELD.try_with(|held| {
-            if let Some(row) = row.take() {
-                held.borrow_mut().push(row);
-            }
-        });
-        match (held, row) {
-            (Err(_), Some(row)) => insert(conn, vec![row]).await,
-            _ => Ok(()),
+        };
+        if HELD.try_with(|_| ()).is_ok() {
+            HELD.with(|held| held.borrow_mut().push(row));
+            return Ok(());
         }
+        insert(conn, vec![row]).await
     }
 
     /// Tells the relay that new rows are committed.
@@ -130,23 +126,9 @@ pub async fn flush_held(conn: &mut PgConnection) -> sqlx::Result<()> {
     insert(conn, rows).await
 }
 
+/// Writes `rows` with one statement; their ids (and so the relay's
+/// publishing order) follow their order.
 async fn insert(conn: &mut PgConnection, rows: Vec<HeldRow>) -> sqlx::Result<()> {
-    if let [row] = rows.as_slice() {
-        sqlx::query(
-            "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
-             traceparent, tracestate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(row.event_id)
-        .bind(row.event_type)
-        .bind(&row.payload)
-        .bind(row.correlation_id)
-        .bind(row.causation_id)
-        .bind(row.traceparent.as_deref())
-        .bind(row.tracestate.as_deref())
-        .execute(conn)
-        .await?;
-        return Ok(());
-    }
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
@@ -163,7 +145,6 @@ async fn insert(conn: &mut PgConnection, rows: Vec<HeldRow>) -> sqlx::Result<()>
         parents.push(row.traceparent);
         states.push(row.tracestate);
     }
-    // Ids (and so the relay's publishing order) follow the enqueue order.
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
              traceparent, tracestate) \

@@ -141,11 +141,6 @@ impl<H: Handler> Consumer<H> {
         inbox::already_processed(&self.ctx.pool, self.durable(), &ids).await
     }
 
-    /// Records the event in the inbox; false if it was there already.
-    async fn record(&self, tx: &mut PgConnection, d: &Delivery) -> sqlx::Result<bool> {
-        inbox::record(tx, self.durable(), d).await
-    }
-
     /// Applies one event; `None` if the inbox already had it.
     pub(super) async fn apply_one(
         &self,
@@ -153,7 +148,7 @@ impl<H: Handler> Consumer<H> {
         p: H::Prepared,
     ) -> Result<Option<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
-        if !self.record(&mut tx, d).await? {
+        if !inbox::record(&mut tx, self.durable(), &[d]).await? {
             tx.rollback().await?;
             return Ok(None);
         }
@@ -171,7 +166,7 @@ impl<H: Handler> Consumer<H> {
         let mut tx = self.ctx.pool.begin().await?;
         let events: Vec<&Delivery> = ready.iter().map(|(_, d, _)| d).collect();
         self.handler.lock_batch(&mut tx, &events).await?;
-        if !inbox::record_all(&mut tx, self.durable(), &events).await? {
+        if !inbox::record(&mut tx, self.durable(), &events).await? {
             // One of them was applied already (or is twice in the batch):
             // the one-by-one path sorts it out.
             return Err(HandlerError::transient("duplicate within batch"));
