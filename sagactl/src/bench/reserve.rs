@@ -363,10 +363,7 @@ impl Direct {
     /// namespace's streams and keys.
     async fn stop(self, lab: &Lab) -> anyhow::Result<()> {
         drop(self.clients);
-        let services = self.services;
-        let stopped = tokio::task::spawn_blocking(move || services.stop())
-            .await
-            .context("stopping the services")?;
+        let stopped = self.services.stop().await;
         let nats = async_nats::connect(self.cfg.order.nats.server_addrs()?).await?;
         let ns = saga_shared::bus::Namespace::new(&self.ns)?;
         saga_shared::bus::streams::delete_streams(&async_nats::jetstream::new(nats), &ns).await;
@@ -442,7 +439,7 @@ async fn run_one(
         *n /= 2;
     }
     let direct = match strategy {
-        Strategy::Grpc => Some(Arc::new(Direct::start(&lab, opts, &units).await?)),
+        Strategy::Grpc => Some(Direct::start(&lab, opts, &units).await?),
         _ => {
             reset(&lab, &units).await?;
             None
@@ -455,7 +452,7 @@ async fn run_one(
         .map(|_| {
             let lab = lab.clone();
             let next = next.clone();
-            let direct = direct.clone();
+            let clients = direct.as_ref().map(|d| d.clients.clone());
             let (requests, spread) = (opts.requests, opts.spread_skus);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -468,8 +465,9 @@ async fn run_one(
                     }
                     let sku = sku_of(scenario, i, spread);
                     let t = Instant::now();
-                    let clients = direct.as_ref().map(|d| &d.clients);
-                    let outcome = lab.attempt(strategy, &sku, &mut retries, clients).await;
+                    let outcome = lab
+                        .attempt(strategy, &sku, &mut retries, clients.as_ref())
+                        .await;
                     latencies.push(micros(t.elapsed()));
                     match outcome {
                         Ok(Outcome::Granted) => *granted.entry(sku).or_default() += 1,
@@ -492,7 +490,6 @@ async fn run_one(
     let joined = futures::future::join_all(workers).await;
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(direct) = direct {
-        let direct = Arc::into_inner(direct).context("a worker kept the services")?;
         direct.stop(&lab).await?;
     }
     for w in joined {

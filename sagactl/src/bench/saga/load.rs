@@ -20,13 +20,18 @@ pub enum End {
     Cancelled(ev::CancelReason),
 }
 
+/// An order's entry: someone waits for its end, or its end came first.
+enum Slot {
+    Waiting(oneshot::Sender<End>),
+    Ended(End),
+}
+
 /// Waiters for orders' ends, fed by a subscription to order-svc's
-/// terminal events.
+/// terminal events. One map behind one lock, so an end and its waiter
+/// always meet whichever comes first.
 #[derive(Default)]
 pub struct Ends {
-    waiting: Mutex<HashMap<Uuid, oneshot::Sender<End>>>,
-    /// Ends seen before anyone waited for them.
-    early: Mutex<HashMap<Uuid, End>>,
+    orders: Mutex<HashMap<Uuid, Slot>>,
 }
 
 impl Ends {
@@ -66,13 +71,13 @@ impl Ends {
     }
 
     fn ended(&self, order: Uuid, end: End) {
-        let waiter = self.waiting.lock().expect("not poisoned").remove(&order);
-        match waiter {
-            Some(tx) => {
+        let mut orders = self.orders.lock().expect("not poisoned");
+        match orders.remove(&order) {
+            Some(Slot::Waiting(tx)) => {
                 let _ = tx.send(end);
             }
-            None => {
-                self.early.lock().expect("not poisoned").insert(order, end);
+            _ => {
+                orders.insert(order, Slot::Ended(end));
             }
         }
     }
@@ -80,13 +85,13 @@ impl Ends {
     /// A receiver of `order`'s end (at once if it has ended already).
     pub fn wait(&self, order: Uuid) -> oneshot::Receiver<End> {
         let (tx, rx) = oneshot::channel();
-        let mut waiting = self.waiting.lock().expect("not poisoned");
-        match self.early.lock().expect("not poisoned").remove(&order) {
-            Some(end) => {
+        let mut orders = self.orders.lock().expect("not poisoned");
+        match orders.remove(&order) {
+            Some(Slot::Ended(end)) => {
                 let _ = tx.send(end);
             }
-            None => {
-                waiting.insert(order, tx);
+            _ => {
+                orders.insert(order, Slot::Waiting(tx));
             }
         }
         rx
@@ -94,7 +99,7 @@ impl Ends {
 
     /// Forgets a waiter that gave up.
     pub fn forget(&self, order: Uuid) {
-        self.waiting.lock().expect("not poisoned").remove(&order);
+        self.orders.lock().expect("not poisoned").remove(&order);
     }
 }
 

@@ -166,11 +166,16 @@ impl Services {
         Ok((Self { stop, done }, urls))
     }
 
-    pub(crate) fn stop(self) -> anyhow::Result<()> {
+    /// Stops the services and waits for their runtime's thread (off the
+    /// async threads).
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.done
-            .join()
-            .map_err(|_| anyhow::anyhow!("the services' runtime panicked"))?
+        let done = self.done;
+        tokio::task::spawn_blocking(move || {
+            done.join()
+                .map_err(|_| anyhow::anyhow!("the services' runtime panicked"))?
+        })
+        .await?
     }
 }
 
@@ -214,7 +219,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
 
     let (services, urls) = Services::start(cfg.clone()).await?;
     let measured = drive(&opts, &urls, &nats, &ns, &pg, &database).await;
-    let stopped = services.stop();
+    let stopped = services.stop().await;
     saga_shared::bus::streams::delete_streams(&js, &ns).await;
     let (mut figures, bar) = measured?;
     stopped?;
