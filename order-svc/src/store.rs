@@ -298,12 +298,25 @@ pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Saves what [`Order::apply`](crate::domain::Order::apply) may change.
+/// Saves what [`Order::apply`](crate::domain::Order::apply) may change: the
+/// order's state, and its lines' prices when `prices_changed`, in one
+/// statement.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-/// Saves the order's state; its lines' prices too when `prices_changed`.
 pub async fn save(conn: &mut PgConnection, o: &Order, prices_changed: bool) -> sqlx::Result<()> {
+    let (skus, prices): (Vec<&str>, Vec<Option<i64>>) = if prices_changed {
+        o.lines
+            .iter()
+            .map(|l| (l.sku.as_str(), l.unit_price_cents))
+            .unzip()
+    } else {
+        (Vec::new(), Vec::new())
+    };
     sqlx::query(
-        "UPDATE orders SET state = $2, cancel_reason = $3, inventory = $4, slot = $5, \
+        "WITH prices AS ( \
+             UPDATE order_lines AS ol SET unit_price_cents = p.price \
+             FROM UNNEST($9::text[], $10::bigint[]) AS p(sku, price) \
+             WHERE ol.order_id = $1 AND ol.sku = p.sku) \
+         UPDATE orders SET state = $2, cancel_reason = $3, inventory = $4, slot = $5, \
              payment = $6, total_cents = $7, updated_at = $8 WHERE id = $1",
     )
     .bind(o.id)
@@ -314,22 +327,10 @@ pub async fn save(conn: &mut PgConnection, o: &Order, prices_changed: bool) -> s
     .bind(o.payment.as_payment())
     .bind(o.total_cents)
     .bind(o.updated_at)
-    .execute(&mut *conn)
+    .bind(&skus)
+    .bind(&prices)
+    .execute(conn)
     .await?;
-    if prices_changed {
-        let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
-        let prices: Vec<Option<i64>> = o.lines.iter().map(|l| l.unit_price_cents).collect();
-        sqlx::query(
-            "UPDATE order_lines AS ol SET unit_price_cents = p.price \
-             FROM UNNEST($2::text[], $3::bigint[]) AS p(sku, price) \
-             WHERE ol.order_id = $1 AND ol.sku = p.sku",
-        )
-        .bind(o.id)
-        .bind(&skus)
-        .bind(&prices)
-        .execute(conn)
-        .await?;
-    }
     Ok(())
 }
 

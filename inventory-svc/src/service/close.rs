@@ -32,6 +32,15 @@ pub enum AfterCommit {
     Commit { ledger: Uuid, skus: Vec<String> },
 }
 
+/// A decision this transaction holds locked as RESERVED did not close: it
+/// cannot happen while the lock is held, but is an error rather than a panic.
+fn changed_meanwhile(holder: Holder) -> InventoryError {
+    InventoryError::ReservationConflict {
+        id: holder.reservation_id().unwrap_or(holder.ledger_id()),
+        why: "its decision changed while it was being closed; retry".into(),
+    }
+}
+
 /// How a holder's holds end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseAs {
@@ -93,8 +102,10 @@ impl Inventory {
         {
             Claimed::New => Ok((Closed::Tombstone, tell(skus.to_vec()))),
             Claimed::Existing(OrderHoldState::Reserved) => {
-                let lines =
-                    store::close_holds(tx, ledger, OrderHoldState::Released, !redis).await?;
+                // The claim locked the RESERVED decision: it closes.
+                let lines = store::close_holds(tx, ledger, OrderHoldState::Released, !redis)
+                    .await?
+                    .ok_or_else(|| changed_meanwhile(holder))?;
                 let after = tell(lines.iter().map(|l| l.sku.clone()).collect());
                 Ok((Closed::Done(lines), after))
             }
@@ -111,30 +122,42 @@ impl Inventory {
         let ledger = holder.ledger_id();
         let id = holder.reservation_id().unwrap_or(ledger);
         let redis = self.breaker.path() == Path::Redis;
-        match store::lock_order(tx, ledger).await? {
-            Some(OrderHoldState::Reserved) => {
-                let lines =
-                    store::close_holds(tx, ledger, OrderHoldState::Committed, !redis).await?;
-                let after = if redis {
-                    AfterCommit::Commit {
-                        ledger,
-                        skus: lines.iter().map(|l| l.sku.clone()).collect(),
-                    }
-                } else {
-                    AfterCommit::Nothing
-                };
-                Ok((Closed::Done(lines), after))
+        // The common case (RESERVED) in one statement; the rest looks at
+        // the decision under its lock.
+        let lines = match store::close_holds(tx, ledger, OrderHoldState::Committed, !redis).await? {
+            Some(lines) => lines,
+            None => match store::lock_order(tx, ledger).await? {
+                // Reserved by a transaction that committed after the first
+                // look; locked now, so it closes.
+                Some(OrderHoldState::Reserved) => {
+                    store::close_holds(tx, ledger, OrderHoldState::Committed, !redis)
+                        .await?
+                        .ok_or_else(|| changed_meanwhile(holder))?
+                }
+                Some(OrderHoldState::Committed) => {
+                    return Ok((
+                        Closed::Unchanged(OrderHoldState::Committed),
+                        AfterCommit::Nothing,
+                    ));
+                }
+                Some(state) => {
+                    return Err(InventoryError::ReservationConflict {
+                        id,
+                        why: format!("cannot commit a reservation that is {state}"),
+                    });
+                }
+                None => return Err(InventoryError::UnknownReservation(id)),
+            },
+        };
+        let after = if redis {
+            AfterCommit::Commit {
+                ledger,
+                skus: lines.iter().map(|l| l.sku.clone()).collect(),
             }
-            Some(OrderHoldState::Committed) => Ok((
-                Closed::Unchanged(OrderHoldState::Committed),
-                AfterCommit::Nothing,
-            )),
-            Some(state) => Err(InventoryError::ReservationConflict {
-                id,
-                why: format!("cannot commit a reservation that is {state}"),
-            }),
-            None => Err(InventoryError::UnknownReservation(id)),
-        }
+        } else {
+            AfterCommit::Nothing
+        };
+        Ok((Closed::Done(lines), after))
     }
 
     /// Tells Redis what a committed transaction decided. If Redis does not

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use super::{AfterCommit, Inventory, InventoryError, Result};
 use crate::domain::{Holder, Line, OrderHoldState};
 use crate::store::cache::{CacheError, Reserve};
-use crate::store::{self, Claimed, HoldRow, PgReserve};
+use crate::store::{self, Claimed, HoldRow, PgReserve, PriceAndEpoch};
 
 /// Why an order cannot be held at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
@@ -59,28 +59,32 @@ impl Inventory {
     /// longer Postgres's is given back and redone after a rebuild.
     pub async fn reserve_step(&self, holder: Holder, lines: Vec<Line>) -> Result<ReserveStep> {
         let ledger = holder.ledger_id();
-        if self.store.order_state(ledger).await?.is_some() {
+        let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+        // The epochs are read before the script: a rebuild in between makes
+        // the grant look stale and it is redone; one after it is caught by
+        // the fence in `record_holds`, as before.
+        let (decided, mut current) = self.store.decision_and_prices(ledger, &skus).await?;
+        if decided.is_some() {
             return Ok(ReserveStep::Decided);
         }
         const ATTEMPTS: usize = 4;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // A counter was rebuilt: its epoch moved.
+                current = self.store.prices_and_epochs(&skus).await?;
+            }
             let Some(answer) = self.via_redis(self.cache.reserve(ledger, &lines)).await? else {
                 return Ok(ReserveStep::ViaPostgres { lines });
             };
-            let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
             match answer {
                 Reserve::Granted(epochs) => {
-                    let current = self.store.prices_and_epochs(&skus).await?;
-                    let stale: Vec<String> = lines
-                        .iter()
-                        .zip(&epochs)
-                        .filter(|(line, epoch)| {
-                            !current
-                                .iter()
-                                .any(|c| c.sku == line.sku && c.redis_epoch == **epoch)
-                        })
-                        .map(|(line, _)| line.sku.clone())
-                        .collect();
+                    let mut stale = stale_lines(&lines, &epochs, &current);
+                    if !stale.is_empty() {
+                        // Rebuilt between the read and the script? Then the
+                        // grant is current: look again before redoing it.
+                        current = self.store.prices_and_epochs(&skus).await?;
+                        stale = stale_lines(&lines, &epochs, &current);
+                    }
                     if stale.is_empty() {
                         crash_point(CrashPoint::InventoryAfterRedisHold);
                         return Ok(ReserveStep::Granted { lines, epochs });
@@ -106,9 +110,9 @@ impl Inventory {
                     });
                 }
                 Reserve::NotReady { index } => {
-                    let known = self.store.prices_and_epochs(&skus).await?;
-                    if let Some(unknown) =
-                        lines.iter().find(|l| !known.iter().any(|k| k.sku == l.sku))
+                    if let Some(unknown) = lines
+                        .iter()
+                        .find(|l| !current.iter().any(|k| k.sku == l.sku))
                     {
                         return Ok(ReserveStep::Rejected {
                             sku: unknown.sku.clone(),
@@ -210,6 +214,21 @@ impl Inventory {
             .increment(1);
         Ok((reserved, after))
     }
+}
+
+/// The SKUs of `lines` whose grant came from a counter epoch (`epochs[i]`)
+/// that is not Postgres's `current` one.
+fn stale_lines(lines: &[Line], epochs: &[i64], current: &[PriceAndEpoch]) -> Vec<String> {
+    lines
+        .iter()
+        .zip(epochs)
+        .filter(|(line, epoch)| {
+            !current
+                .iter()
+                .any(|c| c.sku == line.sku && c.redis_epoch == **epoch)
+        })
+        .map(|(line, _)| line.sku.clone())
+        .collect()
 }
 
 /// Holds `lines` for `holder` through Postgres (`SELECT ... FOR UPDATE` in

@@ -137,27 +137,48 @@ pub async fn record_holds(
 }
 
 /// Ends a RESERVED order's holds: released (units back) or committed (units
-/// sold). `stale_counter`: Redis will not be told, so its counters of these
-/// SKUs move to a new epoch (rebuilt before their next use). Returns the
-/// lines that changed.
+/// sold). The decision and its holds move in one statement, which locks the
+/// decision row; `None` if the decision is not RESERVED (or there is none):
+/// nothing changed. `stale_counter`: Redis will not be told, so its counters
+/// of these SKUs move to a new epoch (rebuilt before their next use). Returns
+/// the lines that changed.
 #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn close_holds(
     conn: &mut PgConnection,
     order: Uuid,
     to: OrderHoldState,
     stale_counter: bool,
-) -> sqlx::Result<Vec<Line>> {
-    let closed: Vec<(String, i64)> = sqlx::query_as(
-        "UPDATE holds SET state = $2, updated_at = now() \
-         WHERE order_id = $1 AND state = 'RESERVED' RETURNING sku, quantity",
+) -> sqlx::Result<Option<Vec<Line>>> {
+    // No row: not RESERVED. One row of NULLs: RESERVED with no open holds.
+    // `(state = 'RESERVED') IS TRUE` means `state = 'RESERVED'` (the column is
+    // NOT NULL) but keeps the planner off the partial index of RESERVED holds
+    // by SKU: with the plain test it scans every open hold (and every dead
+    // entry since the last vacuum) instead of the order's few by primary key.
+    let closed: Vec<(Option<String>, Option<i64>)> = sqlx::query_as(
+        "WITH decision AS ( \
+             UPDATE order_holds SET state = $2, updated_at = now() \
+             WHERE order_id = $1 AND state = 'RESERVED' RETURNING order_id), \
+         moved AS ( \
+             UPDATE holds SET state = $2, updated_at = now() \
+             WHERE order_id = $1 AND (state = 'RESERVED') IS TRUE AND EXISTS (SELECT FROM decision) \
+             RETURNING sku, quantity) \
+         SELECT moved.sku, moved.quantity FROM decision LEFT JOIN moved ON true",
     )
     .bind(order)
     .bind(to.spelling())
     .fetch_all(&mut *conn)
     .await?;
+    if closed.is_empty() {
+        return Ok(None);
+    }
     let mut lines: Vec<Line> = closed
         .into_iter()
-        .map(|(sku, quantity)| Line { sku, quantity })
+        .filter_map(|(sku, quantity)| {
+            Some(Line {
+                sku: sku?,
+                quantity: quantity?,
+            })
+        })
         .collect();
     lines.sort_by(|a, b| a.sku.cmp(&b.sku));
     let sold_too = to == OrderHoldState::Committed;
@@ -175,12 +196,7 @@ pub async fn close_holds(
         .execute(&mut *conn)
         .await?;
     }
-    sqlx::query("UPDATE order_holds SET state = $2, updated_at = now() WHERE order_id = $1")
-        .bind(order)
-        .bind(to.spelling())
-        .execute(&mut *conn)
-        .await?;
-    Ok(lines)
+    Ok(Some(lines))
 }
 
 /// What holding an order through Postgres found.

@@ -147,15 +147,48 @@ impl Store {
         .await
     }
 
-    /// The order's decision, if any (no lock).
+    /// The order's decision, if any, and the prices and epochs of `skus`
+    /// that exist, in one statement and without a lock: what a placement
+    /// reads before it asks Redis.
     #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
-    pub async fn order_state(&self, order: Uuid) -> sqlx::Result<Option<OrderHoldState>> {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1")
-                .bind(order)
-                .fetch_optional(&self.pool)
-                .await?;
-        state.as_deref().map(OrderHoldState::read).transpose()
+    pub async fn decision_and_prices(
+        &self,
+        order: Uuid,
+        skus: &[String],
+    ) -> sqlx::Result<(Option<OrderHoldState>, Vec<PriceAndEpoch>)> {
+        /// One row at least (for the decision), then one per SKU found.
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            state: Option<String>,
+            sku: Option<String>,
+            unit_price_cents: Option<i64>,
+            redis_epoch: Option<i64>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT (SELECT state FROM order_holds WHERE order_id = $1) AS state, \
+                 p.sku, p.unit_price_cents, p.redis_epoch \
+             FROM (VALUES (1)) AS one LEFT JOIN products AS p ON p.sku = ANY($2)",
+        )
+        .bind(order)
+        .bind(skus)
+        .fetch_all(&self.pool)
+        .await?;
+        let state = rows
+            .first()
+            .and_then(|r| r.state.as_deref())
+            .map(OrderHoldState::read)
+            .transpose()?;
+        let prices = rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(PriceAndEpoch {
+                    sku: r.sku?,
+                    unit_price_cents: r.unit_price_cents?,
+                    redis_epoch: r.redis_epoch?,
+                })
+            })
+            .collect();
+        Ok((state, prices))
     }
 
     /// Whether the ledger has a decision for this order's saga (a direct

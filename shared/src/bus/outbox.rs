@@ -259,12 +259,18 @@ impl Relay {
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let limit = Duration::from_secs(self.cfg.relay_lease_secs.max(1));
         let mut tx = self.pool.begin().await?;
+        // A relay paused mid-round (not dead, so its connection stays open)
+        // keeps its rows at most this long: then Postgres ends its session.
+        // The setting is made by the same statement that takes the rows.
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
-                 traceparent, tracestate, created_at FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                 traceparent, tracestate, created_at \
+             FROM (SELECT set_config('idle_in_transaction_session_timeout', $2, true)) AS lease, \
+                 outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED",
         )
         .bind(self.cfg.relay_batch_size)
+        .bind((limit + Duration::from_secs(5)).as_millis().to_string())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -272,12 +278,6 @@ impl Relay {
             return Ok(0);
         }
         let taken = rows.len();
-        // A relay paused mid-round (not dead, so its connection stays open)
-        // keeps its rows at most this long: then Postgres ends its session.
-        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
-            .bind((limit + Duration::from_secs(5)).as_millis().to_string())
-            .execute(&mut *tx)
-            .await?;
         crate::faults::crash_point(CrashPoint::RelayAfterTake);
         let (sent, failed) = match tokio::time::timeout(limit, self.publish(rows)).await {
             Ok(outcome) => outcome,
