@@ -261,10 +261,17 @@ pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result
     order.map(|o| o.into_order(lines)).transpose()
 }
 
+/// Inserts a new order and its lines, in one statement.
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
+    let line_nos: Vec<i32> = (0..o.lines.len() as i32).collect();
+    let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i64> = o.lines.iter().map(|l| l.quantity).collect();
     sqlx::query(
-        "INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
+        "WITH lines AS ( \
+             INSERT INTO order_lines (order_id, line_no, sku, quantity) \
+             SELECT $1, n, s, q FROM UNNEST($13::int[], $14::text[], $15::bigint[]) AS l(n, s, q)) \
+         INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
              payment, total_cents, created_at, updated_at, deadline_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
@@ -280,16 +287,6 @@ pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
     .bind(o.created_at)
     .bind(o.updated_at)
     .bind(o.deadline_at)
-    .execute(&mut *conn)
-    .await?;
-    let line_nos: Vec<i32> = (0..o.lines.len() as i32).collect();
-    let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
-    let quantities: Vec<i64> = o.lines.iter().map(|l| l.quantity).collect();
-    sqlx::query(
-        "INSERT INTO order_lines (order_id, line_no, sku, quantity) \
-         SELECT $1, n, s, q FROM UNNEST($2::int[], $3::text[], $4::bigint[]) AS l(n, s, q)",
-    )
-    .bind(o.id)
     .bind(&line_nos)
     .bind(&skus)
     .bind(&quantities)

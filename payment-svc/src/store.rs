@@ -222,30 +222,40 @@ pub async fn begin_payment(
     Ok((inserted == 1).then_some(payment_id))
 }
 
-/// Charges the wallet if it holds enough (one conditional update: no
-/// double-spend whatever runs at once). True if charged.
+/// Charges the wallet if it holds enough and settles the payment started by
+/// [`begin_payment`] accordingly, in one statement: the conditional update of
+/// the wallet (no double-spend whatever runs at once), its ledger entry, and
+/// the payment CAPTURED, or FAILED for insufficient funds. True if charged.
 #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
-pub async fn charge(
+pub async fn charge_and_settle(
     conn: &mut PgConnection,
     order: Uuid,
     customer: &str,
     amount: i64,
 ) -> sqlx::Result<bool> {
-    let charged = sqlx::query(
-        "UPDATE wallets SET balance_cents = balance_cents - $2, \
-             charged_cents = charged_cents + $2, updated_at = now() \
-         WHERE customer_id = $1 AND balance_cents >= $2",
+    sqlx::query_scalar(
+        "WITH charged AS ( \
+             UPDATE wallets SET balance_cents = balance_cents - $2, \
+                 charged_cents = charged_cents + $2, updated_at = now() \
+             WHERE customer_id = $1 AND balance_cents >= $2 RETURNING customer_id), \
+         entry AS ( \
+             INSERT INTO wallet_ledger (customer_id, order_id, kind, amount_cents) \
+             SELECT customer_id, $3, 'CHARGE', $2 FROM charged), \
+         settled AS ( \
+             UPDATE payments SET updated_at = now(), \
+                 state = CASE WHEN EXISTS (SELECT FROM charged) THEN $4 ELSE $5 END, \
+                 failure_reason = CASE WHEN EXISTS (SELECT FROM charged) THEN NULL ELSE $6 END \
+             WHERE order_id = $3) \
+         SELECT EXISTS (SELECT FROM charged)",
     )
     .bind(customer)
     .bind(amount)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if charged == 0 {
-        return Ok(false);
-    }
-    ledger(conn, customer, Some(order), "CHARGE", amount).await?;
-    Ok(true)
+    .bind(order)
+    .bind(PaymentState::Captured.spelling())
+    .bind(PaymentState::Failed.spelling())
+    .bind(FailureReason::InsufficientFunds.spelling())
+    .fetch_one(conn)
+    .await
 }
 
 /// Settles a payment started by [`begin_payment`].

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use super::{AfterCommit, Inventory, InventoryError, Result};
 use crate::domain::{Holder, Line, OrderHoldState};
 use crate::store::cache::{CacheError, Reserve};
-use crate::store::{self, Claimed, HoldRow, PgReserve, PriceAndEpoch};
+use crate::store::{self, Claimed, HoldRow, PgReserve, PriceAndEpoch, Recorded};
 
 /// Why an order cannot be held at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
@@ -62,7 +62,7 @@ impl Inventory {
         let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
         // The epochs are read before the script: a rebuild in between makes
         // the grant look stale and it is redone; one after it is caught by
-        // the fence in `record_holds`, as before.
+        // the fence in `claim_and_record`, as before.
         let (decided, mut current) = self.store.decision_and_prices(ledger, &skus).await?;
         if decided.is_some() {
             return Ok(ReserveStep::Decided);
@@ -154,12 +154,9 @@ impl Inventory {
         let mut after = AfterCommit::Nothing;
         let (path, reserved) = match step {
             ReserveStep::Granted { lines, epochs } => {
-                match store::claim_order(tx, holder, OrderHoldState::Reserved, None).await? {
-                    Claimed::New => {
-                        let held = store::record_holds(tx, ledger, &lines, &epochs).await?;
-                        ("redis", Reserved::Held(held))
-                    }
-                    Claimed::Existing(state) => {
+                match store::claim_and_record(tx, holder, &lines, &epochs).await? {
+                    Recorded::Held(held) => ("redis", Reserved::Held(held)),
+                    Recorded::Existing(state) => {
                         if matches!(state, OrderHoldState::Released | OrderHoldState::Rejected) {
                             after = AfterCommit::Release {
                                 ledger,

@@ -77,12 +77,17 @@ pub async fn claim_order_with(
     if inserted == 1 {
         return Ok(Claimed::New);
     }
+    lock_existing(conn, order).await.map(Claimed::Existing)
+}
+
+/// Locks a decision row known to exist and returns its state.
+async fn lock_existing(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<OrderHoldState> {
     let existing: String =
         sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1 FOR UPDATE")
             .bind(order)
             .fetch_one(&mut *conn)
             .await?;
-    OrderHoldState::read(&existing).map(Claimed::Existing)
+    OrderHoldState::read(&existing)
 }
 
 /// Locks the order's decision row, if there is one.
@@ -99,41 +104,95 @@ pub async fn lock_order(
     state.as_deref().map(OrderHoldState::read).transpose()
 }
 
-/// Records the holds of a granted reservation: adds to each SKU's reserved
-/// count if its counter epoch is still `epochs[i]`, and writes the ledger.
-/// Returns the lines with their prices at this moment.
-#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
-pub async fn record_holds(
+/// What claiming a granted reservation found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The decision is new (RESERVED, uncommitted) and these holds are
+    /// recorded, at the prices of this moment.
+    Held(Vec<HoldRow>),
+    /// A decision existed (now locked by this transaction); nothing written.
+    Existing(OrderHoldState),
+}
+
+/// Claims the decision of `holder` as RESERVED and records the holds Redis
+/// granted, in one statement: each SKU's reserved count grows if its counter
+/// epoch is still `epochs[i]`, and the ledger gets the lines with their
+/// prices. An order of several lines first locks its products in SKU order
+/// (`lines` are sorted), so that two of them cannot deadlock; one line takes
+/// its one lock in the statement.
+#[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
+pub async fn claim_and_record(
     conn: &mut PgConnection,
-    order: Uuid,
+    holder: Holder,
     lines: &[Line],
     epochs: &[i64],
-) -> Result<Vec<HoldRow>, RecordError> {
-    let mut priced = Vec::with_capacity(lines.len());
-    for (line, epoch) in lines.iter().zip(epochs) {
-        let price: Option<i64> = sqlx::query_scalar(
-            "UPDATE products SET reserved = reserved + $2 \
-             WHERE sku = $1 AND redis_epoch = $3 RETURNING unit_price_cents",
-        )
-        .bind(&line.sku)
-        .bind(line.quantity)
-        .bind(epoch)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(unit_price_cents) = price else {
-            return Err(RecordError::Fenced {
-                sku: line.sku.clone(),
-                epoch: *epoch,
-            });
-        };
-        priced.push(HoldRow {
+) -> Result<Recorded, RecordError> {
+    let order = holder.ledger_id();
+    let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
+    if lines.len() > 1 {
+        lock_products(&mut *conn, &skus).await?;
+    }
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    /// One row at least (for the claim), then one per line recorded.
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        claimed: bool,
+        sku: Option<String>,
+        quantity: Option<i64>,
+        unit_price_cents: Option<i64>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH claim AS ( \
+             INSERT INTO order_holds (order_id, state, kind, reservation_id) \
+             VALUES ($1, 'RESERVED', $2, $3) ON CONFLICT DO NOTHING RETURNING order_id), \
+         priced AS ( \
+             UPDATE products AS p SET reserved = p.reserved + w.quantity \
+             FROM UNNEST($4::text[], $5::bigint[], $6::bigint[]) AS w(sku, quantity, epoch) \
+             WHERE p.sku = w.sku AND p.redis_epoch = w.epoch AND EXISTS (SELECT FROM claim) \
+             RETURNING p.sku, w.quantity, p.unit_price_cents), \
+         held AS ( \
+             INSERT INTO holds (order_id, sku, quantity, unit_price_cents, state) \
+             SELECT $1, sku, quantity, unit_price_cents, 'RESERVED' FROM priced) \
+         SELECT EXISTS (SELECT FROM claim) AS claimed, \
+             priced.sku, priced.quantity, priced.unit_price_cents \
+         FROM (VALUES (1)) AS one LEFT JOIN priced ON true",
+    )
+    .bind(order)
+    .bind(holder.kind())
+    .bind(holder.reservation_id())
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(epochs)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !rows.first().is_some_and(|r| r.claimed) {
+        return Ok(Recorded::Existing(lock_existing(conn, order).await?));
+    }
+    let held: Vec<HoldRow> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(HoldRow {
+                sku: r.sku?,
+                quantity: r.quantity?,
+                unit_price_cents: r.unit_price_cents?,
+            })
+        })
+        .collect();
+    // A line not recorded: its counter was rebuilt after it granted the hold.
+    // The caller's transaction is rolled back, claim and all.
+    if let Some((line, epoch)) = lines
+        .iter()
+        .zip(epochs)
+        .find(|(line, _)| !held.iter().any(|h| h.sku == line.sku))
+    {
+        return Err(RecordError::Fenced {
             sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents,
+            epoch: *epoch,
         });
     }
-    insert_holds(conn, order, &priced).await?;
-    Ok(priced)
+    let mut held = held;
+    held.sort_by(|a, b| a.sku.cmp(&b.sku));
+    Ok(Recorded::Held(held))
 }
 
 /// Ends a RESERVED order's holds: released (units back) or committed (units

@@ -127,21 +127,24 @@ impl Payments {
         let Some(payment_id) = store::begin_payment(tx, order, customer, amount).await? else {
             return Ok(());
         };
-        let failure = match auth {
-            Authorization::Declined => Some(FailureReason::CardDeclined),
-            Authorization::Approved if amount == 0 => None,
+        // Whether the payment row is settled already (a charge settles it).
+        let (failure, settled) = match auth {
+            Authorization::Declined => (Some(FailureReason::CardDeclined), false),
+            Authorization::Approved if amount == 0 => (None, false),
             Authorization::Approved => {
-                if store::charge(tx, order, customer, amount).await? {
+                if store::charge_and_settle(tx, order, customer, amount).await? {
                     crash_point(CrashPoint::PaymentAfterCharge);
-                    None
+                    (None, true)
                 } else {
-                    Some(FailureReason::InsufficientFunds)
+                    (Some(FailureReason::InsufficientFunds), true)
                 }
             }
         };
         let event = match failure {
             None => {
-                store::settle(tx, order, PaymentState::Captured, None).await?;
+                if !settled {
+                    store::settle(tx, order, PaymentState::Captured, None).await?;
+                }
                 metrics::counter!("payment_captured_cents_total").increment(amount as u64);
                 SagaEvent::PaymentSucceeded(pb::PaymentSucceeded {
                     order_id: order.to_string(),
@@ -151,7 +154,9 @@ impl Payments {
                 })
             }
             Some(reason) => {
-                store::settle(tx, order, PaymentState::Failed, Some(reason)).await?;
+                if !settled {
+                    store::settle(tx, order, PaymentState::Failed, Some(reason)).await?;
+                }
                 metrics::counter!("payment_failures_total", "reason" => reason.as_str())
                     .increment(1);
                 SagaEvent::PaymentFailed(pb::PaymentFailed {
