@@ -7,6 +7,7 @@ use std::sync::Arc;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::domain::{CancelReason, Input, Refusal};
 use crate::service::{OrderError, Orders};
@@ -65,6 +66,15 @@ impl Handler for ParticipantEvents {
     type Committed = ();
 
     const WANTS: &'static [EventType] = WANTS;
+
+    async fn lock_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[&Delivery],
+    ) -> Result<(), HandlerError> {
+        let orders: Vec<Uuid> = batch.iter().map(|d| d.order_id).collect();
+        Ok(self.orders.lock_orders(tx, &orders).await?)
+    }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn prepare(&self, _d: &Delivery) -> Result<(), HandlerError> {

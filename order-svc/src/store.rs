@@ -352,6 +352,13 @@ pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uu
     .await
 }
 
+/// Locks the rows of `orders` in one order (a batch's first step), so that
+/// batches never deadlock on them. Their lines are locked only by whoever
+/// holds the order's row.
+pub async fn lock_orders(conn: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<()> {
+    saga_shared::db::lock_in_order(conn, "orders", "id", orders).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use saga_shared::bus::{EventMeta, SagaEvent, StreamKind};
+use saga_shared::bus::{SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use saga_shared::proto::order::v1::{CancelOrderRequest, OrderState};
 use saga_tests::{TestSystem, eventually, order_request, reason, state};
@@ -235,20 +235,6 @@ async fn every_event_delivered_twice_or_replayed_ends_in_the_same_state_as_once(
     twice.stop().await
 }
 
-async fn publish(sys: &TestSystem, order: Uuid, event: SagaEvent) -> anyhow::Result<Uuid> {
-    let meta = EventMeta::new(order, None);
-    let subject = sys.namespace().subject(event.event_type());
-    sys.js
-        .publish_with_headers(
-            subject,
-            meta.to_headers(event.event_type()),
-            event.encode().into(),
-        )
-        .await?
-        .await?;
-    Ok(meta.event_id)
-}
-
 async fn processed(sys: &TestSystem, schema: &str, event: Uuid) -> anyhow::Result<bool> {
     let sql =
         format!("SELECT EXISTS (SELECT 1 FROM \"{schema}\".processed_events WHERE event_id = $1)");
@@ -272,18 +258,18 @@ async fn a_cancellation_that_overtakes_its_placement_leaks_no_stock_slot_or_mone
     }];
 
     // The cancellation arrives first...
-    let cancelled = publish(
-        &sys,
-        order,
-        SagaEvent::OrderCancelled(pb::OrderCancelled {
-            order_id: order.to_string(),
-            customer_id: "lou".into(),
-            reason: pb::CancelReason::CustomerCancelled as i32,
-            lines: lines.clone(),
-            slot_id: Some(slot.clone()),
-        }),
-    )
-    .await?;
+    let cancelled = sys
+        .publish_event(
+            order,
+            SagaEvent::OrderCancelled(pb::OrderCancelled {
+                order_id: order.to_string(),
+                customer_id: "lou".into(),
+                reason: pb::CancelReason::CustomerCancelled as i32,
+                lines: lines.clone(),
+                slot_id: Some(slot.clone()),
+            }),
+        )
+        .await?;
     eventually(
         "every participant to see the cancellation",
         WAIT,
@@ -296,28 +282,28 @@ async fn a_cancellation_that_overtakes_its_placement_leaks_no_stock_slot_or_mone
     .await?;
 
     // ...then the placement and the request to charge.
-    let placed = publish(
-        &sys,
-        order,
-        SagaEvent::OrderPlaced(pb::OrderPlaced {
-            order_id: order.to_string(),
-            customer_id: "lou".into(),
-            lines,
-            slot_id: Some(slot.clone()),
-            placed_at: None,
-        }),
-    )
-    .await?;
-    let reserved = publish(
-        &sys,
-        order,
-        SagaEvent::OrderReserved(pb::OrderReserved {
-            order_id: order.to_string(),
-            customer_id: "lou".into(),
-            amount_cents: 1_000,
-        }),
-    )
-    .await?;
+    let placed = sys
+        .publish_event(
+            order,
+            SagaEvent::OrderPlaced(pb::OrderPlaced {
+                order_id: order.to_string(),
+                customer_id: "lou".into(),
+                lines,
+                slot_id: Some(slot.clone()),
+                placed_at: None,
+            }),
+        )
+        .await?;
+    let reserved = sys
+        .publish_event(
+            order,
+            SagaEvent::OrderReserved(pb::OrderReserved {
+                order_id: order.to_string(),
+                customer_id: "lou".into(),
+                amount_cents: 1_000,
+            }),
+        )
+        .await?;
     eventually("the late events to be handled", WAIT, || async {
         Ok(processed(&sys, "inventory", placed).await?
             && processed(&sys, "reservation", placed).await?

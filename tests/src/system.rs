@@ -252,6 +252,27 @@ impl TestSystem {
         Namespace::new(&self.ns).expect("test namespaces are valid")
     }
 
+    /// Publishes `event` of `order` to its stream as a service would (a new
+    /// event id, the order as correlation) and awaits the ack; returns the
+    /// event id.
+    pub async fn publish_event(
+        &self,
+        order: Uuid,
+        event: saga_shared::bus::SagaEvent,
+    ) -> anyhow::Result<Uuid> {
+        let meta = saga_shared::bus::EventMeta::new(order, None);
+        let subject = self.namespace().subject(event.event_type());
+        self.js
+            .publish_with_headers(
+                subject,
+                meta.to_headers(event.event_type()),
+                event.encode().into(),
+            )
+            .await?
+            .await?;
+        Ok(meta.event_id)
+    }
+
     /// Stops the services gracefully and removes everything the test made.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let stopped = match self.system.take() {

@@ -188,6 +188,12 @@ impl Orders {
         Ok(order)
     }
 
+    /// Locks `orders` in one order, first in a batch's transaction, so that
+    /// batches (of several streams at once) never deadlock on them.
+    pub async fn lock_orders(&self, tx: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<()> {
+        store::lock_orders(tx, orders).await
+    }
+
     /// Applies `input` to the order (locked in `tx`), saves it, and writes
     /// the event it owes with `meta`. `None` if there is no such order.
     pub async fn advance(
