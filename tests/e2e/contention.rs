@@ -166,28 +166,12 @@ async fn batches_of_orders_sharing_skus_in_every_order_never_deadlock() -> anyho
 async fn a_batch_of_bookings_for_one_slot_never_waits_on_its_own_slot_lock() -> anyhow::Result<()> {
     use saga_tests::processes::Service;
 
-    let mut sys = TestSystem::start_processes(|cfg| cfg.reservation.bus.batch_size = 16).await?;
-    sys.seed_product("A", 100, 1_000).await?;
-    sys.top_up("bo", 1_000_000).await?;
-    let slot = sys.create_slot("one slot", 100).await?.slot_id;
-    // One order first, so that order-svc knows the slot exists (its catalog
-    // cache answers while reservation-svc is down).
-    let first = sys
-        .place(order_request("bo", &[("A", 1)], Some(&slot)))
-        .await?;
-    let first = sys.wait_terminal(&first.order_id, WAIT).await?;
-    assert_eq!(state(&first), OrderState::Confirmed, "{first:?}");
+    let (mut sys, slot) =
+        processes_with_one_order(|cfg| cfg.reservation.bus.batch_size = 16, "bo", 100).await?;
     // The placements pile up while reservation-svc is down, then come in
     // full batches, every event for the same slot.
     sys.processes().kill(Service::Reservation);
-    let placed = futures::future::join_all(
-        (0..32).map(|_| sys.place(order_request("bo", &[("A", 1)], Some(&slot)))),
-    )
-    .await;
-    let ids: Vec<String> = placed
-        .into_iter()
-        .map(|p| p.map(|o| o.order_id))
-        .collect::<Result<_, _>>()?;
+    let ids = place_at_once(&sys, "bo", &slot, 32).await?;
     sys.processes().start(Service::Reservation, &[]).await?;
     for id in &ids {
         let order = sys.wait_terminal(id, WAIT).await?;
@@ -224,29 +208,16 @@ async fn batches_for_the_same_orders_from_two_streams_never_deadlock() -> anyhow
     use saga_shared::proto::events::v1 as pb;
     use saga_tests::processes::Service;
 
-    let mut sys = TestSystem::start_processes(|cfg| cfg.order.bus.batch_size = 16).await?;
-    sys.seed_product("A", 100, 1_000).await?;
-    sys.top_up("dl", 1_000_000).await?;
-    let slot = sys.create_slot("one slot", 1_000).await?.slot_id;
-    // One order first, so that order-svc's catalog cache knows the SKU and
-    // the slot while their services are down.
-    let first = sys
-        .place(order_request("dl", &[("A", 1)], Some(&slot)))
-        .await?;
-    let first = sys.wait_terminal(&first.order_id, WAIT).await?;
-    assert_eq!(state(&first), OrderState::Confirmed, "{first:?}");
-
+    let (mut sys, slot) =
+        processes_with_one_order(|cfg| cfg.order.bus.batch_size = 16, "dl", 1_000).await?;
     // Orders wait for their stock and slot...
     sys.processes().kill(Service::Inventory);
     sys.processes().kill(Service::Reservation);
-    let placed = futures::future::join_all(
-        (0..ORDERS).map(|_| sys.place(order_request("dl", &[("A", 1)], Some(&slot)))),
-    )
-    .await;
-    let ids: Vec<uuid::Uuid> = placed
-        .into_iter()
-        .map(|p| Ok(p?.order_id.parse()?))
-        .collect::<anyhow::Result<_>>()?;
+    let ids: Vec<uuid::Uuid> = place_at_once(&sys, "dl", &slot, ORDERS)
+        .await?
+        .iter()
+        .map(|id| id.parse())
+        .collect::<Result<_, _>>()?;
     // ...and their answers wait for order-svc: the stock in one order of
     // orders, the slots in the other, each sent several times over (a
     // repeat is news that no longer matters, but its order is still locked
@@ -291,4 +262,43 @@ async fn batches_for_the_same_orders_from_two_streams_never_deadlock() -> anyhow
         .sum();
     assert_eq!(redone, 0.0, "batches redone one event at a time:\n{body}");
     sys.stop().await
+}
+
+/// The services as processes (`tweak` applied), SKU "A" with 1,000 units at
+/// 1.00, a funded wallet for `customer`, a slot of `capacity`, and one order
+/// through them all first, so that order-svc's catalog cache knows the SKU
+/// and the slot while their services are down. Returns the system and the
+/// slot's id.
+async fn processes_with_one_order(
+    tweak: impl FnOnce(&mut sagactl::system::SystemConfig),
+    customer: &str,
+    capacity: i32,
+) -> anyhow::Result<(TestSystem, String)> {
+    let sys = TestSystem::start_processes(tweak).await?;
+    sys.seed_product("A", 100, 1_000).await?;
+    sys.top_up(customer, 1_000_000).await?;
+    let slot = sys.create_slot("one slot", capacity).await?.slot_id;
+    let first = sys
+        .place(order_request(customer, &[("A", 1)], Some(&slot)))
+        .await?;
+    let first = sys.wait_terminal(&first.order_id, WAIT).await?;
+    assert_eq!(state(&first), OrderState::Confirmed, "{first:?}");
+    Ok((sys, slot))
+}
+
+/// Places `n` orders of one "A" with `slot` for `customer`, all at once;
+/// their ids.
+async fn place_at_once(
+    sys: &TestSystem,
+    customer: &str,
+    slot: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    futures::future::join_all(
+        (0..n).map(|_| sys.place(order_request(customer, &[("A", 1)], Some(slot)))),
+    )
+    .await
+    .into_iter()
+    .map(|p| Ok(p?.order_id))
+    .collect()
 }
