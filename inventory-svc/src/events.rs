@@ -72,6 +72,7 @@ fn reject_reason(reason: RejectReason) -> pb::InventoryRejectReason {
 impl Handler for OrderEvents {
     type Prepared = Prepared;
     type Committed = AfterCommit;
+    type Locked = ();
 
     const WANTS: &'static [EventType] = WANTS;
 
@@ -128,6 +129,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         d: &Delivery,
         prepared: Prepared,
+        _locked: &mut (),
     ) -> Result<AfterCommit, HandlerError> {
         let order = d.order_id;
         let holder = Holder::Order(order);

@@ -2,6 +2,7 @@
 //! [`Input`] to the order's state machine, applied under the order's row lock;
 //! the event the order then owes goes out through the outbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
@@ -9,7 +10,7 @@ use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{CancelReason, Input, Refusal};
+use crate::domain::{CancelReason, Input, Order, Refusal};
 use crate::service::{OrderError, Orders};
 
 /// The streams this service consumes.
@@ -64,6 +65,8 @@ fn input_of(event: &SagaEvent) -> Result<Input, HandlerError> {
 impl Handler for ParticipantEvents {
     type Prepared = ();
     type Committed = ();
+    /// The batch's orders, read with their locks by `lock_batch`.
+    type Locked = HashMap<Uuid, Order>;
 
     const WANTS: &'static [EventType] = WANTS;
 
@@ -71,7 +74,7 @@ impl Handler for ParticipantEvents {
         &self,
         tx: &mut PgConnection,
         batch: &[&Delivery],
-    ) -> Result<(), HandlerError> {
+    ) -> Result<HashMap<Uuid, Order>, HandlerError> {
         let orders: Vec<Uuid> = batch.iter().map(|d| d.order_id).collect();
         Ok(self.orders.lock_orders(tx, &orders).await?)
     }
@@ -82,11 +85,27 @@ impl Handler for ParticipantEvents {
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
-    async fn apply(&self, tx: &mut PgConnection, d: &Delivery, (): ()) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        d: &Delivery,
+        (): (),
+        locked: &mut HashMap<Uuid, Order>,
+    ) -> Result<(), HandlerError> {
         let id = d.order_id;
         let input = input_of(&d.event)?;
-        match self.orders.advance(tx, id, input, d.follow_up(id)).await {
-            Ok(Some(_)) => Ok(()),
+        let order = locked.remove(&id);
+        match self
+            .orders
+            .advance(tx, id, order, input, d.follow_up(id))
+            .await
+        {
+            Ok(Some(order)) => {
+                // A later event of the batch for the same order sees it as
+                // this one left it.
+                locked.insert(id, order);
+                Ok(())
+            }
             Ok(None) => {
                 tracing::warn!(order_id = %id, event = %d.event_type(), "event for an unknown order ignored");
                 Ok(())

@@ -248,17 +248,51 @@ pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
-    let mut lines = Vec::with_capacity(rows.len());
-    let mut order = None;
+    Ok(orders_of(rows)?.pop())
+}
+
+/// Reads the orders `ids` with their lines and locks them, as [`load`] does
+/// one, in one statement that takes the locks in id order (a batch's first
+/// step, so that batches never deadlock on them). Orders that do not exist
+/// are not in the answer.
+#[tracing::instrument(skip_all, fields(orders = ids.len()), err(level = "debug"))]
+pub async fn load_locked(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS}, sku, quantity, unit_price_cents \
+         FROM orders o JOIN order_lines l ON l.order_id = o.id \
+         WHERE o.id = ANY($1) ORDER BY o.id, l.line_no FOR UPDATE OF o, l"
+    );
+    let rows: Vec<OrderLineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    orders_of(rows)
+}
+
+/// Orders from rows of an order joined with each of its lines, the rows of
+/// one order next to each other in line order.
+fn orders_of(rows: Vec<OrderLineRow>) -> sqlx::Result<Vec<Order>> {
+    let mut orders = Vec::new();
+    let mut current: Option<(OrderRow, Vec<Line>)> = None;
     for row in rows {
-        lines.push(Line {
+        let line = Line {
             sku: row.sku,
             quantity: row.quantity,
             unit_price_cents: row.unit_price_cents,
-        });
-        order.get_or_insert(row.order);
+        };
+        match &mut current {
+            Some((order, lines)) if order.id == row.order.id => lines.push(line),
+            _ => {
+                if let Some((order, lines)) = current.replace((row.order, vec![line])) {
+                    orders.push(order.into_order(lines)?);
+                }
+            }
+        }
     }
-    order.map(|o| o.into_order(lines)).transpose()
+    if let Some((order, lines)) = current {
+        orders.push(order.into_order(lines)?);
+    }
+    Ok(orders)
 }
 
 /// Inserts a new order and its lines, in one statement.
@@ -350,13 +384,6 @@ pub async fn overdue(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Uu
     .bind(limit)
     .fetch_all(conn)
     .await
-}
-
-/// Locks the rows of `orders` in one order (a batch's first step), so that
-/// batches never deadlock on them. Their lines are locked only by whoever
-/// holds the order's row.
-pub async fn lock_orders(conn: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<()> {
-    saga_shared::db::lock_in_order(conn, "orders", "id", orders).await
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ impl Handler for OrderEvents {
     /// The gateway's answer, for `orders.reserved`.
     type Prepared = Option<Authorization>;
     type Committed = ();
+    type Locked = ();
 
     const WANTS: &'static [EventType] = WANTS;
 
@@ -70,6 +71,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         d: &Delivery,
         auth: Option<Authorization>,
+        _locked: &mut (),
     ) -> Result<(), HandlerError> {
         let order = d.order_id;
         let meta = d.follow_up(order);

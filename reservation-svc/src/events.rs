@@ -71,6 +71,7 @@ impl Handler for OrderEvents {
     /// The slot lock taken for a placement, if any.
     type Prepared = Option<HeldLock>;
     type Committed = ();
+    type Locked = ();
 
     const WANTS: &'static [EventType] = WANTS;
 
@@ -109,6 +110,7 @@ impl Handler for OrderEvents {
         tx: &mut PgConnection,
         d: &Delivery,
         _lock: Option<HeldLock>,
+        _locked: &mut (),
     ) -> Result<(), HandlerError> {
         let order = d.order_id;
         match &d.event {

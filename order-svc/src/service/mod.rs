@@ -5,6 +5,7 @@
 mod admission;
 mod catalog;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -178,6 +179,7 @@ impl Orders {
             .advance(
                 &mut tx,
                 id,
+                None,
                 Input::Cancel(CancelReason::CustomerCancelled),
                 EventMeta::new(id, None),
             )
@@ -188,23 +190,36 @@ impl Orders {
         Ok(order)
     }
 
-    /// Locks `orders` in one order, first in a batch's transaction, so that
-    /// batches (of several streams at once) never deadlock on them.
-    pub async fn lock_orders(&self, tx: &mut PgConnection, orders: &[Uuid]) -> sqlx::Result<()> {
-        store::lock_orders(tx, orders).await
+    /// Reads and locks the orders of a batch in one statement, first in its
+    /// transaction and in id order, so that batches (of several streams at
+    /// once) never deadlock on them; what [`Orders::advance`] then takes.
+    pub async fn lock_orders(
+        &self,
+        tx: &mut PgConnection,
+        ids: &[Uuid],
+    ) -> sqlx::Result<HashMap<Uuid, Order>> {
+        let orders = store::load_locked(tx, ids).await?;
+        Ok(orders.into_iter().map(|o| (o.id, o)).collect())
     }
 
-    /// Applies `input` to the order (locked in `tx`), saves it, and writes
-    /// the event it owes with `meta`. `None` if there is no such order.
+    /// Applies `input` to the order, saves it, and writes the event it owes
+    /// with `meta`. `locked`: the order as this transaction read it under
+    /// its lock, if it did ([`Orders::lock_orders`]); otherwise it is read
+    /// and locked here. `None` if there is no such order.
     pub async fn advance(
         &self,
         tx: &mut PgConnection,
         id: Uuid,
+        locked: Option<Order>,
         input: Input,
         meta: EventMeta,
     ) -> Result<Option<Order>> {
-        let Some(mut order) = store::load(tx, id, true).await? else {
-            return Ok(None);
+        let mut order = match locked {
+            Some(order) => order,
+            None => match store::load(tx, id, true).await? {
+                Some(order) => order,
+                None => return Ok(None),
+            },
         };
         let prices = |o: &Order| -> Vec<Option<i64>> {
             o.lines.iter().map(|l| l.unit_price_cents).collect()
@@ -241,11 +256,14 @@ impl Orders {
         const BATCH: i64 = 100;
         let mut tx = self.store.pool.begin().await?;
         let ids = store::overdue(&mut tx, BATCH).await?;
+        // Locked already, by `overdue`: this reads them all at once.
+        let mut locked = self.lock_orders(&mut tx, &ids).await?;
         for id in &ids {
             let span = tracing::info_span!("deadline", order_id = %id);
             self.advance(
                 &mut tx,
                 *id,
+                locked.remove(id),
                 Input::Cancel(CancelReason::Timeout),
                 EventMeta::new(*id, None),
             )

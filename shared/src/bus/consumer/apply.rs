@@ -152,7 +152,10 @@ impl<H: Handler> Consumer<H> {
             tx.rollback().await?;
             return Ok(None);
         }
-        let committed = self.handler.apply(&mut tx, d, p).await?;
+        let committed = self
+            .handler
+            .apply(&mut tx, d, p, &mut H::Locked::default())
+            .await?;
         tx.commit().await?;
         crate::faults::crash_point(CrashPoint::ConsumerAfterCommit);
         self.ctx.outbox.wake();
@@ -165,7 +168,7 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<Vec<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
         let events: Vec<&Delivery> = ready.iter().map(|(_, d, _)| d).collect();
-        self.handler.lock_batch(&mut tx, &events).await?;
+        let mut locked = self.handler.lock_batch(&mut tx, &events).await?;
         if !inbox::record(&mut tx, self.durable(), &events).await? {
             // One of them was applied already (or is twice in the batch):
             // the one-by-one path sorts it out.
@@ -176,7 +179,7 @@ impl<H: Handler> Consumer<H> {
             for (_, d, p) in ready {
                 committed.push(
                     self.handler
-                        .apply(&mut tx, d, p.clone())
+                        .apply(&mut tx, d, p.clone(), &mut locked)
                         .instrument(d.span.clone())
                         .await?,
                 );

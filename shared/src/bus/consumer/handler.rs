@@ -118,6 +118,11 @@ pub trait Handler: Send + Sync + 'static {
     /// What [`Handler::apply`] leaves for [`Handler::committed`].
     type Committed: Send + 'static;
 
+    /// What [`Handler::lock_batch`] read along with its locks, handed to
+    /// every [`Handler::apply`] of the batch (empty, its default, for an
+    /// event applied on its own). `()` where nothing is read.
+    type Locked: Default + Send;
+
     /// The event types it handles; events of other types are acked without
     /// a trace in the inbox.
     const WANTS: &'static [EventType];
@@ -152,19 +157,21 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut PgConnection,
         delivery: &Delivery,
         prepared: Self::Prepared,
+        locked: &mut Self::Locked,
     ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
 
     /// Called first in the transaction of a batch of events (`bus.
     /// batch_size` > 1), before any of them is applied: lock, in one fixed
     /// order, the rows that the batch's events will change and that other
     /// batches may change too (see [`crate::db::lock_in_order`]). Without
-    /// it, batches lock shared rows in event order and deadlock.
+    /// it, batches lock shared rows in event order and deadlock. What it
+    /// reads with the locks may serve the batch's [`Handler::apply`]s.
     fn lock_batch(
         &self,
         _tx: &mut PgConnection,
         _batch: &[&Delivery],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        async { Ok(()) }
+    ) -> impl Future<Output = Result<Self::Locked, HandlerError>> + Send {
+        async { Ok(Self::Locked::default()) }
     }
 
     /// Work that must follow the commit of [`Handler::apply`]'s transaction
