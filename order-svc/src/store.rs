@@ -238,17 +238,7 @@ struct OrderLineRow {
 /// as the transaction it waited for left them, as it sees the order.
 #[tracing::instrument(skip_all, fields(id = %id), err(level = "debug"))]
 pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result<Option<Order>> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS}, sku, quantity, unit_price_cents \
-         FROM orders o JOIN order_lines l ON l.order_id = o.id \
-         WHERE o.id = $1 ORDER BY l.line_no{}",
-        if lock { " FOR UPDATE OF o, l" } else { "" },
-    );
-    let rows: Vec<OrderLineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(orders_of(rows)?.pop())
+    Ok(select_with_lines(conn, &[id], lock).await?.pop())
 }
 
 /// Reads the orders `ids` with their lines and locks them, as [`load`] does
@@ -257,42 +247,42 @@ pub async fn load(conn: &mut PgConnection, id: Uuid, lock: bool) -> sqlx::Result
 /// are not in the answer.
 #[tracing::instrument(skip_all, fields(orders = ids.len()), err(level = "debug"))]
 pub async fn load_locked(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
+    select_with_lines(conn, ids, true).await
+}
+
+/// The orders `ids` joined with their lines, in id order, locked if `lock`.
+async fn select_with_lines(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    lock: bool,
+) -> sqlx::Result<Vec<Order>> {
     let sql = format!(
         "SELECT {ORDER_COLUMNS}, sku, quantity, unit_price_cents \
          FROM orders o JOIN order_lines l ON l.order_id = o.id \
-         WHERE o.id = ANY($1) ORDER BY o.id, l.line_no FOR UPDATE OF o, l"
+         WHERE o.id = ANY($1) ORDER BY o.id, l.line_no{}",
+        if lock { " FOR UPDATE OF o, l" } else { "" },
     );
     let rows: Vec<OrderLineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(ids)
         .fetch_all(&mut *conn)
         .await?;
-    orders_of(rows)
-}
-
-/// Orders from rows of an order joined with each of its lines, the rows of
-/// one order next to each other in line order.
-fn orders_of(rows: Vec<OrderLineRow>) -> sqlx::Result<Vec<Order>> {
-    let mut orders = Vec::new();
-    let mut current: Option<(OrderRow, Vec<Line>)> = None;
+    // The rows of one order are next to each other, in line order.
+    let mut grouped: Vec<(OrderRow, Vec<Line>)> = Vec::new();
     for row in rows {
         let line = Line {
             sku: row.sku,
             quantity: row.quantity,
             unit_price_cents: row.unit_price_cents,
         };
-        match &mut current {
+        match grouped.last_mut() {
             Some((order, lines)) if order.id == row.order.id => lines.push(line),
-            _ => {
-                if let Some((order, lines)) = current.replace((row.order, vec![line])) {
-                    orders.push(order.into_order(lines)?);
-                }
-            }
+            _ => grouped.push((row.order, vec![line])),
         }
     }
-    if let Some((order, lines)) = current {
-        orders.push(order.into_order(lines)?);
-    }
-    Ok(orders)
+    grouped
+        .into_iter()
+        .map(|(order, lines)| order.into_order(lines))
+        .collect()
 }
 
 /// Inserts a new order and its lines, in one statement.

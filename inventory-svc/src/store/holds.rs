@@ -80,14 +80,12 @@ pub async fn claim_order_with(
     lock_existing(conn, order).await.map(Claimed::Existing)
 }
 
-/// Locks a decision row known to exist and returns its state.
+/// Locks a decision row known to exist (the insert of a claim met it) and
+/// returns its state.
 async fn lock_existing(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<OrderHoldState> {
-    let existing: String =
-        sqlx::query_scalar("SELECT state FROM order_holds WHERE order_id = $1 FOR UPDATE")
-            .bind(order)
-            .fetch_one(&mut *conn)
-            .await?;
-    OrderHoldState::read(&existing)
+    lock_order(conn, order)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Locks the order's decision row, if there is one.
@@ -168,7 +166,7 @@ pub async fn claim_and_record(
     if !rows.first().is_some_and(|r| r.claimed) {
         return Ok(Recorded::Existing(lock_existing(conn, order).await?));
     }
-    let held: Vec<HoldRow> = rows
+    let mut held: Vec<HoldRow> = rows
         .into_iter()
         .filter_map(|r| {
             Some(HoldRow {
@@ -190,7 +188,6 @@ pub async fn claim_and_record(
             epoch: *epoch,
         });
     }
-    let mut held = held;
     held.sort_by(|a, b| a.sku.cmp(&b.sku));
     Ok(Recorded::Held(held))
 }

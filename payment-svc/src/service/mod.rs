@@ -140,11 +140,15 @@ impl Payments {
                 }
             }
         };
+        if !settled {
+            let state = match failure {
+                None => PaymentState::Captured,
+                Some(_) => PaymentState::Failed,
+            };
+            store::settle(tx, order, state, failure).await?;
+        }
         let event = match failure {
             None => {
-                if !settled {
-                    store::settle(tx, order, PaymentState::Captured, None).await?;
-                }
                 metrics::counter!("payment_captured_cents_total").increment(amount as u64);
                 SagaEvent::PaymentSucceeded(pb::PaymentSucceeded {
                     order_id: order.to_string(),
@@ -154,9 +158,6 @@ impl Payments {
                 })
             }
             Some(reason) => {
-                if !settled {
-                    store::settle(tx, order, PaymentState::Failed, Some(reason)).await?;
-                }
                 metrics::counter!("payment_failures_total", "reason" => reason.as_str())
                     .increment(1);
                 SagaEvent::PaymentFailed(pb::PaymentFailed {
