@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use saga_shared::idempotency;
 use saga_shared::proto::order::v1 as pb;
 use saga_shared::proto::order::v1::order_service_server::OrderService;
 use saga_shared::validate::{self, FieldError};
+use saga_shared::{auth, idempotency};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, CancelReason, ListFilter, Order, OrderState, Refusal};
@@ -107,8 +107,12 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
+        if !caller.may_act_for(&r.customer_id) {
+            return Err(auth::not_yours("customer_id"));
+        }
         let items: Vec<(String, i64)> = r
             .items
             .iter()
@@ -150,8 +154,9 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let id = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let order = self.orders.get(id).await?;
+        let order = self.orders.get(id, caller.customer()).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order.into()),
         }))
@@ -162,8 +167,9 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::GetOrderHistoryRequest>,
     ) -> Result<Response<pb::GetOrderHistoryResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let id = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let (order, steps) = self.orders.history(id).await?;
+        let (order, steps) = self.orders.history(id, caller.customer()).await?;
         Ok(Response::new(pb::GetOrderHistoryResponse {
             order: Some(order.into()),
             events: steps.into_iter().map(order_event).collect(),
@@ -175,6 +181,7 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let limit = validate::page_size("page_size", r.page_size, LIST_DEFAULT, LIST_MAX)?;
         let mut filter = ListFilter::default();
@@ -184,6 +191,13 @@ impl OrderService for OrderGrpc {
         if let Some(customer) = r.customer_id.filter(|c| !c.is_empty()) {
             validate::ident("customer_id", &customer, domain::MAX_CUSTOMER_ID_LEN)?;
             filter.customer_id = Some(customer);
+        }
+        // A customer lists its own orders only.
+        if let Some(me) = caller.customer() {
+            if filter.customer_id.as_deref().is_some_and(|c| c != me) {
+                return Err(auth::not_yours("customer_id"));
+            }
+            filter.customer_id = Some(me.to_owned());
         }
         if let Some(state) = r.state {
             filter.state = Some(match pb::OrderState::try_from(state) {
@@ -244,8 +258,9 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let id = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let order = self.orders.cancel(id).await?;
+        let order = self.orders.cancel(id, caller.customer()).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order.into()),
         }))

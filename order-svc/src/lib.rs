@@ -46,7 +46,12 @@ impl Service for OrderSvc {
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
     async fn assemble(mut platform: Platform, config: OrderConfig) -> Result<App, PlatformError> {
-        let orders = orders(&config, platform.pool.clone(), platform.outbox.clone())?;
+        let orders = orders(
+            &config,
+            platform.pool.clone(),
+            platform.outbox.clone(),
+            platform.caller.clone(),
+        )?;
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
         });
@@ -68,11 +73,13 @@ pub fn orders(
     config: &OrderConfig,
     pool: sqlx::PgPool,
     outbox: saga_shared::bus::Outbox,
+    caller: saga_shared::auth::WithToken,
 ) -> Result<Arc<service::Orders>, PlatformError> {
     let catalog = service::Catalog::new(
         &config.order.inventory_url,
         &config.order.reservation_url,
         Duration::from_secs(config.order.catalog_cache_secs),
+        caller,
     )
     .map_err(|e| {
         PlatformError::Config(saga_shared::config::ConfigError::Invalid {

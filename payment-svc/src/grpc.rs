@@ -1,10 +1,10 @@
 //! The gRPC boundary of payment: proto <-> domain, and the one mapping of
 //! errors to status codes.
 
-use saga_shared::idempotency;
 use saga_shared::proto::payment::v1 as pb;
 use saga_shared::proto::payment::v1::payment_service_server::PaymentService;
 use saga_shared::validate;
+use saga_shared::{auth, idempotency};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Payment, PaymentState, Wallet};
@@ -70,10 +70,12 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::GetWalletRequest>,
     ) -> Result<Response<pb::GetWalletResponse>, Status> {
-        let wallet = self
-            .payments
-            .wallet(&request.into_inner().customer_id)
-            .await?;
+        let caller = auth::caller(&request)?;
+        let customer = request.into_inner().customer_id;
+        if !caller.may_act_for(&customer) {
+            return Err(auth::not_yours("customer_id"));
+        }
+        let wallet = self.payments.wallet(&customer).await?;
         Ok(Response::new(pb::GetWalletResponse {
             wallet: Some(wallet.into()),
         }))
@@ -108,8 +110,9 @@ impl PaymentService for PaymentGrpc {
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let order = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let payment = self.payments.payment(order).await?;
+        let payment = self.payments.payment(order, caller.customer()).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment.into()),
         }))

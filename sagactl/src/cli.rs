@@ -48,6 +48,10 @@ pub struct UrlArgs {
         global = true
     )]
     pub reservation_url: String,
+    /// Bearer token sent with every call (default: the admin token `sagactl
+    /// up` writes under SAGA_HOME, ~/.saga by default).
+    #[arg(long, env = "SAGA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +69,10 @@ pub enum Command {
     },
     /// Seed stock, a wallet and a slot, place an order and follow it to its end.
     Demo,
+    /// Mint a token (HS256) with the secret in --secret-file, else
+    /// SAGA_AUTH_SECRET, else the development secret `sagactl up` made:
+    /// `sagactl token --customer c1`.
+    Token(TokenArgs),
     /// Catalog and stock.
     #[command(subcommand)]
     Stock(StockCmd),
@@ -118,6 +126,33 @@ pub enum Command {
     /// once), with a reader of its own, while the service keeps running.
     /// Connects like the services (ORDER_SVC__*, INVENTORY_SVC__*, ...).
     Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["customer", "admin", "service"]))]
+pub struct TokenArgs {
+    /// A customer's token: it acts for this customer id only.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// An admin's token, with this name as its subject.
+    #[arg(long, num_args = 0..=1, default_missing_value = "admin")]
+    pub admin: Option<String>,
+    /// A service's token, with this name as its subject.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// How long it is valid (30m, 12h, 7d).
+    #[arg(long, default_value = "24h", value_parser = crate::replay::parse_ago)]
+    pub ttl: std::time::Duration,
+    /// A file holding the services' auth.hs256_secret (default:
+    /// SAGA_AUTH_SECRET, else the development secret under SAGA_HOME).
+    #[arg(long, env = "SAGA_AUTH_SECRET_FILE")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The `iss` to write (the services' auth.issuer).
+    #[arg(long, default_value = "saga")]
+    pub issuer: String,
+    /// The `aud` to write (the services' auth.audience).
+    #[arg(long, default_value = "saga")]
+    pub audience: String,
 }
 
 #[derive(Args)]
@@ -368,13 +403,13 @@ pub enum OrderCmd {
     },
 }
 
-impl From<UrlArgs> for Urls {
-    fn from(urls: UrlArgs) -> Self {
+impl From<&UrlArgs> for Urls {
+    fn from(urls: &UrlArgs) -> Self {
         Self {
-            order: urls.order_url,
-            inventory: urls.inventory_url,
-            payment: urls.payment_url,
-            reservation: urls.reservation_url,
+            order: urls.order_url.clone(),
+            inventory: urls.inventory_url.clone(),
+            payment: urls.payment_url.clone(),
+            reservation: urls.reservation_url.clone(),
         }
     }
 }

@@ -8,9 +8,11 @@
 //! status into the CLI's error.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use saga_shared::auth::{ServiceToken, WithToken};
 use saga_shared::proto::inventory::v1 as inv;
 use saga_shared::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use saga_shared::proto::order::v1 as ord;
@@ -26,8 +28,8 @@ use tonic::{IntoRequest, Request, Status};
 use crate::poll::Poll;
 use crate::show;
 
-pub type TraceFn = fn(Request<()>) -> Result<Request<()>, Status>;
-pub type Traced = InterceptedService<Channel, TraceFn>;
+/// A client whose calls carry the trace context and the caller's token.
+pub type Traced = InterceptedService<Channel, WithToken>;
 
 /// Where the services listen.
 #[derive(Clone, Debug)]
@@ -81,9 +83,17 @@ pub fn with_key<T>(message: T, key: Option<&str>) -> anyhow::Result<Request<T>> 
     Ok(request)
 }
 
-/// A refusal as the CLI reports it: `Code: message`.
+/// A refusal as the CLI reports it: `Code: message`, and for a refusal of
+/// the credentials, where the CLI finds them.
 pub fn status_error(s: Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    let hint = match s.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            "\n(sagactl sends --token or SAGA_TOKEN, else the admin token `sagactl up` writes \
+             under SAGA_HOME (default ~/.saga); `sagactl token` mints one)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
 }
 
 /// Whether the order has ended (CONFIRMED or CANCELLED).
@@ -97,18 +107,29 @@ fn required<T>(field: Option<T>, what: &str) -> Result<T, Status> {
 }
 
 impl Clients {
-    /// Clients that connect on first use.
-    pub fn new(urls: &Urls) -> anyhow::Result<Self> {
-        let trace: TraceFn = saga_shared::telemetry::propagate_trace;
+    /// Clients that connect on first use; every call carries `caller`'s
+    /// token.
+    pub fn new(urls: &Urls, caller: &WithToken) -> anyhow::Result<Self> {
         Ok(Self {
-            order: OrderServiceClient::with_interceptor(lazy(&urls.order)?, trace),
-            inventory: InventoryServiceClient::with_interceptor(lazy(&urls.inventory)?, trace),
-            payment: PaymentServiceClient::with_interceptor(lazy(&urls.payment)?, trace),
+            order: OrderServiceClient::with_interceptor(lazy(&urls.order)?, caller.clone()),
+            inventory: InventoryServiceClient::with_interceptor(
+                lazy(&urls.inventory)?,
+                caller.clone(),
+            ),
+            payment: PaymentServiceClient::with_interceptor(lazy(&urls.payment)?, caller.clone()),
             reservation: ReservationServiceClient::with_interceptor(
                 lazy(&urls.reservation)?,
-                trace,
+                caller.clone(),
             ),
         })
+    }
+
+    /// Clients whose calls carry `token` (none if `None`).
+    pub fn with_token(urls: &Urls, token: Option<String>) -> anyhow::Result<Self> {
+        let caller = WithToken(Arc::new(
+            token.map_or_else(ServiceToken::none, ServiceToken::fixed),
+        ));
+        Self::new(urls, &caller)
     }
 
     // ----- inventory -----

@@ -5,6 +5,7 @@
 //! - [`system`]: the four services in one process (`sagactl up`, tests).
 //! - [`client`]: gRPC clients of the four services and their typed calls
 //!   (the CLI's and the test harness's).
+//! - [`dev`]: development credentials (`sagactl up`, `sagactl token`).
 //! - [`poll`]: waiting on a condition with a deadline.
 //! - [`bench`]: benchmarks (the race lab).
 //! - [`audit`]: the invariant auditor (`sagactl audit`).
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cmd;
+pub mod dev;
 pub mod dlq;
 pub mod poll;
 pub mod replay;

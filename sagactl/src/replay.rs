@@ -290,7 +290,13 @@ pub async fn run(
     // all its streams; four handler types, one generic call each.
     let out = match c.service {
         "order-svc" => {
-            let orders = order_svc::orders(&cfg.order, pool.clone(), outbox.clone())?;
+            // Replay applies events; it never asks the catalog, so no token.
+            let orders = order_svc::orders(
+                &cfg.order,
+                pool.clone(),
+                outbox.clone(),
+                saga_shared::auth::WithToken::none(),
+            )?;
             let handler = order_svc::events::ParticipantEvents { orders };
             replay_streams(&ctx, handler, &starts, request, progress).await?
         }

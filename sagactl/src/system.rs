@@ -9,6 +9,7 @@ use inventory_svc::InventoryConfig;
 use order_svc::OrderConfig;
 use payment_svc::PaymentConfig;
 use reservation_svc::ReservationConfig;
+use saga_shared::auth::{AuthConfig, Minter};
 use saga_shared::config::{BusConfig, DatabaseConfig, NatsConfig, RepairConfig};
 use saga_shared::runtime::{App, PlatformError};
 use saga_shared::service::Service;
@@ -43,6 +44,37 @@ impl SystemConfig {
         self.payment.namespace = namespace.to_owned();
         self.reservation.namespace = namespace.to_owned();
         self
+    }
+
+    /// The auth section of each service.
+    pub fn auths(&self) -> [&AuthConfig; 4] {
+        [
+            &self.order.auth,
+            &self.inventory.auth,
+            &self.payment.auth,
+            &self.reservation.auth,
+        ]
+    }
+
+    /// Gives every service the same auth settings.
+    pub fn with_auth(mut self, auth: &AuthConfig) -> Self {
+        for a in [
+            &mut self.order.auth,
+            &mut self.inventory.auth,
+            &mut self.payment.auth,
+            &mut self.reservation.auth,
+        ] {
+            *a = auth.clone();
+        }
+        self
+    }
+
+    /// Gives every service a fresh random secret, for a system of a test's
+    /// or a benchmark's own; the minter makes the tokens its callers send.
+    pub fn with_own_secret(self) -> anyhow::Result<(Self, Minter)> {
+        let auth = AuthConfig::with_secret(&saga_shared::auth::random_secret());
+        let minter = Minter::from_config(&auth)?;
+        Ok((self.with_auth(&auth), minter))
     }
 
     /// Points every service at one database URL.

@@ -66,7 +66,23 @@ pub fn key_of<T>(request: &tonic::Request<T>) -> Result<Option<String>, Idempote
             key.len()
         )));
     }
-    Ok(Some(key.to_owned()))
+    // Keys are the caller's own: the same key from two callers names two
+    // calls, and one caller can never be answered with another's response.
+    Ok(Some(
+        match request.extensions().get::<crate::auth::Principal>() {
+            Some(caller) => format!("{}{SCOPE_END}{key}", caller.key_scope()),
+            None => key.to_owned(),
+        },
+    ))
+}
+
+/// Ends the caller's part of a stored key (keys themselves are printable
+/// ASCII, so they cannot hold it).
+const SCOPE_END: char = '\u{1f}';
+
+/// A stored key as its caller wrote it.
+fn as_sent(key: &str) -> String {
+    key.rsplit(SCOPE_END).next().unwrap_or(key).to_owned()
 }
 
 /// What [`once`] answered.
@@ -188,7 +204,7 @@ pub async fn begin<Q: Message, R: Message + Default>(
     .await?;
     // The row lock taken by the INSERT above waited for the first call's
     // transaction: the response is there.
-    let response = response.ok_or_else(|| IdempotencyError::Corrupt(key.clone()))?;
+    let response = response.ok_or_else(|| IdempotencyError::Corrupt(as_sent(&key)))?;
     replay(key, &hash, &stored_hash, &response).map(Begin::Replay)
 }
 
@@ -228,7 +244,7 @@ fn replay<R: Message + Default>(
     response: &[u8],
 ) -> Result<R, IdempotencyError> {
     if stored_hash != hash {
-        return Err(IdempotencyError::Mismatch(key));
+        return Err(IdempotencyError::Mismatch(as_sent(&key)));
     }
-    R::decode(response).map_err(|_| IdempotencyError::Corrupt(key))
+    R::decode(response).map_err(|_| IdempotencyError::Corrupt(as_sent(&key)))
 }

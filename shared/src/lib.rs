@@ -17,12 +17,15 @@
 //!   trait that connects, assembles, runs and starts one.
 //! - [`validate`]: field-named validation errors for requests; [`codec`]:
 //!   the gRPC codec, which names the field of a request that does not decode.
+//! - [`auth`]: bearer tokens checked for every gRPC call, the roles they
+//!   carry and the rule of every method.
 //! - [`backoff`]: the one exponential backoff of every retry loop.
 //! - [`faults`]: crash points for drills and tests (off unless armed).
 //! - [`repair`]: the participants' repair loop, which finishes the records
 //!   of sagas that ended while their events could not be applied.
 
 pub mod admin;
+pub mod auth;
 pub mod backoff;
 pub mod bus;
 pub mod codec;

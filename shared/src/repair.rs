@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use crate::BoxError;
+use crate::auth::WithToken;
 use crate::config::{ConfigError, RepairConfig};
 use crate::proto::order::v1 as pb;
 use crate::proto::order::v1::order_service_client::OrderServiceClient;
@@ -94,12 +96,13 @@ impl Page {
 /// Asks order-svc how sagas ended.
 #[derive(Clone)]
 pub struct Outcomes {
-    client: OrderServiceClient<Channel>,
+    client: OrderServiceClient<InterceptedService<Channel, WithToken>>,
 }
 
 impl Outcomes {
-    /// A client of order-svc at `url` (connected on first use).
-    pub fn new(url: &str) -> Result<Self, ConfigError> {
+    /// A client of order-svc at `url` (connected on first use), whose calls
+    /// carry `caller`'s token.
+    pub fn new(url: &str, caller: WithToken) -> Result<Self, ConfigError> {
         let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ConfigError::Invalid {
             field: "repair.order_url".into(),
             message: format!("{url:?}: {e}"),
@@ -109,7 +112,7 @@ impl Outcomes {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(Self {
-            client: OrderServiceClient::new(channel),
+            client: OrderServiceClient::with_interceptor(channel, caller),
         })
     }
 

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
+use crate::auth::{AuthConfig, AuthLayer, ServiceToken, Verifier, WithToken};
 use crate::bus::consumer::{BusContext, Consumer, Handler};
 use crate::bus::outbox::Relay;
 use crate::bus::retention;
@@ -68,6 +69,8 @@ pub enum PlatformError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The sections of a service's configuration the platform uses.
@@ -82,6 +85,7 @@ pub struct PlatformConfig<'a> {
     pub bus: &'a BusConfig,
     pub grpc: &'a ListenConfig,
     pub admin: &'a ListenConfig,
+    pub auth: &'a AuthConfig,
 }
 
 type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
@@ -96,6 +100,10 @@ pub struct Platform {
     pub outbox: Outbox,
     pub bus: BusConfig,
     pub readiness: Readiness,
+    /// Checks the callers of this service's gRPC API.
+    pub auth: AuthLayer,
+    /// What this service's own calls to the other services carry.
+    pub caller: WithToken,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     consumers: Vec<Task>,
@@ -111,6 +119,14 @@ impl Platform {
     ) -> Result<Self, PlatformError> {
         let ns = Namespace::new(cfg.namespace)?;
         cfg.bus.validate()?;
+        let verifier = Verifier::from_config(cfg.auth)?;
+        if verifier.is_none() {
+            tracing::warn!(
+                service = cfg.service,
+                "authentication is off (auth.disabled): every caller is an admin"
+            );
+        }
+        let caller = WithToken(Arc::new(ServiceToken::from_config(cfg.service, cfg.auth)?));
         retention::check(
             cfg.bus.retention_hours,
             Duration::from_secs(cfg.nats.max_age_hours.saturating_mul(3600)),
@@ -149,6 +165,8 @@ impl Platform {
             outbox: Outbox::new(),
             bus: cfg.bus.clone(),
             readiness,
+            auth: AuthLayer::new(verifier),
+            caller,
             grpc_listener,
             admin_listener,
             consumers: Vec::new(),
@@ -238,7 +256,7 @@ impl Platform {
         participant: P,
         cfg: &crate::config::RepairConfig,
     ) -> Result<(), PlatformError> {
-        let outcomes = crate::repair::Outcomes::new(&cfg.order_url)?;
+        let outcomes = crate::repair::Outcomes::new(&cfg.order_url, self.caller.clone())?;
         let (service, cfg, participant) = (self.service, cfg.clone(), Arc::new(participant));
         self.spawn_background(move |stop| {
             crate::repair::run(service, participant, outcomes, cfg, stop)
@@ -316,6 +334,8 @@ impl App {
             outbox,
             bus,
             readiness,
+            auth,
+            caller: _,
             grpc_listener,
             admin_listener,
             consumers,
@@ -356,6 +376,7 @@ impl App {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .trace_fn(crate::grpc::request_span)
+                    .layer(auth)
                     .add_routes(routes.add_service(health_service))
                     .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),
             )

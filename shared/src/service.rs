@@ -144,6 +144,8 @@ macro_rules! service_config {
             pub admin: $crate::config::ListenConfig,
             pub bus: $crate::config::BusConfig,
             pub telemetry: $crate::config::TelemetryConfig,
+            /// Who may call the gRPC API, and the token this service sends.
+            pub auth: $crate::auth::AuthConfig,
             $( $(#[$fmeta])* pub $field: $ty, )*
         }
 
@@ -157,6 +159,7 @@ macro_rules! service_config {
                     admin: $crate::config::ListenConfig::on_port($admin),
                     bus: Default::default(),
                     telemetry: Default::default(),
+                    auth: Default::default(),
                     $( $field: Default::default(), )*
                 }
             }
@@ -194,6 +197,7 @@ macro_rules! service_config {
                     bus: &self.bus,
                     grpc: &self.grpc,
                     admin: &self.admin,
+                    auth: &self.auth,
                 }
             }
 

@@ -3,6 +3,7 @@
 //! namespace (see `saga_tests::TestSystem`). One binary keeps link time down.
 
 mod admission;
+mod auth;
 mod bench;
 mod bus;
 mod chaos;

@@ -359,15 +359,24 @@ async fn bad_catalog_wallet_and_slot_requests_are_refused_and_change_nothing() -
 
 /// Sends `bytes` as the body of a unary call to `path` and returns the
 /// status it is answered with (OK included).
-async fn raw_call(url: &str, path: &'static str, bytes: Vec<u8>) -> anyhow::Result<tonic::Status> {
+async fn raw_call(
+    url: &str,
+    token: &str,
+    path: &'static str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect()
         .await?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
+    let mut request = tonic::Request::new(bytes);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     let answer = grpc
         .unary(
-            tonic::Request::new(bytes),
+            request,
             http::uri::PathAndQuery::from_static(path),
             raw::RawCodec,
         )
@@ -492,8 +501,13 @@ async fn a_string_that_is_not_utf8_is_an_invalid_argument_naming_its_field_on_ev
             "name",
         ),
     ];
+    let token = sys.minter.mint(
+        "test-admin",
+        saga_shared::auth::Role::Admin,
+        std::time::Duration::from_secs(600),
+    )?;
     for (url, path, bytes, field) in cases {
-        let status = raw_call(&url, path, bytes).await?;
+        let status = raw_call(&url, &token, path, bytes).await?;
         assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
         assert_eq!(
             status.message(),

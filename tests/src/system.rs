@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use fred::prelude::*;
+use saga_shared::auth::{Minter, Role};
 use saga_shared::bus::Namespace;
 use sagactl::client::{Clients, Urls};
 use sagactl::system::{Endpoints, System, SystemConfig};
@@ -86,7 +87,12 @@ pub struct TestSystem {
     pub redis: Pool,
     pub js: jetstream::Context,
     pub nats: async_nats::Client,
+    /// An admin's clients.
     pub clients: Clients,
+    /// Mints tokens the services accept (unless a test changed their auth
+    /// settings): see [`TestSystem::clients_as`].
+    pub minter: Minter,
+    pub urls: Urls,
     pub order: Endpoints,
     pub inventory: Endpoints,
     pub payment: Endpoints,
@@ -118,6 +124,12 @@ impl TestSystem {
         Self::launch(tweak, true).await
     }
 
+    /// Clients whose calls carry a token for `subject` as `role`.
+    pub fn clients_as(&self, subject: &str, role: Role) -> anyhow::Result<Clients> {
+        let token = self.minter.mint(subject, role, Duration::from_secs(3600))?;
+        Clients::with_token(&self.urls, Some(token))
+    }
+
     /// The service processes (for a system started with
     /// [`TestSystem::start_processes`]).
     pub fn processes(&mut self) -> &mut processes::Processes {
@@ -146,6 +158,7 @@ impl TestSystem {
         }
         cfg.inventory.redis.url = redis_url();
         cfg.reservation.redis.url = redis_url();
+        let (mut cfg, minter) = cfg.with_own_secret()?;
         tweak(&mut cfg);
         let inventory_redis = cfg.inventory.redis.url.clone();
         let system_nats = cfg.order.nats.url.clone();
@@ -218,7 +231,12 @@ impl TestSystem {
             .0,
             js: jetstream::new(nats.clone()),
             nats,
-            clients: Clients::new(&urls)?,
+            clients: Clients::with_token(
+                &urls,
+                Some(minter.mint("test-admin", Role::Admin, Duration::from_secs(24 * 3600))?),
+            )?,
+            minter,
+            urls,
             order,
             inventory,
             payment,

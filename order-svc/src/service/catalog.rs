@@ -8,17 +8,17 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use saga_shared::auth::WithToken;
 use saga_shared::proto::inventory::v1::ListStockRequest;
 use saga_shared::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use saga_shared::proto::reservation::v1::GetSlotRequest;
 use saga_shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use uuid::Uuid;
 
-type TraceFn = fn(Request<()>) -> Result<Request<()>, Status>;
-type Traced = InterceptedService<Channel, TraceFn>;
+type Traced = InterceptedService<Channel, WithToken>;
 
 /// Why the catalog could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -91,16 +91,16 @@ impl Catalog {
         inventory_url: &str,
         reservation_url: &str,
         ttl: Duration,
+        caller: WithToken,
     ) -> Result<Self, CatalogError> {
-        let trace: TraceFn = saga_shared::telemetry::propagate_trace;
         Ok(Self {
             inventory: InventoryServiceClient::with_interceptor(
                 channel("order.inventory_url", inventory_url)?,
-                trace,
+                caller.clone(),
             ),
             reservation: ReservationServiceClient::with_interceptor(
                 channel("order.reservation_url", reservation_url)?,
-                trace,
+                caller,
             ),
             skus: Seen::new(ttl),
             slots: Seen::new(ttl),

@@ -143,8 +143,13 @@ impl Orders {
 
     /// The order and its events as this service knows them: those it
     /// published (its outbox) and those it applied (its inbox), in order.
-    pub async fn history(&self, id: Uuid) -> Result<(Order, Vec<history::Step>)> {
-        let order = self.get(id).await?;
+    /// `owner`: the customer asking (its own orders only), or `None`.
+    pub async fn history(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<(Order, Vec<history::Step>)> {
+        let order = self.get(id, owner).await?;
         let pool = &self.store.pool;
         let (published, applied) =
             tokio::try_join!(history::published(pool, id), history::applied(pool, id))?;
@@ -164,27 +169,29 @@ impl Orders {
         Ok(store::outcomes(&self.store.pool, ids).await?)
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Order> {
-        self.store
-            .order(id)
-            .await?
-            .ok_or_else(|| OrderError::NotFound(format!("order_id: no order {id}")))
+    /// The order; `owner`: the customer asking, who sees only its own
+    /// (another customer's order is as missing as one that never was), or
+    /// `None` for any order.
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Order> {
+        owned(id, self.store.order(id).await?, owner)
     }
 
     /// Cancels an order at the customer's request (FAILED_PRECONDITION once
-    /// CONFIRMED; a cancelled order is returned as it is).
-    pub async fn cancel(&self, id: Uuid) -> Result<Order> {
+    /// CONFIRMED; a cancelled order is returned as it is). `owner` as for
+    /// [`Orders::get`]: checked on the order read under its lock.
+    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<Order> {
         let mut tx = self.store.pool.begin().await?;
+        let locked = owned(id, store::load_locked(&mut tx, &[id]).await?.pop(), owner)?;
         let order = self
             .advance(
                 &mut tx,
                 id,
-                None,
+                Some(locked),
                 Input::Cancel(CancelReason::CustomerCancelled),
                 EventMeta::new(id, None),
             )
             .await?
-            .ok_or_else(|| OrderError::NotFound(format!("order_id: no order {id}")))?;
+            .ok_or_else(|| not_found(id))?;
         tx.commit().await?;
         self.outbox.wake();
         Ok(order)
@@ -346,5 +353,17 @@ pub fn cancel_reason_to_event(r: CancelReason) -> pb::CancelReason {
         CancelReason::InsufficientFunds => pb::CancelReason::InsufficientFunds,
         CancelReason::Timeout => pb::CancelReason::Timeout,
         CancelReason::CustomerCancelled => pb::CancelReason::CustomerCancelled,
+    }
+}
+
+fn not_found(id: Uuid) -> OrderError {
+    OrderError::NotFound(format!("order_id: no order {id}"))
+}
+
+/// The order if it exists and `owner` (when given) is its customer.
+fn owned(id: Uuid, order: Option<Order>, owner: Option<&str>) -> Result<Order> {
+    match order {
+        Some(o) if owner.is_none_or(|c| c == o.customer_id) => Ok(o),
+        _ => Err(not_found(id)),
     }
 }

@@ -84,10 +84,15 @@ impl Payments {
         })
     }
 
-    pub async fn payment(&self, order: Uuid) -> Result<Payment> {
-        self.store.payment(order).await?.ok_or_else(|| {
-            PaymentError::NotFound(format!("order_id: no payment for order {order}"))
-        })
+    /// The payment of `order`; `owner`: the customer asking, who sees only
+    /// its own (another's is as missing as one that never was), or `None`.
+    pub async fn payment(&self, order: Uuid, owner: Option<&str>) -> Result<Payment> {
+        match self.store.payment(order).await? {
+            Some(p) if owner.is_none_or(|c| c == p.customer_id) => Ok(p),
+            _ => Err(PaymentError::NotFound(format!(
+                "order_id: no payment for order {order}"
+            ))),
+        }
     }
 
     /// Adds funds in the caller's transaction, creating the wallet on first

@@ -341,10 +341,10 @@ impl Direct {
             .execute(&lab.pg)
             .await?;
         }
-        let (services, urls) = Services::start(cfg.clone()).await?;
+        let (services, urls, clients) = Services::start(cfg.clone()).await?;
         let direct = Self {
             services,
-            clients: Clients::new(&urls)?,
+            clients,
             url: urls.inventory,
             ns,
             cfg,

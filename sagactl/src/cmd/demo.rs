@@ -6,10 +6,17 @@ use std::time::{Duration, Instant};
 use saga_shared::proto::order::v1 as ord;
 use saga_shared::proto::payment::v1 as pay;
 
-use crate::client::{Clients, status_error};
+use crate::client::{Clients, Urls, status_error};
+use crate::dev::DEMO_CUSTOMER;
 use crate::show;
 
-pub(super) async fn run(c: &Clients) -> anyhow::Result<()> {
+/// Sets up with `c` (an admin's clients) and orders as the demo customer
+/// when `sagactl up` wrote its token (otherwise with `c` too).
+pub(super) async fn run(urls: &Urls, c: &Clients) -> anyhow::Result<()> {
+    let customer = match crate::dev::demo_customer_token()? {
+        Some(token) => Clients::with_token(urls, Some(token))?,
+        None => c.clone(),
+    };
     println!("1. stock");
     for (sku, name, price) in [
         ("demo-widget", "Widget", 2_500),
@@ -21,7 +28,7 @@ pub(super) async fn run(c: &Clients) -> anyhow::Result<()> {
     println!("2. wallet");
     let w = c
         .top_up(pay::TopUpRequest {
-            customer_id: "demo-customer".into(),
+            customer_id: DEMO_CUSTOMER.into(),
             amount_cents: 10_000,
         })
         .await
@@ -32,9 +39,9 @@ pub(super) async fn run(c: &Clients) -> anyhow::Result<()> {
     println!("   {}", show::slot(&slot));
     println!("4. order: 2 widgets, 1 gadget, in that slot");
     let started = Instant::now();
-    let placed = c
+    let placed = customer
         .place_order(ord::PlaceOrderRequest {
-            customer_id: "demo-customer".into(),
+            customer_id: DEMO_CUSTOMER.into(),
             items: vec![
                 ord::LineItem {
                     sku: "demo-widget".into(),
@@ -50,12 +57,15 @@ pub(super) async fn run(c: &Clients) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?;
     println!("{}", indent(&show::order(&placed)));
-    let done = c
+    let done = customer
         .wait_for_end(&placed.order_id, Duration::from_secs(30))
         .await?;
     println!("5. the saga ended after {:?}", started.elapsed());
     println!("{}", indent(&show::order(&done)));
-    let w = c.get_wallet("demo-customer").await.map_err(status_error)?;
+    let w = customer
+        .get_wallet(DEMO_CUSTOMER)
+        .await
+        .map_err(status_error)?;
     println!("   {}", show::wallet(&w));
     for sku in ["demo-widget", "demo-gadget"] {
         let st = c.get_stock(sku).await.map_err(status_error)?;

@@ -16,6 +16,7 @@ mod replay;
 mod saga;
 mod slot;
 mod stock;
+mod token;
 mod up;
 mod wallet;
 
@@ -24,8 +25,9 @@ use crate::client::{Clients, Urls};
 
 /// Runs the command of a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let urls = Urls::from(cli.urls);
-    let clients = || Clients::new(&urls);
+    let urls = Urls::from(&cli.urls);
+    let given = cli.urls.token;
+    let clients = || Clients::with_token(&urls, crate::dev::cli_token(given.clone())?);
     match cli.command {
         Command::Up {
             namespace,
@@ -43,7 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Saga(cmd) => saga::run(cmd).await,
-        Command::Demo => demo::run(&clients()?).await,
+        Command::Demo => demo::run(&urls, &clients()?).await,
+        Command::Token(args) => token::run(&args),
         Command::Stock(cmd) => stock::run(&clients()?, cmd).await,
         Command::Wallet(cmd) => wallet::run(&clients()?, cmd).await,
         Command::Slot(cmd) => slot::run(&clients()?, cmd).await,

@@ -1,6 +1,7 @@
 //! `sagactl up`: the four services in this process until Ctrl-C.
 
 use anyhow::bail;
+use saga_shared::auth::AuthConfig;
 use saga_shared::config::{LogFormat, TelemetryConfig};
 
 use crate::system::{System, SystemConfig};
@@ -19,6 +20,15 @@ pub(super) async fn run(namespace: Option<String>, log_format: &str) -> anyhow::
     if let Some(ns) = namespace {
         cfg = cfg.with_namespace(&ns);
     }
+    // With no auth settings at all, a development secret of our own, and
+    // tokens for the CLI (see `crate::dev`).
+    let tokens = if cfg.auths().iter().any(|a| a.is_configured()) {
+        None
+    } else {
+        let secret = crate::dev::secret_or_create()?;
+        cfg = cfg.with_auth(&AuthConfig::with_secret(&secret));
+        Some(crate::dev::write_tokens(&secret)?)
+    };
     let mut system = System::start(cfg).await?;
     println!("saga services running (Ctrl-C to stop):");
     for (name, e) in [
@@ -28,6 +38,21 @@ pub(super) async fn run(namespace: Option<String>, log_format: &str) -> anyhow::
         ("reservation-svc", system.reservation),
     ] {
         println!("  {name:<16} gRPC {:<22} admin http://{}", e.grpc, e.admin);
+    }
+    match tokens {
+        Some([admin, customer]) => {
+            println!(
+                "development tokens (the secret is in {}):",
+                crate::dev::home().display()
+            );
+            println!(
+                "  admin          {}  (what sagactl sends by default)",
+                admin.display()
+            );
+            println!("  demo customer  {}", customer.display());
+            println!("  more: sagactl token --customer c1");
+        }
+        None => println!("authentication as configured (*_SVC__AUTH__*)"),
     }
     println!("try: sagactl demo");
     tokio::select! {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use saga_shared::auth::Role;
 use saga_shared::bus::Namespace;
 use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, oneshot};
@@ -136,7 +137,11 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    pub(crate) async fn start(cfg: SystemConfig) -> anyhow::Result<(Self, Urls)> {
+    /// Starts the services of `cfg` with a secret of their own; returns
+    /// where they listen and an admin's clients of them.
+    pub(crate) async fn start(cfg: SystemConfig) -> anyhow::Result<(Self, Urls, Clients)> {
+        let (cfg, minter) = cfg.with_own_secret()?;
+        let admin = minter.mint("bench", Role::Admin, Duration::from_secs(7 * 24 * 3600))?;
         let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<Urls>>();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -163,7 +168,8 @@ impl Services {
             })
         });
         let urls = ready_rx.await.context("the services' runtime ended")??;
-        Ok((Self { stop, done }, urls))
+        let clients = Clients::with_token(&urls, Some(admin))?;
+        Ok((Self { stop, done }, urls, clients))
     }
 
     /// Stops the services and waits for their runtime's thread (off the
@@ -217,8 +223,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
         .context("NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
 
-    let (services, urls) = Services::start(cfg.clone()).await?;
-    let measured = drive(&opts, &urls, &nats, &ns, &pg, &database).await;
+    let (services, _urls, clients) = Services::start(cfg.clone()).await?;
+    let measured = drive(&opts, clients, &nats, &ns, &pg, &database).await;
     let stopped = services.stop().await;
     saga_shared::bus::streams::delete_streams(&js, &ns).await;
     let (mut figures, bar) = measured?;
@@ -283,13 +289,13 @@ fn database_name(url: &str) -> anyhow::Result<String> {
 /// Seeds, loads and measures; returns the figures (without baselines).
 async fn drive(
     opts: &Options,
-    urls: &Urls,
+    clients: Clients,
     nats: &async_nats::Client,
     ns: &Namespace,
     pg: &sqlx::PgPool,
     database: &str,
 ) -> anyhow::Result<(Figures, ProgressBar)> {
-    let clients = Arc::new(Clients::new(urls)?);
+    let clients = Arc::new(clients);
     let mix = opts.mix.clone();
     let slots = seed(&clients, &mix).await?;
     let ends = Ends::listen(nats, ns).await?;

@@ -1,0 +1,89 @@
+//! The `auth` section of every service's settings.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How callers are authenticated. With nothing set a service refuses to
+/// start and says what to set: there is no default key, and no setting that
+/// accepts unsigned tokens. `sagactl up` sets a development secret of its
+/// own (see the README).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// No authentication: every call is an admin's. Only behind something
+    /// that authenticates for it; a warning is logged at start.
+    pub disabled: bool,
+    /// A shared secret (at least 32 bytes) for HS256 tokens: whoever knows
+    /// it can mint any token, so it suits development and a single trust
+    /// domain. Never printed.
+    pub hs256_secret: String,
+    /// Files holding PEM public keys (SubjectPublicKeyInfo); a token signed
+    /// by any of their private keys with `public_key_algorithm` is accepted.
+    pub public_key_files: Vec<PathBuf>,
+    /// The one algorithm public-key tokens must use: `RS256`, `ES256` or
+    /// `EdDSA`.
+    pub public_key_algorithm: String,
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// A file holding the token this service sends when it calls another
+    /// (order-svc's catalog checks, the participants' repair), read again
+    /// every minute so it can be rotated. Without it the service mints its
+    /// own from `hs256_secret`.
+    pub service_token_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            hs256_secret: String::new(),
+            public_key_files: Vec::new(),
+            public_key_algorithm: "RS256".into(),
+            issuer: "saga".into(),
+            audience: "saga".into(),
+            leeway_secs: 30,
+            service_token_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// A configuration that accepts tokens signed with `secret`.
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            hs256_secret: secret.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether any way of checking tokens (or none at all) was chosen.
+    pub fn is_configured(&self) -> bool {
+        self.disabled || !self.hs256_secret.is_empty() || !self.public_key_files.is_empty()
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = if self.hs256_secret.is_empty() {
+            ""
+        } else {
+            "(set, not shown)"
+        };
+        f.debug_struct("AuthConfig")
+            .field("disabled", &self.disabled)
+            .field("hs256_secret", &secret)
+            .field("public_key_files", &self.public_key_files)
+            .field("public_key_algorithm", &self.public_key_algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("service_token_file", &self.service_token_file)
+            .finish()
+    }
+}
