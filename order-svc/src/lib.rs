@@ -51,6 +51,7 @@ impl Service for OrderSvc {
             platform.pool.clone(),
             platform.outbox.clone(),
             platform.caller.clone(),
+            platform.client_tls.as_ref(),
         )?;
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
@@ -74,12 +75,14 @@ pub fn orders(
     pool: sqlx::PgPool,
     outbox: saga_shared::bus::Outbox,
     caller: saga_shared::auth::WithToken,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<Arc<service::Orders>, PlatformError> {
     let catalog = service::Catalog::new(
         &config.order.inventory_url,
         &config.order.reservation_url,
         Duration::from_secs(config.order.catalog_cache_secs),
         caller,
+        tls,
     )
     .map_err(|e| {
         PlatformError::Config(saga_shared::config::ConfigError::Invalid {

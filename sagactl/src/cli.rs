@@ -52,6 +52,14 @@ pub struct UrlArgs {
     /// up` writes under SAGA_HOME, ~/.saga by default).
     #[arg(long, env = "SAGA_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA that signed the services' certificates (for https:// URLs).
+    #[arg(long, env = "SAGACTL_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for services that require one.
+    #[arg(long, env = "SAGACTL_CERT_FILE", global = true, requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "SAGACTL_KEY_FILE", global = true, requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -403,14 +411,23 @@ pub enum OrderCmd {
     },
 }
 
-impl From<&UrlArgs> for Urls {
-    fn from(urls: &UrlArgs) -> Self {
-        Self {
+impl TryFrom<&UrlArgs> for Urls {
+    type Error = anyhow::Error;
+
+    fn try_from(urls: &UrlArgs) -> anyhow::Result<Self> {
+        let grpc = saga_shared::config::GrpcConfig {
+            tls_ca_file: urls.ca_file.clone(),
+            tls_cert_file: urls.cert_file.clone(),
+            tls_key_file: urls.key_file.clone(),
+            ..Default::default()
+        };
+        Ok(Self {
             order: urls.order_url.clone(),
             inventory: urls.inventory_url.clone(),
             payment: urls.payment_url.clone(),
             reservation: urls.reservation_url.clone(),
-        }
+            tls: saga_shared::grpc::client_tls(&grpc)?,
+        })
     }
 }
 

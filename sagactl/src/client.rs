@@ -22,7 +22,7 @@ use saga_shared::proto::payment::v1::payment_service_client::PaymentServiceClien
 use saga_shared::proto::reservation::v1 as rsv;
 use saga_shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{IntoRequest, Request, Status};
 
 use crate::poll::Poll;
@@ -31,13 +31,16 @@ use crate::show;
 /// A client whose calls carry the trace context and the caller's token.
 pub type Traced = InterceptedService<Channel, WithToken>;
 
-/// Where the services listen.
+/// Where the services listen, and the TLS of `https://` URLs.
 #[derive(Clone, Debug)]
 pub struct Urls {
     pub order: String,
     pub inventory: String,
     pub payment: String,
     pub reservation: String,
+    /// The CA to trust (and the client certificate to present) for
+    /// `https://` URLs.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for Urls {
@@ -47,6 +50,7 @@ impl Default for Urls {
             inventory: "http://127.0.0.1:50052".into(),
             payment: "http://127.0.0.1:50053".into(),
             reservation: "http://127.0.0.1:50054".into(),
+            tls: None,
         }
     }
 }
@@ -59,9 +63,8 @@ pub struct Clients {
     pub reservation: ReservationServiceClient<Traced>,
 }
 
-fn lazy(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid URL {url:?}"))?
+fn lazy(url: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> anyhow::Result<Channel> {
+    Ok(saga_shared::grpc::endpoint("url", url, tls)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
@@ -111,14 +114,20 @@ impl Clients {
     /// token.
     pub fn new(urls: &Urls, caller: &WithToken) -> anyhow::Result<Self> {
         Ok(Self {
-            order: OrderServiceClient::with_interceptor(lazy(&urls.order)?, caller.clone()),
-            inventory: InventoryServiceClient::with_interceptor(
-                lazy(&urls.inventory)?,
+            order: OrderServiceClient::with_interceptor(
+                lazy(&urls.order, urls.tls.as_ref())?,
                 caller.clone(),
             ),
-            payment: PaymentServiceClient::with_interceptor(lazy(&urls.payment)?, caller.clone()),
+            inventory: InventoryServiceClient::with_interceptor(
+                lazy(&urls.inventory, urls.tls.as_ref())?,
+                caller.clone(),
+            ),
+            payment: PaymentServiceClient::with_interceptor(
+                lazy(&urls.payment, urls.tls.as_ref())?,
+                caller.clone(),
+            ),
             reservation: ReservationServiceClient::with_interceptor(
-                lazy(&urls.reservation)?,
+                lazy(&urls.reservation, urls.tls.as_ref())?,
                 caller.clone(),
             ),
         })

@@ -105,7 +105,7 @@ async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::
 async fn jetstream(
     cfg: &SystemConfig,
 ) -> anyhow::Result<(async_nats::jetstream::Context, Namespace)> {
-    let nats = async_nats::connect(cfg.order.nats.url.as_str())
+    let nats = saga_shared::nats::connect(&cfg.order.nats, "sagactl replay")
         .await
         .context("NATS")?;
     Ok((
@@ -296,6 +296,7 @@ pub async fn run(
                 pool.clone(),
                 outbox.clone(),
                 saga_shared::auth::WithToken::none(),
+                None,
             )?;
             let handler = order_svc::events::ParticipantEvents { orders };
             replay_streams(&ctx, handler, &starts, request, progress).await?

@@ -160,7 +160,7 @@ impl SystemConfig {
             (&mut self.payment.grpc, &mut self.payment.admin),
             (&mut self.reservation.grpc, &mut self.reservation.admin),
         ] {
-            *grpc = any();
+            grpc.listen = any().listen;
             *admin = any();
         }
         self
@@ -172,6 +172,8 @@ impl SystemConfig {
 pub struct Endpoints {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// Whether gRPC is served over TLS.
+    pub tls: bool,
 }
 
 impl Endpoints {
@@ -179,11 +181,13 @@ impl Endpoints {
         Self {
             grpc: app.grpc_addr(),
             admin: app.admin_addr(),
+            tls: app.grpc_url().starts_with("https"),
         }
     }
 
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
     }
 }
 
@@ -215,9 +219,9 @@ impl System {
         let order = order_svc::OrderSvc::connect(&cfg.order)
             .await
             .context("starting order-svc")?;
-        cfg.order.order.inventory_url = format!("http://{}", inventory.grpc_addr());
-        cfg.order.order.reservation_url = format!("http://{}", reservation.grpc_addr());
-        cfg.point_repair_at(&format!("http://{}", order.grpc_addr()));
+        cfg.order.order.inventory_url = inventory.grpc_url();
+        cfg.order.order.reservation_url = reservation.grpc_url();
+        cfg.point_repair_at(&order.grpc_url());
         let inventory = inventory_svc::InventorySvc::assemble(inventory, cfg.inventory)
             .await
             .context("starting inventory-svc")?;

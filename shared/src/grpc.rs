@@ -2,7 +2,12 @@
 //! caller's `traceparent`), health and reflection services, and the mapping of
 //! unexpected errors to an opaque `INTERNAL`.
 
+use std::path::Path;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tracing::Span;
+
+use crate::config::{ConfigError, GrpcConfig};
 
 use crate::telemetry::TraceHeaders;
 
@@ -30,6 +35,99 @@ pub fn reflection() -> Result<
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+}
+
+fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::Invalid {
+        field: field.into(),
+        message: format!("{}: {e}", path.display()),
+    })
+}
+
+fn identity(cfg: &GrpcConfig) -> Result<Option<Identity>, ConfigError> {
+    match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => Ok(Some(Identity::from_pem(
+            read_pem("grpc.tls_cert_file", cert)?,
+            read_pem("grpc.tls_key_file", key)?,
+        ))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid {
+            field: "grpc.tls_cert_file".into(),
+            message: "TLS needs both tls_cert_file and tls_key_file".into(),
+        }),
+    }
+}
+
+/// The TLS of a service's gRPC server (`None`: plaintext). With a client
+/// CA, every caller must present a certificate it signed.
+///
+/// # Errors
+/// A file cannot be read, or a certificate comes without its key.
+pub fn server_tls(cfg: &GrpcConfig) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    let Some(identity) = identity(cfg)? else {
+        if cfg.tls_client_ca_file.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "grpc.tls_client_ca_file".into(),
+                message: "client certificates need TLS: set tls_cert_file and tls_key_file".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &cfg.tls_client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(
+            "grpc.tls_client_ca_file",
+            ca,
+        )?));
+    }
+    Ok(Some(tls))
+}
+
+/// The TLS of a service's calls of the others over `https://`: the CA it
+/// trusts, and its own certificate as the client's (`None` when no CA is
+/// set).
+///
+/// # Errors
+/// A file cannot be read, or a certificate comes without its key.
+pub fn client_tls(cfg: &GrpcConfig) -> Result<Option<ClientTlsConfig>, ConfigError> {
+    let Some(ca) = &cfg.tls_ca_file else {
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_pem("grpc.tls_ca_file", ca)?));
+    if let Some(identity) = identity(cfg)? {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
+/// An endpoint of `url` (named by the setting `field`), connected on first
+/// use, with `tls` for an `https://` URL.
+///
+/// # Errors
+/// A malformed URL, or an `https://` URL without a CA to check it with.
+pub fn endpoint(
+    field: &str,
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        field: field.into(),
+        message,
+    };
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = tls.ok_or_else(|| {
+        invalid(format!(
+            "{url:?} is https: set grpc.tls_ca_file to the CA that signed its certificate"
+        ))
+    })?;
+    endpoint
+        .tls_config(tls.clone())
+        .map_err(|e| invalid(format!("{url:?}: {e}")))
 }
 
 /// Cuts rows fetched with `LIMIT limit + 1` down to a page of `limit`, and

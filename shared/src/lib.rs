@@ -6,6 +6,7 @@
 //! - [`bus`]: the JetStream bus: namespaced streams, event envelope, the
 //!   transactional [`bus::outbox`] and its relay, durable pull
 //!   [`bus::consumer`]s with an inbox (`processed_events`) and a DLQ.
+//! - [`nats`]: NATS connections with their credentials and TLS.
 //! - [`idempotency`]: durable `idempotency-key` handling for mutating gRPC calls.
 //! - [`telemetry`]: JSON logs, OpenTelemetry (OTLP off unless configured) and
 //!   W3C trace context across gRPC metadata and event headers.
@@ -34,6 +35,7 @@ pub mod db;
 pub mod faults;
 pub mod grpc;
 pub mod idempotency;
+pub mod nats;
 pub mod proto;
 pub mod redis;
 pub mod repair;

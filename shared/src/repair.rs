@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use uuid::Uuid;
 
 use crate::BoxError;
@@ -102,11 +102,12 @@ pub struct Outcomes {
 impl Outcomes {
     /// A client of order-svc at `url` (connected on first use), whose calls
     /// carry `caller`'s token.
-    pub fn new(url: &str, caller: WithToken) -> Result<Self, ConfigError> {
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ConfigError::Invalid {
-            field: "repair.order_url".into(),
-            message: format!("{url:?}: {e}"),
-        })?;
+    pub fn new(
+        url: &str,
+        caller: WithToken,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Self, ConfigError> {
+        let endpoint = crate::grpc::endpoint("repair.order_url", url, tls)?;
         let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

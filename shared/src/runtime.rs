@@ -22,13 +22,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
-use crate::auth::{AuthConfig, AuthLayer, ServiceToken, Verifier, WithToken};
+use crate::auth::{AuthConfig, AuthLayer, Limits, ServiceToken, Verifier, WithToken};
 use crate::bus::consumer::{BusContext, Consumer, Handler};
 use crate::bus::outbox::Relay;
 use crate::bus::retention;
 use crate::bus::streams::{StreamSetupError, ensure_streams};
 use crate::bus::{Namespace, Outbox, StreamKind};
-use crate::config::{BusConfig, ConfigError, DatabaseConfig, ListenConfig, NatsConfig};
+use crate::config::{BusConfig, ConfigError, DatabaseConfig, GrpcConfig, ListenConfig, NatsConfig};
 use crate::db::{self, DbError};
 
 /// Why a service could not start or stopped with an error.
@@ -38,12 +38,8 @@ pub enum PlatformError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("NATS at {url}: {source}")]
-    Nats {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsError),
     #[error(transparent)]
     Streams(#[from] StreamSetupError),
     #[error(transparent)]
@@ -83,7 +79,7 @@ pub struct PlatformConfig<'a> {
     pub database: &'a DatabaseConfig,
     pub nats: &'a NatsConfig,
     pub bus: &'a BusConfig,
-    pub grpc: &'a ListenConfig,
+    pub grpc: &'a GrpcConfig,
     pub admin: &'a ListenConfig,
     pub auth: &'a AuthConfig,
 }
@@ -104,6 +100,9 @@ pub struct Platform {
     pub auth: AuthLayer,
     /// What this service's own calls to the other services carry.
     pub caller: WithToken,
+    /// The TLS of those calls, for `https://` URLs.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
+    server_tls: Option<tonic::transport::ServerTlsConfig>,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     consumers: Vec<Task>,
@@ -127,24 +126,16 @@ impl Platform {
             );
         }
         let caller = WithToken(Arc::new(ServiceToken::from_config(cfg.service, cfg.auth)?));
+        let server_tls = crate::grpc::server_tls(cfg.grpc)?;
+        let client_tls = crate::grpc::client_tls(cfg.grpc)?;
         retention::check(
             cfg.bus.retention_hours,
             Duration::from_secs(cfg.nats.max_age_hours.saturating_mul(3600)),
             "nats.max_age_hours",
         )?;
-        let servers = cfg.nats.server_addrs()?;
+        cfg.nats.server_addrs()?;
         let pool = db::connect(cfg.database, migrations).await?;
-        let nats = async_nats::ConnectOptions::new()
-            .name(cfg.service)
-            .event_callback(move |event| async move {
-                tracing::info!(event = %event, "nats connection event");
-            })
-            .connect(servers)
-            .await
-            .map_err(|source| PlatformError::Nats {
-                url: crate::config::redact_url(&cfg.nats.url),
-                source,
-            })?;
+        let nats = crate::nats::connect(cfg.nats, cfg.service).await?;
         let js = jetstream::new(nats.clone());
         ensure_streams(&js, &ns, cfg.nats).await?;
         retention::check_streams(&js, &ns, cfg.bus.retention_hours).await?;
@@ -165,8 +156,10 @@ impl Platform {
             outbox: Outbox::new(),
             bus: cfg.bus.clone(),
             readiness,
-            auth: AuthLayer::new(verifier),
+            auth: AuthLayer::new(verifier, Limits::new(cfg.auth)),
             caller,
+            client_tls,
+            server_tls,
             grpc_listener,
             admin_listener,
             consumers: Vec::new(),
@@ -220,6 +213,16 @@ impl Platform {
             .expect("a bound listener has an address")
     }
 
+    /// The URL of the gRPC listener: `https://` when it serves TLS.
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc_addr())
+    }
+
     pub fn bus_context(&self) -> BusContext {
         BusContext {
             service: self.service,
@@ -256,7 +259,11 @@ impl Platform {
         participant: P,
         cfg: &crate::config::RepairConfig,
     ) -> Result<(), PlatformError> {
-        let outcomes = crate::repair::Outcomes::new(&cfg.order_url, self.caller.clone())?;
+        let outcomes = crate::repair::Outcomes::new(
+            &cfg.order_url,
+            self.caller.clone(),
+            self.client_tls.as_ref(),
+        )?;
         let (service, cfg, participant) = (self.service, cfg.clone(), Arc::new(participant));
         self.spawn_background(move |stop| {
             crate::repair::run(service, participant, outcomes, cfg, stop)
@@ -313,6 +320,11 @@ impl App {
         self.platform.admin_addr()
     }
 
+    /// See [`Platform::grpc_url`].
+    pub fn grpc_url(&self) -> String {
+        self.platform.grpc_url()
+    }
+
     pub fn service(&self) -> &'static str {
         self.platform.service
     }
@@ -336,6 +348,8 @@ impl App {
             readiness,
             auth,
             caller: _,
+            client_tls: _,
+            server_tls,
             grpc_listener,
             admin_listener,
             consumers,
@@ -373,8 +387,12 @@ impl App {
         let grpc_server = {
             let token = grpc_token.clone();
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = server_tls {
+                builder = builder.tls_config(tls)?;
+            }
             tokio::spawn(
-                tonic::transport::Server::builder()
+                builder
                     .trace_fn(crate::grpc::request_span)
                     .layer(auth)
                     .add_routes(routes.add_service(health_service))

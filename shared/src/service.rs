@@ -139,7 +139,7 @@ macro_rules! service_config {
             pub database: $crate::config::DatabaseConfig,
             pub nats: $crate::config::NatsConfig,
             #[doc = concat!("gRPC listener (default 127.0.0.1:", stringify!($grpc), ").")]
-            pub grpc: $crate::config::ListenConfig,
+            pub grpc: $crate::config::GrpcConfig,
             #[doc = concat!("Admin HTTP listener (default 127.0.0.1:", stringify!($admin), ").")]
             pub admin: $crate::config::ListenConfig,
             pub bus: $crate::config::BusConfig,
@@ -155,7 +155,7 @@ macro_rules! service_config {
                     namespace: "saga".into(),
                     database: $crate::config::DatabaseConfig::with_schema($schema),
                     nats: Default::default(),
-                    grpc: $crate::config::ListenConfig::on_port($grpc),
+                    grpc: $crate::config::GrpcConfig::on_port($grpc),
                     admin: $crate::config::ListenConfig::on_port($admin),
                     bus: Default::default(),
                     telemetry: Default::default(),

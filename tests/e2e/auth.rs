@@ -441,3 +441,51 @@ async fn one_idempotency_key_sent_by_two_customers_names_two_calls() -> anyhow::
     assert_eq!(placed[0], placed[2], "a's retry is still a's order");
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_past_its_rate_is_told_to_wait_while_others_are_served() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        for auth in [
+            &mut cfg.order.auth,
+            &mut cfg.inventory.auth,
+            &mut cfg.payment.auth,
+            &mut cfg.reservation.auth,
+        ] {
+            // One call a second, five at once: a burst of twenty cannot pass.
+            auth.customer_rate_per_sec = 1;
+            auth.customer_burst = 5;
+        }
+    })
+    .await?;
+    sys.top_up("rate-a", 100).await?;
+    sys.top_up("rate-b", 100).await?;
+    let a = sys.clients_as("rate-a", Role::Customer)?;
+    let mut limited = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        if let Err(s) = a.get_wallet("rate-a").await {
+            limited.push(s);
+        }
+    }
+    // The burst, and one more for each second the calls took.
+    let allowed = 5 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        20 - limited.len() <= allowed && !limited.is_empty(),
+        "{} of 20 refused, at most {allowed} may pass",
+        limited.len()
+    );
+    for s in &limited {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(
+            s.metadata().get("grpc-retry-pushback-ms").is_some(),
+            "{s:?}"
+        );
+    }
+    // Another customer has its own allowance, and an admin has no limit.
+    let b = sys.clients_as("rate-b", Role::Customer)?;
+    b.get_wallet("rate-b").await?;
+    for _ in 0..20 {
+        sys.clients.get_wallet("rate-a").await?;
+    }
+    sys.stop().await
+}

@@ -20,6 +20,7 @@ mod replay;
 mod retention;
 mod saga;
 mod stock;
+mod tls;
 mod validation;
 
 use std::time::Duration;

@@ -31,6 +31,7 @@ pub mod processes;
 pub mod servers;
 pub mod snapshot;
 pub mod system;
+pub mod tls;
 pub mod wait;
 
 pub use calls::{CONFIRMED_WITH_SLOT, order_request, reason, state};

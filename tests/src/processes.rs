@@ -126,23 +126,21 @@ impl Processes {
             let e = Endpoints {
                 grpc: ([127, 0, 0, 1], crate::ports::free_port()?).into(),
                 admin: ([127, 0, 0, 1], crate::ports::free_port()?).into(),
+                tls: false,
             };
             endpoints.insert(s, e);
         }
         let set = |l: &mut saga_shared::config::ListenConfig, addr| l.listen = addr;
-        set(&mut cfg.order.grpc, endpoints[&Service::Order].grpc);
+        cfg.order.grpc.listen = endpoints[&Service::Order].grpc;
         set(&mut cfg.order.admin, endpoints[&Service::Order].admin);
-        set(&mut cfg.inventory.grpc, endpoints[&Service::Inventory].grpc);
+        cfg.inventory.grpc.listen = endpoints[&Service::Inventory].grpc;
         set(
             &mut cfg.inventory.admin,
             endpoints[&Service::Inventory].admin,
         );
-        set(&mut cfg.payment.grpc, endpoints[&Service::Payment].grpc);
+        cfg.payment.grpc.listen = endpoints[&Service::Payment].grpc;
         set(&mut cfg.payment.admin, endpoints[&Service::Payment].admin);
-        set(
-            &mut cfg.reservation.grpc,
-            endpoints[&Service::Reservation].grpc,
-        );
+        cfg.reservation.grpc.listen = endpoints[&Service::Reservation].grpc;
         set(
             &mut cfg.reservation.admin,
             endpoints[&Service::Reservation].admin,

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use saga_shared::config::NatsConfig;
 use sagactl::poll::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,17 +98,67 @@ pub struct NatsServer {
     port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
+    /// Arguments beyond address, port and store (TLS, a user).
+    extra: Vec<String>,
+    /// How a client connects to it.
+    client: NatsConfig,
 }
 
 impl NatsServer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Vec::new(), |_| {}).await
+    }
+
+    /// A server that requires TLS with a certificate `certs` signed,
+    /// verifies its clients' certificates, and takes only `user`/`password`;
+    /// [`NatsServer::client_config`] connects to it.
+    pub async fn start_secured(
+        certs: &crate::tls::TestCerts,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let args = [
+            "--tlsverify",
+            "--tlscert",
+            &path(&certs.cert),
+            "--tlskey",
+            &path(&certs.key),
+            "--tlscacert",
+            &path(&certs.ca),
+            "--user",
+            user,
+            "--pass",
+            password,
+        ];
+        Self::start_with(args.iter().map(|a| (*a).to_owned()).collect(), |c| {
+            c.user = user.to_owned();
+            c.password = password.to_owned();
+            c.tls_ca_file = Some(certs.ca.clone());
+            c.tls_cert_file = Some(certs.cert.clone());
+            c.tls_key_file = Some(certs.key.clone());
+        })
+        .await
+    }
+
+    async fn start_with(
+        extra: Vec<String>,
+        client: impl FnOnce(&mut NatsConfig),
+    ) -> anyhow::Result<Self> {
         let port = crate::ports::free_port()?;
         let dir = std::env::temp_dir().join(format!("saga-nats-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let mut config = NatsConfig {
+            url: format!("nats://127.0.0.1:{port}"),
+            ..NatsConfig::default()
+        };
+        client(&mut config);
         let mut server = Self {
             port,
             dir,
             child: None,
+            extra,
+            client: config,
         };
         server.spawn().await?;
         Ok(server)
@@ -115,6 +166,12 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The NATS settings that connect to it (URL, and any credentials and
+    /// TLS it needs).
+    pub fn client_config(&self) -> NatsConfig {
+        self.client.clone()
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
@@ -129,17 +186,18 @@ impl NatsServer {
         let child = Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .args(["-sd", &self.dir.to_string_lossy()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server (is it installed?)")?;
         self.child = Some(child);
-        let url = self.url();
+        let client = self.client.clone();
         let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(20))
             .until((), |()| {
-                let url = url.clone();
+                let client = client.clone();
                 async move {
-                    if let Ok(client) = async_nats::connect(url).await {
+                    if let Ok(client) = saga_shared::nats::connect(&client, "tests").await {
                         let js = async_nats::jetstream::new(client);
                         // JetStream answers once it has loaded its store.
                         if js

@@ -161,7 +161,6 @@ impl TestSystem {
         let (mut cfg, minter) = cfg.with_own_secret()?;
         tweak(&mut cfg);
         let inventory_redis = cfg.inventory.redis.url.clone();
-        let system_nats = cfg.order.nats.url.clone();
 
         let cleanup = Cleanup {
             db_name: db_name.clone(),
@@ -203,8 +202,10 @@ impl TestSystem {
             inventory: inventory.grpc_url(),
             payment: payment.grpc_url(),
             reservation: reservation.grpc_url(),
+            // A system served over TLS is called with order-svc's identity.
+            tls: saga_shared::grpc::client_tls(&config.order.grpc)?,
         };
-        let nats = async_nats::connect(system_nats).await?;
+        let nats = saga_shared::nats::connect(&config.order.nats, "tests").await?;
         let mut service_dbs = Vec::new();
         for db in config.databases() {
             let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;

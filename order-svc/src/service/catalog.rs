@@ -14,7 +14,7 @@ use saga_shared::proto::inventory::v1::inventory_service_client::InventoryServic
 use saga_shared::proto::reservation::v1::GetSlotRequest;
 use saga_shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -70,8 +70,12 @@ pub struct Catalog {
     slots: Seen<Uuid>,
 }
 
-fn channel(name: &'static str, url: &str) -> Result<Channel, CatalogError> {
-    Ok(Endpoint::from_shared(url.to_owned())
+fn channel(
+    name: &'static str,
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, CatalogError> {
+    Ok(saga_shared::grpc::endpoint(name, url, tls)
         .map_err(|e| CatalogError::Url(name, e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -92,14 +96,15 @@ impl Catalog {
         reservation_url: &str,
         ttl: Duration,
         caller: WithToken,
+        tls: Option<&ClientTlsConfig>,
     ) -> Result<Self, CatalogError> {
         Ok(Self {
             inventory: InventoryServiceClient::with_interceptor(
-                channel("order.inventory_url", inventory_url)?,
+                channel("order.inventory_url", inventory_url, tls)?,
                 caller.clone(),
             ),
             reservation: ReservationServiceClient::with_interceptor(
-                channel("order.reservation_url", reservation_url)?,
+                channel("order.reservation_url", reservation_url, tls)?,
                 caller,
             ),
             skus: Seen::new(ttl),

@@ -209,7 +209,7 @@ impl Auditor {
 
     /// Like [`Auditor::connect`], reusing a Redis pool.
     pub async fn with_redis(cfg: &SystemConfig, redis: RedisPool) -> anyhow::Result<Self> {
-        let nats = async_nats::connect(cfg.order.nats.server_addrs()?).await?;
+        let nats = saga_shared::nats::connect(&cfg.order.nats, "sagactl audit").await?;
         Ok(Self {
             orders: pool(&cfg.order.database).await?,
             inventory: pool(&cfg.inventory.database).await?,

@@ -63,7 +63,7 @@ pub async fn run(cfg: SystemConfig, database_url: &str, events: u64) -> anyhow::
     let ns_name = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
     let cfg = cfg.with_namespace(&ns_name).with_database_url(database_url);
     let ns = Namespace::new(&ns_name)?;
-    let nats = async_nats::connect(cfg.payment.nats.url.as_str())
+    let nats = saga_shared::nats::connect(&cfg.payment.nats, "sagactl bench")
         .await
         .context("NATS")?;
     let js = async_nats::jetstream::new(nats);

@@ -364,7 +364,7 @@ impl Direct {
     async fn stop(self, lab: &Lab) -> anyhow::Result<()> {
         drop(self.clients);
         let stopped = self.services.stop().await;
-        let nats = async_nats::connect(self.cfg.order.nats.server_addrs()?).await?;
+        let nats = saga_shared::nats::connect(&self.cfg.order.nats, "sagactl bench").await?;
         let ns = saga_shared::bus::Namespace::new(&self.ns)?;
         saga_shared::bus::streams::delete_streams(&async_nats::jetstream::new(nats), &ns).await;
         for pattern in [

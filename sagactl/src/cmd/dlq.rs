@@ -7,9 +7,15 @@ use crate::dlq;
 
 pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> anyhow::Result<()> {
     let ns = saga_shared::bus::Namespace::new(namespace)?;
-    let client = async_nats::connect(nats_url)
+    // Credentials and TLS as in the URL (`nats://user:pass@host`,
+    // `tls://host`); the services' settings are not read here.
+    let cfg = saga_shared::config::NatsConfig {
+        url: nats_url.to_owned(),
+        ..Default::default()
+    };
+    let client = saga_shared::nats::connect(&cfg, "sagactl dlq")
         .await
-        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+        .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
     match command {
         DlqCmd::List => {

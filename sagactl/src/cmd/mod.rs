@@ -25,7 +25,7 @@ use crate::client::{Clients, Urls};
 
 /// Runs the command of a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let urls = Urls::from(&cli.urls);
+    let urls = Urls::try_from(&cli.urls)?;
     let given = cli.urls.token;
     let clients = || Clients::with_token(&urls, crate::dev::cli_token(given.clone())?);
     match cli.command {

@@ -36,6 +36,11 @@ pub struct AuthConfig {
     /// every minute so it can be rotated. Without it the service mints its
     /// own from `hs256_secret`.
     pub service_token_file: Option<PathBuf>,
+    /// Calls a second each customer may make (0: no limit); more are
+    /// answered RESOURCE_EXHAUSTED. Admins and services are not limited.
+    pub customer_rate_per_sec: u32,
+    /// Calls a customer may make at once beyond that rate.
+    pub customer_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -49,6 +54,8 @@ impl Default for AuthConfig {
             audience: "saga".into(),
             leeway_secs: 30,
             service_token_file: None,
+            customer_rate_per_sec: 50,
+            customer_burst: 100,
         }
     }
 }
@@ -84,6 +91,8 @@ impl fmt::Debug for AuthConfig {
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
             .field("service_token_file", &self.service_token_file)
+            .field("customer_rate_per_sec", &self.customer_rate_per_sec)
+            .field("customer_burst", &self.customer_burst)
             .finish()
     }
 }

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use tonic::Status;
 
+use super::limit::Limits;
 use super::policy::{self, Rule};
 use super::{METADATA_KEY, Principal, Verifier, bearer};
 
@@ -16,12 +17,14 @@ use super::{METADATA_KEY, Principal, Verifier, bearer};
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     verifier: Option<Arc<Verifier>>,
+    limits: Arc<Limits>,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Option<Verifier>) -> Self {
+    pub fn new(verifier: Option<Verifier>, limits: Limits) -> Self {
         Self {
             verifier: verifier.map(Arc::new),
+            limits: Arc::new(limits),
         }
     }
 
@@ -47,7 +50,10 @@ impl AuthLayer {
             }
         };
         match rule {
-            Some(rule) if rule.allows(principal.role) => Ok(Some(principal)),
+            Some(rule) if rule.allows(principal.role) => {
+                self.limits.check(&principal)?;
+                Ok(Some(principal))
+            }
             Some(_) => Err(Status::permission_denied(format!(
                 "{path}: not allowed to a {} (see the README's access matrix)",
                 principal.role.as_str()

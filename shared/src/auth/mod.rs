@@ -19,11 +19,13 @@
 
 mod config;
 mod layer;
+mod limit;
 pub mod policy;
 mod token;
 
 pub use config::AuthConfig;
 pub use layer::{AuthLayer, AuthService};
+pub use limit::Limits;
 pub use token::{
     AuthError, Claims, MIN_SECRET_LEN, Minter, ServiceToken, Verifier, WithToken, bearer,
     random_secret,

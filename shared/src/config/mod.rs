@@ -108,6 +108,23 @@ pub struct NatsConfig {
     pub duplicate_window_secs: u64,
     /// How long an event is kept in the streams, in hours (0: forever).
     pub max_age_hours: u64,
+    /// User and password (also read from the URL, `nats://user:pass@host`,
+    /// when these are empty).
+    pub user: String,
+    pub password: String,
+    /// An authentication token.
+    pub token: String,
+    /// A `.creds` file (a user JWT and its NKey seed).
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// PEM CA the server's certificate must chain to; with it, TLS is
+    /// required.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for a server that verifies clients.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Refuse a connection without TLS (also implied by `tls://` URLs and
+    /// by `tls_ca_file`).
+    pub require_tls: bool,
 }
 
 impl Default for NatsConfig {
@@ -117,6 +134,14 @@ impl Default for NatsConfig {
             replicas: 1,
             duplicate_window_secs: 120,
             max_age_hours: 24 * 7,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_tls: false,
         }
     }
 }
@@ -156,6 +181,14 @@ impl fmt::Debug for NatsConfig {
             .field("replicas", &self.replicas)
             .field("duplicate_window_secs", &self.duplicate_window_secs)
             .field("max_age_hours", &self.max_age_hours)
+            .field("user", &self.user)
+            .field("password", &redact::secret(&self.password))
+            .field("token", &redact::secret(&self.token))
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("require_tls", &self.require_tls)
             .finish()
     }
 }
@@ -209,6 +242,43 @@ impl ListenConfig {
 }
 
 impl Default for ListenConfig {
+    fn default() -> Self {
+        Self::on_port(0)
+    }
+}
+
+/// The gRPC listener, and TLS for it and for this service's calls of the
+/// others.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key: serve over TLS (plaintext
+    /// while unset). The service presents the same identity as its client
+    /// certificate when it calls another over `https://`.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA: every caller must present a client certificate it signed
+    /// (mutual TLS).
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// PEM CA this service trusts when it calls another over `https://`.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl GrpcConfig {
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            listen: ListenConfig::on_port(port).listen,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl Default for GrpcConfig {
     fn default() -> Self {
         Self::on_port(0)
     }

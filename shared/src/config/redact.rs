@@ -13,6 +13,11 @@ const SECRET_PARAMS: [&str; 9] = [
     "jwt",
 ];
 
+/// A secret setting as `Debug` shows it: whether it is set, never what.
+pub fn secret(value: &str) -> &'static str {
+    if value.is_empty() { "" } else { "***" }
+}
+
 /// Hides every secret a connection string may carry, for logs and `Debug`
 /// output: the password of each URL of a comma-separated list, a NATS token
 /// (`nats://<token>@host`), and secret query parameters (`?password=...`).

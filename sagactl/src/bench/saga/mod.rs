@@ -162,6 +162,7 @@ impl Services {
                     inventory: system.inventory.grpc_url(),
                     payment: system.payment.grpc_url(),
                     reservation: system.reservation.grpc_url(),
+                    tls: None,
                 }));
                 let _ = stop_rx.await;
                 system.stop().await
@@ -218,7 +219,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
         .execute(&pg)
         .await?;
     }
-    let nats = async_nats::connect(cfg.order.nats.server_addrs()?)
+    let nats = saga_shared::nats::connect(&cfg.order.nats, "sagactl bench")
         .await
         .context("NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
