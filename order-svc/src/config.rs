@@ -44,6 +44,12 @@ pub struct OrderSettings {
     pub max_open_orders: u64,
     /// How often the open orders are counted, in milliseconds.
     pub admission_refresh_ms: u64,
+    /// How often a watched order is read again (WatchOrder), in
+    /// milliseconds.
+    pub watch_poll_ms: u64,
+    /// Most WatchOrder streams open at once on one instance; more are
+    /// answered RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
 }
 
 impl Default for OrderSettings {
@@ -58,6 +64,8 @@ impl Default for OrderSettings {
             catalog_cache_secs: 60,
             max_open_orders: 1_000,
             admission_refresh_ms: 100,
+            watch_poll_ms: 200,
+            max_watchers: 1_000,
         }
     }
 }

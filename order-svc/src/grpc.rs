@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
 use saga_shared::proto::order::v1 as pb;
 use saga_shared::proto::order::v1::order_service_server::OrderService;
 use saga_shared::validate::{self, FieldError};
@@ -11,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{self, CancelReason, ListFilter, Order, OrderState, Refusal};
 use crate::service::CatalogError;
-use crate::service::{OrderError, Orders};
+use crate::service::{OrderError, Orders, WatchEnd};
 
 pub struct OrderGrpc {
     pub orders: Arc<Orders>,
@@ -91,6 +94,8 @@ impl From<OrderError> for Status {
                     .insert("grpc-retry-pushback-ms", ms.into());
                 status
             }
+            OrderError::Watch(WatchEnd::Full(_)) => Status::resource_exhausted(e.to_string()),
+            OrderError::Watch(WatchEnd::Stopping) => Status::unavailable(e.to_string()),
             OrderError::Db(ref db) => saga_shared::grpc::database("order database", db),
         }
     }
@@ -102,6 +107,36 @@ const LIST_MAX: i64 = 500;
 
 #[tonic::async_trait]
 impl OrderService for OrderGrpc {
+    type WatchOrderStream = BoxStream<'static, Result<pb::WatchOrderResponse, Status>>;
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn watch_order(
+        &self,
+        request: Request<pb::WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let r = request.into_inner();
+        let id = validate::uuid("order_id", &r.order_id)?;
+        let after = r
+            .after
+            .map(|t| {
+                saga_shared::time::from_proto(&t)
+                    .ok_or_else(|| FieldError::new("after", "not a valid time"))
+            })
+            .transpose()?;
+        let changes = self
+            .orders
+            .watch(id, caller.customer().map(str::to_owned), after)
+            .await?;
+        Ok(Response::new(Box::pin(changes.map(|change| {
+            change
+                .map(|order| pb::WatchOrderResponse {
+                    order: Some(order.into()),
+                })
+                .map_err(Status::from)
+        }))))
+    }
+
     #[tracing::instrument(skip_all, err(level = "debug"))]
     async fn place_order(
         &self,

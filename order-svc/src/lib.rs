@@ -52,6 +52,7 @@ impl Service for OrderSvc {
             platform.outbox.clone(),
             platform.caller.clone(),
             platform.client_tls.as_ref(),
+            platform.stopping(),
         )?;
         let handler = Arc::new(events::ParticipantEvents {
             orders: orders.clone(),
@@ -76,6 +77,7 @@ pub fn orders(
     outbox: saga_shared::bus::Outbox,
     caller: saga_shared::auth::WithToken,
     tls: Option<&tonic::transport::ClientTlsConfig>,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<service::Orders>, PlatformError> {
     let catalog = service::Catalog::new(
         &config.order.inventory_url,
@@ -95,5 +97,6 @@ pub fn orders(
         outbox,
         catalog,
         config.order.clone(),
+        stopping,
     )))
 }

@@ -409,6 +409,11 @@ pub enum OrderCmd {
     Cancel {
         order_id: String,
     },
+    /// Follow an order (WatchOrder): print it now and at each change until it
+    /// ends.
+    Watch {
+        order_id: String,
+    },
 }
 
 impl TryFrom<&UrlArgs> for Urls {

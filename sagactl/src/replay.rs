@@ -297,6 +297,7 @@ pub async fn run(
                 outbox.clone(),
                 saga_shared::auth::WithToken::none(),
                 None,
+                tokio_util::sync::CancellationToken::new(),
             )?;
             let handler = order_svc::events::ParticipantEvents { orders };
             replay_streams(&ctx, handler, &starts, request, progress).await?

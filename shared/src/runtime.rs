@@ -107,9 +107,17 @@ pub struct Platform {
     admin_listener: TcpListener,
     consumers: Vec<Task>,
     background: Vec<Task>,
+    stopping: CancellationToken,
 }
 
 impl Platform {
+    /// Cancelled when the service begins to shut down, before the gRPC
+    /// server stops: long calls (server streams) end on it, so the server
+    /// does not wait on them.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
     /// Connects to Postgres and NATS, applies migrations, creates the streams
     /// and binds the listeners.
     pub async fn connect(
@@ -164,6 +172,7 @@ impl Platform {
             admin_listener,
             consumers: Vec::new(),
             background: Vec::new(),
+            stopping: CancellationToken::new(),
         };
         let (service, pool) = (platform.service, platform.pool.clone());
         let (hours, every) = (
@@ -354,6 +363,7 @@ impl App {
             admin_listener,
             consumers,
             background,
+            stopping,
         } = platform;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -416,6 +426,7 @@ impl App {
         tracing::info!(service, "shutting down");
 
         readiness.drain();
+        stopping.cancel();
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;

@@ -52,6 +52,7 @@ enum Rpc {
     CancelOrder,
     GetOrderOutcomes,
     GetOrderHistory,
+    WatchOrder,
     UpsertProduct,
     GetStock,
     ListStock,
@@ -80,7 +81,7 @@ fn expect(rpc: Rpc, who: Who) -> Expect {
             Who::Owner | Who::Admin => Served,
             _ => Denied,
         },
-        GetOrder | CancelOrder | GetOrderHistory | GetPayment => match who {
+        GetOrder | CancelOrder | GetOrderHistory | WatchOrder | GetPayment => match who {
             Who::Owner | Who::Admin => Served,
             Who::OtherCustomer => Hidden,
             _ => Denied,
@@ -143,6 +144,13 @@ async fn call(rpc: Rpc, c: &Clients, admin: &Clients, fx: &Fixture) -> Result<()
             .map(drop),
         Rpc::GetOrderHistory => o
             .get_order_history(ord::GetOrderHistoryRequest { order_id })
+            .await
+            .map(drop),
+        Rpc::WatchOrder => o
+            .watch_order(ord::WatchOrderRequest {
+                order_id,
+                after: None,
+            })
             .await
             .map(drop),
         Rpc::UpsertProduct => i

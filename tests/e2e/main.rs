@@ -22,6 +22,7 @@ mod saga;
 mod stock;
 mod tls;
 mod validation;
+mod watch;
 
 use std::time::Duration;
 

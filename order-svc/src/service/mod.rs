@@ -4,9 +4,12 @@
 
 mod admission;
 mod catalog;
+mod watch;
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use chrono::Utc;
 use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
@@ -24,6 +27,7 @@ pub use admission::{Admission, Busy, Ticket};
 pub use catalog::{Catalog, CatalogError};
 use saga_shared::bus::history;
 use tracing::Instrument;
+pub use watch::{WatchEnd, Watchers};
 
 /// Why an order operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub enum OrderError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Busy(#[from] Busy),
+    #[error(transparent)]
+    Watch(#[from] WatchEnd),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -50,20 +56,35 @@ pub struct Orders {
     outbox: Outbox,
     catalog: Catalog,
     admission: Admission,
+    watchers: Watchers,
     settings: OrderSettings,
 }
 
 impl Orders {
-    pub fn new(store: Store, outbox: Outbox, catalog: Catalog, settings: OrderSettings) -> Self {
+    /// `stopping` is cancelled when the service begins to shut down (it
+    /// ends the watches).
+    pub fn new(
+        store: Store,
+        outbox: Outbox,
+        catalog: Catalog,
+        settings: OrderSettings,
+        stopping: CancellationToken,
+    ) -> Self {
         let admission = Admission::new(
             settings.max_open_orders,
             Duration::from_millis(settings.admission_refresh_ms.max(10)),
+        );
+        let watchers = Watchers::new(
+            settings.max_watchers,
+            Duration::from_millis(settings.watch_poll_ms.max(10)),
+            stopping,
         );
         Self {
             store,
             outbox,
             catalog,
             admission,
+            watchers,
             settings,
         }
     }

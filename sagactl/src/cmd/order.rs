@@ -1,4 +1,4 @@
-//! `sagactl order place|get|list|cancel`: orders.
+//! `sagactl order place|get|list|cancel|watch`: orders.
 
 use std::time::Duration;
 
@@ -55,6 +55,23 @@ pub(super) async fn run(c: &Clients, cmd: OrderCmd) -> anyhow::Result<()> {
         OrderCmd::Cancel { order_id } => {
             let o = c.cancel_order(&order_id).await.map_err(status_error)?;
             println!("{}", show::order(&o));
+        }
+        OrderCmd::Watch { order_id } => {
+            let mut changes = c
+                .order
+                .clone()
+                .watch_order(ord::WatchOrderRequest {
+                    order_id,
+                    after: None,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(change) = changes.message().await.map_err(status_error)? {
+                if let Some(o) = change.order {
+                    println!("{}", show::order(&o));
+                }
+            }
         }
     }
     Ok(())

@@ -63,6 +63,10 @@ pub const METHODS: &[(&str, Rule)] = &[
         Rule::CustomerOrAdmin,
     ),
     (
+        "/saga.order.v1.OrderService/WatchOrder",
+        Rule::CustomerOrAdmin,
+    ),
+    (
         "/saga.inventory.v1.InventoryService/UpsertProduct",
         Rule::Admin,
     ),

@@ -1,0 +1,128 @@
+//! WatchOrder: an order's changes streamed until it ends, resumable, and
+//! bounded per instance.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use saga_shared::proto::order::v1 as ord;
+use saga_tests::{TestSystem, order_request};
+use tonic::Code;
+
+use crate::WAIT;
+
+fn rank(state: i32) -> i32 {
+    // PENDING 1 < RESERVED 2 < CONFIRMED 3 / CANCELLED 4: both terminal.
+    state.min(ord::OrderState::Confirmed as i32)
+}
+
+async fn watch(
+    sys: &TestSystem,
+    order_id: &str,
+    after: Option<prost_types::Timestamp>,
+) -> Result<tonic::Streaming<ord::WatchOrderResponse>, tonic::Status> {
+    Ok(sys
+        .clients
+        .order
+        .clone()
+        .watch_order(ord::WatchOrderRequest {
+            order_id: order_id.to_owned(),
+            after,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Every message until the stream ends (within `WAIT`).
+async fn all(
+    mut stream: tonic::Streaming<ord::WatchOrderResponse>,
+) -> anyhow::Result<Vec<ord::Order>> {
+    let mut orders = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, stream.next()).await? {
+            None => return Ok(orders),
+            Some(message) => orders.push(message?.order.expect("an order")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_streams_an_orders_changes_until_it_ends_and_resumes_after_the_last()
+-> anyhow::Result<()> {
+    // A slow gateway keeps the order RESERVED for a while.
+    let sys = TestSystem::start_with(|cfg| cfg.payment.gateway.latency_ms = 400).await?;
+    sys.seed_product("W", 100, 10).await?;
+    sys.top_up("watcher", 1_000).await?;
+    let placed = sys
+        .place(order_request("watcher", &[("W", 1)], None))
+        .await?;
+    let seen = all(watch(&sys, &placed.order_id, None).await?).await?;
+
+    assert!(!seen.is_empty());
+    let last = seen.last().expect("a message");
+    assert_eq!(last.state, ord::OrderState::Confirmed as i32, "{seen:?}");
+    for pair in seen.windows(2) {
+        assert!(rank(pair[0].state) <= rank(pair[1].state), "{seen:?}");
+        let (a, b) = (pair[0].updated_at.unwrap(), pair[1].updated_at.unwrap());
+        assert!((a.seconds, a.nanos) < (b.seconds, b.nanos), "{seen:?}");
+    }
+    assert!(
+        seen.iter()
+            .filter(|o| rank(o.state) == rank(last.state))
+            .count()
+            == 1,
+        "the terminal state is sent once: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|o| o.state == ord::OrderState::Reserved as i32),
+        "the 400 ms the payment takes should show RESERVED: {seen:?}"
+    );
+
+    // Resumed after the last message: nothing more, and the stream ends.
+    let resumed = all(watch(&sys, &placed.order_id, last.updated_at).await?).await?;
+    assert!(resumed.is_empty(), "{resumed:?}");
+    // Watching an order that has ended: its state, once.
+    let again = all(watch(&sys, &placed.order_id, None).await?).await?;
+    assert_eq!(again, vec![last.clone()]);
+    // An unknown order is refused before any stream.
+    let unknown = watch(&sys, &uuid::Uuid::now_v7().to_string(), None)
+        .await
+        .expect_err("unknown order");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    sys.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_beyond_the_bound_are_refused_until_one_ends() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.order.order.max_watchers = 1;
+        cfg.payment.gateway.latency_ms = 3_000;
+    })
+    .await?;
+    sys.seed_product("W", 100, 10).await?;
+    sys.top_up("watcher", 1_000).await?;
+    let placed = sys
+        .place(order_request("watcher", &[("W", 1)], None))
+        .await?;
+    let mut first = watch(&sys, &placed.order_id, None).await?;
+    first.next().await.expect("a first message")?;
+    let refused = watch(&sys, &placed.order_id, None)
+        .await
+        .expect_err("a second watch");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // The first runs to its end; then a watch is served again.
+    let rest = all(first).await?;
+    assert_eq!(
+        rest.last().map(|o| o.state),
+        Some(ord::OrderState::Confirmed as i32)
+    );
+    let served =
+        saga_tests::wait::poll_until("a watch served again", Duration::from_secs(30), || {
+            let sys = &sys;
+            let id = placed.order_id.clone();
+            async move { Ok(watch(sys, &id, None).await.ok()) }
+        })
+        .await?;
+    assert_eq!(all(served).await?.len(), 1);
+    sys.stop().await
+}
