@@ -43,6 +43,28 @@ impl BookingState {
     }
 }
 
+/// The namespace of direct holds' booking ids (see [`direct_booking_id`]).
+const DIRECT_HOLDS: Uuid = Uuid::from_u128(0x5a6a_0d1e_c7a4_4c1b_9e51_d1ec_7000_0002);
+
+/// The booking id of a direct caller's `hold_id`: a UUIDv5, which never
+/// equals an order id (UUIDv7), so no hold_id reaches a saga's booking
+/// (docs/adr/0008, as for inventory's direct reservations).
+pub fn direct_booking_id(hold_id: Uuid) -> Uuid {
+    Uuid::new_v5(&DIRECT_HOLDS, hold_id.as_bytes())
+}
+
+/// A direct caller's place in a slot (HoldSlot / ReleaseSlot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectHold {
+    pub hold_id: Uuid,
+    /// None for a release that came before any hold (a tombstone).
+    pub slot_id: Option<Uuid>,
+    pub state: BookingState,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Checks a new slot's fields.
 pub fn validate_new_slot(name: &str, capacity: i32) -> Result<(), FieldError> {
     validate::text("name", name, MAX_NAME_LEN)?;

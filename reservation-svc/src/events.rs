@@ -36,7 +36,9 @@ impl From<ReservationError> for HandlerError {
             ReservationError::Concurrent(_) => HandlerError::Transient(Box::new(e)),
             ReservationError::Invalid(_)
             | ReservationError::NotFound(_)
-            | ReservationError::CannotConfirm { .. } => HandlerError::Permanent(Box::new(e)),
+            | ReservationError::CannotConfirm { .. }
+            | ReservationError::BelongsToSaga(_)
+            | ReservationError::HoldConflict { .. } => HandlerError::Permanent(Box::new(e)),
         }
     }
 }

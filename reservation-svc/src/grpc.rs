@@ -7,7 +7,7 @@ use saga_shared::proto::reservation::v1::reservation_service_server::Reservation
 use saga_shared::validate;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, Slot};
+use crate::domain::{self, BookingState, DirectHold, Slot};
 use crate::service::{ReservationError, Reservations};
 
 pub struct ReservationGrpc {
@@ -20,7 +20,9 @@ impl From<ReservationError> for Status {
             ReservationError::Invalid(fe) => fe.into(),
             ReservationError::NotFound(msg) => Status::not_found(msg),
             ReservationError::Concurrent(_) => Status::aborted(format!("{e}; retry")),
-            ReservationError::CannotConfirm { .. } => Status::failed_precondition(e.to_string()),
+            ReservationError::CannotConfirm { .. }
+            | ReservationError::BelongsToSaga(_)
+            | ReservationError::HoldConflict { .. } => Status::failed_precondition(e.to_string()),
             ReservationError::Db(ref db) => saga_shared::grpc::database("reservation database", db),
         }
     }
@@ -36,6 +38,24 @@ impl From<Slot> for pb::Slot {
             held: s.held,
             confirmed: s.confirmed,
             created_at: Some(saga_shared::time::to_proto(s.created_at)),
+        }
+    }
+}
+
+impl From<DirectHold> for pb::SlotHold {
+    fn from(h: DirectHold) -> Self {
+        let state = match h.state {
+            BookingState::Held | BookingState::Confirmed => pb::HoldState::Held,
+            BookingState::Released => pb::HoldState::Released,
+            BookingState::Rejected => pb::HoldState::Rejected,
+        };
+        pb::SlotHold {
+            hold_id: h.hold_id.to_string(),
+            slot_id: h.slot_id.map(|s| s.to_string()).unwrap_or_default(),
+            state: state as i32,
+            reason: h.reason.unwrap_or_default(),
+            created_at: Some(saga_shared::time::to_proto(h.created_at)),
+            updated_at: Some(saga_shared::time::to_proto(h.updated_at)),
         }
     }
 }
@@ -65,6 +85,32 @@ impl ReservationService for ReservationGrpc {
         })
         .await?;
         Ok(Response::new(answer.response))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn hold_slot(
+        &self,
+        request: Request<pb::HoldSlotRequest>,
+    ) -> Result<Response<pb::HoldSlotResponse>, Status> {
+        let r = request.into_inner();
+        let hold_id = validate::uuid("hold_id", &r.hold_id)?;
+        let slot = validate::uuid("slot_id", &r.slot_id)?;
+        let hold = self.reservations.hold_direct(hold_id, slot).await?;
+        Ok(Response::new(pb::HoldSlotResponse {
+            hold: Some(hold.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "debug"))]
+    async fn release_slot(
+        &self,
+        request: Request<pb::ReleaseSlotRequest>,
+    ) -> Result<Response<pb::ReleaseSlotResponse>, Status> {
+        let hold_id = validate::uuid("hold_id", &request.into_inner().hold_id)?;
+        let hold = self.reservations.release_direct(hold_id).await?;
+        Ok(Response::new(pb::ReleaseSlotResponse {
+            hold: Some(hold.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

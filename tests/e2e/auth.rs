@@ -66,6 +66,8 @@ enum Rpc {
     CreateSlot,
     GetSlot,
     ListSlots,
+    HoldSlot,
+    ReleaseSlot,
 }
 
 /// The matrix, written out independently of the services' rule table.
@@ -88,7 +90,7 @@ fn expect(rpc: Rpc, who: Who) -> Expect {
         },
         // Services' calls of each other, and operators'.
         GetOrderOutcomes | GetStock | ListStock | ReserveStock | ReleaseStock | CommitStock
-        | GetSlot | ListSlots => match who {
+        | GetSlot | ListSlots | HoldSlot | ReleaseSlot => match who {
             Who::Admin | Who::Service => Served,
             _ => Denied,
         },
@@ -224,6 +226,19 @@ async fn call(rpc: Rpc, c: &Clients, admin: &Clients, fx: &Fixture) -> Result<()
         Rpc::GetSlot => r
             .get_slot(rsv::GetSlotRequest {
                 slot_id: fx.slot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::HoldSlot => r
+            .hold_slot(rsv::HoldSlotRequest {
+                hold_id: Uuid::new_v4().to_string(),
+                slot_id: fx.slot_id.clone(),
+            })
+            .await
+            .map(drop),
+        Rpc::ReleaseSlot => r
+            .release_slot(rsv::ReleaseSlotRequest {
+                hold_id: Uuid::new_v4().to_string(),
             })
             .await
             .map(drop),

@@ -10,6 +10,7 @@ mod chaos;
 mod contention;
 mod delivery;
 mod history;
+mod holds;
 mod idempotency;
 mod inventory;
 mod outages;

@@ -3,6 +3,7 @@
 //! (Redis). Each saga use-case runs in the caller's transaction and writes
 //! the event it owes through the outbox there.
 
+mod direct;
 pub mod repair;
 
 use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
@@ -30,6 +31,12 @@ pub enum ReservationError {
     /// A confirmation the booking cannot take (never held, or released).
     #[error("order {order} confirmed but its booking is {state}")]
     CannotConfirm { order: Uuid, state: String },
+    #[error(
+        "hold_id {0} is the id of an order's saga; direct calls cannot touch a saga's booking: use an id of your own"
+    )]
+    BelongsToSaga(Uuid),
+    #[error("hold_id {hold_id}: {why}")]
+    HoldConflict { hold_id: Uuid, why: String },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }

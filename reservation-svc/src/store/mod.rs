@@ -7,7 +7,7 @@ use saga_shared::repair::Page;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{BookingState, Slot};
+use crate::domain::{BookingState, DirectHold, Slot, direct_booking_id};
 use saga_shared::db::Spelled;
 
 impl Spelled for BookingState {
@@ -179,11 +179,84 @@ pub async fn finish_held(
     }
 }
 
-/// Bookings still HELD, unchanged for `older_than`, with order ids above
-/// `after`, in id order.
+/// Sagas' bookings still HELD, unchanged for `older_than`, with order ids
+/// above `after`, in id order (direct holds are their callers' business).
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn held_bookings(pool: &PgPool, page: Page) -> sqlx::Result<Vec<Uuid>> {
-    page.of(pool, "bookings", "state = 'HELD'").await
+    page.of(pool, "bookings", "state = 'HELD' AND kind = 'saga'")
+        .await
+}
+
+/// A `bookings` row of a direct hold.
+#[derive(sqlx::FromRow)]
+struct DirectHoldRow {
+    hold_id: Uuid,
+    slot_id: Option<Uuid>,
+    state: String,
+    reason: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The direct hold of `hold_id`, locked if `lock`.
+#[tracing::instrument(skip_all, fields(hold_id = %hold_id), err(level = "debug"))]
+pub async fn direct_hold(
+    conn: &mut PgConnection,
+    hold_id: Uuid,
+    lock: bool,
+) -> sqlx::Result<Option<DirectHold>> {
+    let sql = format!(
+        "SELECT hold_id, slot_id, state, reason, created_at, updated_at FROM bookings          WHERE order_id = $1 AND kind = 'direct'{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<DirectHoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(direct_booking_id(hold_id))
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(DirectHold {
+            hold_id: r.hold_id,
+            slot_id: r.slot_id,
+            state: BookingState::read(&r.state)?,
+            reason: r.reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    })
+    .transpose()
+}
+
+/// Inserts the direct hold's booking; false if it exists already.
+#[tracing::instrument(skip_all, fields(hold_id = %hold_id), err(level = "debug"))]
+pub async fn insert_direct(
+    conn: &mut PgConnection,
+    hold_id: Uuid,
+    slot: Option<Uuid>,
+    state: BookingState,
+    reason: Option<&str>,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO bookings (order_id, slot_id, state, reason, kind, hold_id)          VALUES ($1, $2, $3, $4, 'direct', $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(direct_booking_id(hold_id))
+    .bind(slot)
+    .bind(state.spelling())
+    .bind(reason)
+    .bind(hold_id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Whether `id` is the id of a saga's booking.
+pub async fn saga_booking_exists(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM bookings WHERE order_id = $1 AND kind = 'saga')",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Moves a HELD booking to `to` (RELEASED gives the place back, CONFIRMED

@@ -112,6 +112,14 @@ pub const METHODS: &[(&str, Rule)] = &[
         Rule::AdminOrService,
     ),
     (
+        "/saga.reservation.v1.ReservationService/HoldSlot",
+        Rule::AdminOrService,
+    ),
+    (
+        "/saga.reservation.v1.ReservationService/ReleaseSlot",
+        Rule::AdminOrService,
+    ),
+    (
         "/saga.reservation.v1.ReservationService/ListSlots",
         Rule::AdminOrService,
     ),
