@@ -141,15 +141,28 @@ impl InventoryService for InventoryGrpc {
         &self,
         request: Request<pb::UpsertProductRequest>,
     ) -> Result<Response<pb::UpsertProductResponse>, Status> {
+        let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
-        let (product, created) = self
-            .inventory
-            .upsert_product(&r.sku, &r.name, r.unit_price_cents)
-            .await?;
-        Ok(Response::new(pb::UpsertProductResponse {
-            stock: Some(product.into()),
-            created,
-        }))
+        crate::domain::validate_product(&r.sku, &r.name, r.unit_price_cents)?;
+        let sku = r.sku.clone();
+        let inventory = self.inventory.clone();
+        let pool = &self.inventory.store().pool;
+        let answer = idempotency::once(pool, "inventory.UpsertProduct", key, r, |tx, r| {
+            Box::pin(async move {
+                let (product, created) = inventory
+                    .upsert_product_in(tx, &r.sku, &r.name, r.unit_price_cents)
+                    .await?;
+                Ok(pb::UpsertProductResponse {
+                    stock: Some(product.into()),
+                    created,
+                })
+            })
+        })
+        .await?;
+        if !answer.replayed && answer.response.created {
+            self.inventory.after_create(&sku).await;
+        }
+        Ok(Response::new(answer.response))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

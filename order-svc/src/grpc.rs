@@ -294,11 +294,25 @@ impl OrderService for OrderGrpc {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let caller = auth::caller(&request)?;
-        let id = validate::uuid("order_id", &request.into_inner().order_id)?;
-        let order = self.orders.cancel(id, caller.customer()).await?;
-        Ok(Response::new(pb::CancelOrderResponse {
-            order: Some(order.into()),
-        }))
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        let id = validate::uuid("order_id", &r.order_id)?;
+        let owner = caller.customer().map(str::to_owned);
+        let orders = self.orders.clone();
+        let pool = &self.orders.store().pool;
+        let answer = idempotency::once(pool, "order.CancelOrder", key, r, |tx, _| {
+            Box::pin(async move {
+                let order = orders.cancel_in(tx, id, owner.as_deref()).await?;
+                Ok(pb::CancelOrderResponse {
+                    order: Some(order.into()),
+                })
+            })
+        })
+        .await?;
+        if !answer.replayed {
+            self.orders.outbox().wake();
+        }
+        Ok(Response::new(answer.response))
     }
 }
 

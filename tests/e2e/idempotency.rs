@@ -104,3 +104,82 @@ async fn a_retried_order_gets_its_order_even_while_inventory_is_down() -> anyhow
     sys.wait_terminal(&first.order_id, crate::WAIT).await?;
     sys.stop().await
 }
+
+fn keyed<T>(message: T, key: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse()?);
+    Ok(request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_order_and_upsert_product_honour_an_idempotency_key() -> anyhow::Result<()> {
+    use saga_shared::proto::inventory::v1 as inv;
+    use saga_shared::proto::order::v1 as ord;
+    // A slow gateway keeps the order open while it is cancelled.
+    let sys = TestSystem::start_with(|cfg| cfg.payment.gateway.latency_ms = 3_000).await?;
+    let mut inventory = sys.clients.inventory.clone();
+    let upsert = |price| inv::UpsertProductRequest {
+        sku: "K".into(),
+        name: "keyed".into(),
+        unit_price_cents: price,
+    };
+    let first = inventory
+        .upsert_product(keyed(upsert(100), "u-1")?)
+        .await?
+        .into_inner();
+    let again = inventory
+        .upsert_product(keyed(upsert(100), "u-1")?)
+        .await?
+        .into_inner();
+    assert_eq!(first, again, "a retry answers the stored response");
+    assert!(first.created);
+    let refused = inventory
+        .upsert_product(keyed(upsert(999), "u-1")?)
+        .await
+        .expect_err("another request under a used key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let stock = sys.stock("K").await?;
+    assert_eq!(
+        (stock.unit_price_cents, stock.version),
+        (100, 1),
+        "{stock:?}"
+    );
+
+    let adjust = inv::AdjustStockRequest {
+        sku: "K".into(),
+        delta: 10,
+        expected_version: 1,
+    };
+    inventory.adjust_stock(adjust.clone()).await?;
+    sys.top_up("kay", 1_000).await?;
+    let placed = sys.place(order_request("kay", &[("K", 1)], None)).await?;
+    let mut orders = sys.clients.order.clone();
+    let cancel = |order_id: &str| ord::CancelOrderRequest {
+        order_id: order_id.to_owned(),
+    };
+    let cancelled = orders
+        .cancel_order(keyed(cancel(&placed.order_id), "c-1")?)
+        .await?
+        .into_inner();
+    let order = cancelled.order.clone().expect("an order");
+    assert_eq!(order.state, ord::OrderState::Cancelled as i32, "{order:?}");
+    let retried = orders
+        .cancel_order(keyed(cancel(&placed.order_id), "c-1")?)
+        .await?
+        .into_inner();
+    assert_eq!(retried, cancelled, "a retry answers the stored response");
+    let other = sys.place(order_request("kay", &[("K", 1)], None)).await?;
+    let refused = orders
+        .cancel_order(keyed(cancel(&other.order_id), "c-1")?)
+        .await
+        .expect_err("another order under a used key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_ne!(
+        sys.clients.get_order(&other.order_id).await?.state,
+        ord::OrderState::Cancelled as i32,
+        "the refused call cancelled nothing"
+    );
+    sys.stop().await
+}

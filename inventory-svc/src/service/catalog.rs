@@ -8,26 +8,28 @@ use crate::service::breaker::Path;
 use crate::store;
 
 impl Inventory {
-    /// Creates or updates a catalog entry. A new SKU gets its (empty) Redis
-    /// counter at once; if Redis is down, the first reservation builds it.
-    pub async fn upsert_product(
+    /// Creates or updates a catalog entry in the caller's transaction; once
+    /// a new SKU has committed, [`Inventory::after_create`] builds its
+    /// (empty) Redis counter (if Redis is down, the first reservation does).
+    pub async fn upsert_product_in(
         &self,
+        tx: &mut PgConnection,
         sku: &str,
         name: &str,
         unit_price_cents: i64,
     ) -> Result<(Product, bool)> {
         domain::validate_product(sku, name, unit_price_cents)?;
-        let (product, created) = self
-            .store
-            .upsert_product(sku, name, unit_price_cents)
-            .await?;
-        if created
-            && self.breaker.path() == Path::Redis
-            && let Err(e) = self.rebuild(std::slice::from_ref(&product.sku)).await
+        Ok(store::upsert_product(tx, sku, name, unit_price_cents).await?)
+    }
+
+    /// After a new product committed: its Redis counter, built at once
+    /// (reconciliation builds it otherwise).
+    pub async fn after_create(&self, sku: &str) {
+        if self.breaker.path() == Path::Redis
+            && let Err(e) = self.rebuild(&[sku.to_owned()]).await
         {
             tracing::warn!(sku, error = %e, "new product's counter not built yet");
         }
-        Ok((product, created))
     }
 
     /// These SKUs' products (those that exist), by SKU.

@@ -59,36 +59,6 @@ pub struct PriceAndEpoch {
 }
 
 impl Store {
-    /// Creates or renames/reprices a product. Returns it and whether it is new.
-    #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
-    pub async fn upsert_product(
-        &self,
-        sku: &str,
-        name: &str,
-        unit_price_cents: i64,
-    ) -> sqlx::Result<(Product, bool)> {
-        #[derive(sqlx::FromRow)]
-        struct Upserted {
-            #[sqlx(flatten)]
-            product: ProductRow,
-            created: bool,
-        }
-        let row: Upserted = sqlx::query_as(
-            "INSERT INTO products (sku, name, unit_price_cents) VALUES ($1, $2, $3) \
-             ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, \
-                 unit_price_cents = EXCLUDED.unit_price_cents, \
-                 version = products.version + 1, updated_at = now() \
-             RETURNING sku, name, unit_price_cents, on_hand, reserved, sold, version, \
-                 (xmax = 0) AS created",
-        )
-        .bind(sku)
-        .bind(name)
-        .bind(unit_price_cents)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((row.product.into(), row.created))
-    }
-
     #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
     pub async fn product(&self, sku: &str) -> sqlx::Result<Option<Product>> {
         let row: Option<ProductRow> = sqlx::query_as(
@@ -224,6 +194,37 @@ impl Store {
             .fetch_all(&self.pool)
             .await
     }
+}
+
+/// Creates or renames/reprices a product, in the caller's transaction.
+/// Returns it and whether it is new.
+#[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
+pub async fn upsert_product(
+    conn: &mut PgConnection,
+    sku: &str,
+    name: &str,
+    unit_price_cents: i64,
+) -> sqlx::Result<(Product, bool)> {
+    #[derive(sqlx::FromRow)]
+    struct Upserted {
+        #[sqlx(flatten)]
+        product: ProductRow,
+        created: bool,
+    }
+    let row: Upserted = sqlx::query_as(
+        "INSERT INTO products (sku, name, unit_price_cents) VALUES ($1, $2, $3) \
+         ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, \
+             unit_price_cents = EXCLUDED.unit_price_cents, \
+             version = products.version + 1, updated_at = now() \
+         RETURNING sku, name, unit_price_cents, on_hand, reserved, sold, version, \
+             (xmax = 0) AS created",
+    )
+    .bind(sku)
+    .bind(name)
+    .bind(unit_price_cents)
+    .fetch_one(conn)
+    .await?;
+    Ok((row.product.into(), row.created))
 }
 
 /// Reads what a rebuild needs for `skus`: the products (locked, in SKU

@@ -200,22 +200,23 @@ impl Orders {
     /// Cancels an order at the customer's request (FAILED_PRECONDITION once
     /// CONFIRMED; a cancelled order is returned as it is). `owner` as for
     /// [`Orders::get`]: checked on the order read under its lock.
-    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<Order> {
-        let mut tx = self.store.pool.begin().await?;
-        let locked = owned(id, store::load_locked(&mut tx, &[id]).await?.pop(), owner)?;
-        let order = self
-            .advance(
-                &mut tx,
-                id,
-                Some(locked),
-                Input::Cancel(CancelReason::CustomerCancelled),
-                EventMeta::new(id, None),
-            )
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        tx.commit().await?;
-        self.outbox.wake();
-        Ok(order)
+    /// Runs in the caller's transaction; wake the outbox once it commits.
+    pub async fn cancel_in(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Order> {
+        let locked = owned(id, store::load_locked(tx, &[id]).await?.pop(), owner)?;
+        self.advance(
+            tx,
+            id,
+            Some(locked),
+            Input::Cancel(CancelReason::CustomerCancelled),
+            EventMeta::new(id, None),
+        )
+        .await?
+        .ok_or_else(|| not_found(id))
     }
 
     /// Reads and locks the orders of a batch in one statement, first in its
