@@ -9,6 +9,7 @@ mod bus;
 mod chaos;
 mod contention;
 mod delivery;
+mod fuzz;
 mod history;
 mod holds;
 mod idempotency;

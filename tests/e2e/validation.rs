@@ -359,7 +359,7 @@ async fn bad_catalog_wallet_and_slot_requests_are_refused_and_change_nothing() -
 
 /// Sends `bytes` as the body of a unary call to `path` and returns the
 /// status it is answered with (OK included).
-async fn raw_call(
+pub(crate) async fn raw_call(
     url: &str,
     token: &str,
     path: &'static str,
