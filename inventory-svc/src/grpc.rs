@@ -249,13 +249,19 @@ impl InventoryService for InventoryGrpc {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         let id = validate::uuid("reservation_id", &r.reservation_id)?;
         let lines = reservation_lines(&r.lines, self.inventory.settings().max_lines)?;
-        let stored = self.inventory.reserve_direct(id, lines).await?;
-        Ok(Response::new(pb::ReserveStockResponse {
-            reservation: Some(reservation(id, stored)),
-        }))
+        let pool = &self.inventory.store().pool;
+        let answer = idempotency::around(pool, "inventory.ReserveStock", key, &r, || async {
+            let stored = self.inventory.reserve_direct(id, lines).await?;
+            Ok(pb::ReserveStockResponse {
+                reservation: Some(reservation(id, stored)),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -263,11 +269,18 @@ impl InventoryService for InventoryGrpc {
         &self,
         request: Request<pb::ReleaseStockRequest>,
     ) -> Result<Response<pb::ReleaseStockResponse>, Status> {
-        let id = validate::uuid("reservation_id", &request.into_inner().reservation_id)?;
-        let stored = self.inventory.release_direct(id).await?;
-        Ok(Response::new(pb::ReleaseStockResponse {
-            reservation: Some(reservation(id, stored)),
-        }))
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        let id = validate::uuid("reservation_id", &r.reservation_id)?;
+        let pool = &self.inventory.store().pool;
+        let answer = idempotency::around(pool, "inventory.ReleaseStock", key, &r, || async {
+            let stored = self.inventory.release_direct(id).await?;
+            Ok(pb::ReleaseStockResponse {
+                reservation: Some(reservation(id, stored)),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -275,10 +288,17 @@ impl InventoryService for InventoryGrpc {
         &self,
         request: Request<pb::CommitStockRequest>,
     ) -> Result<Response<pb::CommitStockResponse>, Status> {
-        let id = validate::uuid("reservation_id", &request.into_inner().reservation_id)?;
-        let stored = self.inventory.commit_direct(id).await?;
-        Ok(Response::new(pb::CommitStockResponse {
-            reservation: Some(reservation(id, stored)),
-        }))
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        let id = validate::uuid("reservation_id", &r.reservation_id)?;
+        let pool = &self.inventory.store().pool;
+        let answer = idempotency::around(pool, "inventory.CommitStock", key, &r, || async {
+            let stored = self.inventory.commit_direct(id).await?;
+            Ok(pb::CommitStockResponse {
+                reservation: Some(reservation(id, stored)),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 }

@@ -92,13 +92,19 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::HoldSlotRequest>,
     ) -> Result<Response<pb::HoldSlotResponse>, Status> {
+        let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         let hold_id = validate::uuid("hold_id", &r.hold_id)?;
         let slot = validate::uuid("slot_id", &r.slot_id)?;
-        let hold = self.reservations.hold_direct(hold_id, slot).await?;
-        Ok(Response::new(pb::HoldSlotResponse {
-            hold: Some(hold.into()),
-        }))
+        let pool = &self.reservations.store().pool;
+        let answer = idempotency::around(pool, "reservation.HoldSlot", key, &r, || async {
+            let hold = self.reservations.hold_direct(hold_id, slot).await?;
+            Ok(pb::HoldSlotResponse {
+                hold: Some(hold.into()),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -106,11 +112,18 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::ReleaseSlotRequest>,
     ) -> Result<Response<pb::ReleaseSlotResponse>, Status> {
-        let hold_id = validate::uuid("hold_id", &request.into_inner().hold_id)?;
-        let hold = self.reservations.release_direct(hold_id).await?;
-        Ok(Response::new(pb::ReleaseSlotResponse {
-            hold: Some(hold.into()),
-        }))
+        let key = idempotency::key_of(&request)?;
+        let r = request.into_inner();
+        let hold_id = validate::uuid("hold_id", &r.hold_id)?;
+        let pool = &self.reservations.store().pool;
+        let answer = idempotency::around(pool, "reservation.ReleaseSlot", key, &r, || async {
+            let hold = self.reservations.release_direct(hold_id).await?;
+            Ok(pb::ReleaseSlotResponse {
+                hold: Some(hold.into()),
+            })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

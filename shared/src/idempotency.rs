@@ -208,6 +208,71 @@ pub async fn begin<Q: Message, R: Message + Default>(
     replay(key, &hash, &stored_hash, &response).map(Begin::Replay)
 }
 
+/// A call whose effect is idempotent by an id of its own and runs its own
+/// transactions (direct reservations and slot holds): the key still binds
+/// one request. The first call claims the key with its request's hash (its
+/// own short transaction); a call under the key with another request is
+/// `INVALID_ARGUMENT`; the work runs and its response is stored with the key,
+/// and a retry after that is answered from the store. A call whose first
+/// attempt died before storing its response runs the work again, which the
+/// effect's own id makes harmless.
+pub async fn around<Q, R, F, Fut>(
+    pool: &sqlx::PgPool,
+    scope: &'static str,
+    key: Option<String>,
+    request: &Q,
+    work: F,
+) -> Result<R, tonic::Status>
+where
+    Q: Message,
+    R: Message + Default,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+{
+    let Some(key) = key else {
+        return work().await;
+    };
+    let db = |e: sqlx::Error| crate::grpc::database(scope, &e);
+    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(&key)
+    .bind(&hash)
+    .execute(pool)
+    .await
+    .map_err(db)?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(&key)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+        if stored_hash != hash {
+            return Err(IdempotencyError::Mismatch(as_sent(&key)).into());
+        }
+        if let Some(response) = response {
+            return Ok(replay(key, &hash, &stored_hash, &response)?);
+        }
+    }
+    let response = work().await?;
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(&key)
+        .bind(response.encode_to_vec())
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    Ok(response)
+}
+
 /// The stored response for `key` and `request`, if a call with them has
 /// completed; `None` if the key is new or its first call is still running
 /// (then [`begin`] waits for it). Reads only: for a call that has checks to

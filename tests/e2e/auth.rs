@@ -477,6 +477,9 @@ async fn a_customer_past_its_rate_is_told_to_wait_while_others_are_served() -> a
             // One call a second, five at once: a burst of twenty cannot pass.
             auth.customer_rate_per_sec = 1;
             auth.customer_burst = 5;
+            // Services too, when given a rate (the default is none).
+            auth.service_rate_per_sec = 1;
+            auth.service_burst = 5;
         }
     })
     .await?;
@@ -510,5 +513,20 @@ async fn a_customer_past_its_rate_is_told_to_wait_while_others_are_served() -> a
     for _ in 0..20 {
         sys.clients.get_wallet("rate-a").await?;
     }
+    // A service given a rate is held to it.
+    let svc = sys.clients_as("rate-svc", Role::Service)?;
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(s) = svc
+            .inventory
+            .clone()
+            .list_stock(inv::ListStockRequest::default())
+            .await
+        {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a service past its rate was served");
     sys.stop().await
 }

@@ -183,3 +183,63 @@ async fn cancel_order_and_upsert_product_honour_an_idempotency_key() -> anyhow::
     );
     sys.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reservations_and_slot_holds_bind_an_idempotency_key_to_one_request()
+-> anyhow::Result<()> {
+    use saga_shared::proto::inventory::v1 as inv;
+    use saga_shared::proto::reservation::v1 as rsv;
+    let sys = TestSystem::start().await?;
+    sys.seed_product("D", 100, 10).await?;
+    let slot = sys.create_slot("d", 5).await?;
+    let mut inventory = sys.clients.inventory.clone();
+    let reserve = |id: &str| inv::ReserveStockRequest {
+        reservation_id: id.to_owned(),
+        lines: vec![inv::ReservationLine {
+            sku: "D".into(),
+            quantity: 2,
+        }],
+    };
+    let (r1, r2) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let first = inventory
+        .reserve_stock(keyed(reserve(&r1), "d-1")?)
+        .await?
+        .into_inner();
+    let again = inventory
+        .reserve_stock(keyed(reserve(&r1), "d-1")?)
+        .await?
+        .into_inner();
+    assert_eq!(first, again);
+    let refused = inventory
+        .reserve_stock(keyed(reserve(&r2), "d-1")?)
+        .await
+        .expect_err("another reservation under a used key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(
+        sys.stock("D").await?.reserved,
+        2,
+        "the refused call reserved nothing"
+    );
+
+    let mut reservation = sys.clients.reservation.clone();
+    let hold = |id: &str| rsv::HoldSlotRequest {
+        hold_id: id.to_owned(),
+        slot_id: slot.slot_id.clone(),
+    };
+    let (h1, h2) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    reservation.hold_slot(keyed(hold(&h1), "h-1")?).await?;
+    reservation.hold_slot(keyed(hold(&h1), "h-1")?).await?;
+    let refused = reservation
+        .hold_slot(keyed(hold(&h2), "h-1")?)
+        .await
+        .expect_err("another hold under a used key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(sys.slot(&slot.slot_id).await?.held, 1, "one hold");
+    sys.stop().await
+}

@@ -37,10 +37,16 @@ pub struct AuthConfig {
     /// own from `hs256_secret`.
     pub service_token_file: Option<PathBuf>,
     /// Calls a second each customer may make (0: no limit); more are
-    /// answered RESOURCE_EXHAUSTED. Admins and services are not limited.
+    /// answered RESOURCE_EXHAUSTED.
     pub customer_rate_per_sec: u32,
     /// Calls a customer may make at once beyond that rate.
     pub customer_burst: u32,
+    /// The same for each admin (default: no limit).
+    pub admin_rate_per_sec: u32,
+    pub admin_burst: u32,
+    /// The same for each service (default: no limit).
+    pub service_rate_per_sec: u32,
+    pub service_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +62,10 @@ impl Default for AuthConfig {
             service_token_file: None,
             customer_rate_per_sec: 50,
             customer_burst: 100,
+            admin_rate_per_sec: 0,
+            admin_burst: 0,
+            service_rate_per_sec: 0,
+            service_burst: 0,
         }
     }
 }
@@ -93,6 +103,10 @@ impl fmt::Debug for AuthConfig {
             .field("service_token_file", &self.service_token_file)
             .field("customer_rate_per_sec", &self.customer_rate_per_sec)
             .field("customer_burst", &self.customer_burst)
+            .field("admin_rate_per_sec", &self.admin_rate_per_sec)
+            .field("admin_burst", &self.admin_burst)
+            .field("service_rate_per_sec", &self.service_rate_per_sec)
+            .field("service_burst", &self.service_burst)
             .finish()
     }
 }
