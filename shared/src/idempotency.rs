@@ -195,13 +195,7 @@ pub async fn begin<Q: Message, R: Message + Default>(
             claimed: Some((scope, key)),
         }));
     }
-    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
-        "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
-    )
-    .bind(scope)
-    .bind(&key)
-    .fetch_one(&mut *conn)
-    .await?;
+    let (stored_hash, response) = stored(&mut *conn, scope, &key).await?;
     // The row lock taken by the INSERT above waited for the first call's
     // transaction: the response is there.
     let response = response.ok_or_else(|| IdempotencyError::Corrupt(as_sent(&key)))?;
@@ -247,14 +241,7 @@ where
     .rows_affected()
         == 1;
     if !claimed {
-        let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
-            "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(&key)
-        .fetch_one(pool)
-        .await
-        .map_err(db)?;
+        let (stored_hash, response) = stored(pool, scope, &key).await.map_err(db)?;
         if stored_hash != hash {
             return Err(IdempotencyError::Mismatch(as_sent(&key)).into());
         }
@@ -299,6 +286,22 @@ pub async fn completed<Q: Message, R: Message + Default>(
     };
     let hash = Sha256::digest(request.encode_to_vec());
     replay(key.to_owned(), &hash, &stored_hash, &response).map(Some)
+}
+
+/// The hash of the request a key was claimed for, and its response once
+/// stored.
+async fn stored<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    scope: &str,
+    key: &str,
+) -> sqlx::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    sqlx::query_as(
+        "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(db)
+    .await
 }
 
 /// The stored response, if the stored request is this one.
