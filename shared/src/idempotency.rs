@@ -158,13 +158,7 @@ impl Ticket {
         let Some((scope, key)) = self.claimed else {
             return Ok(());
         };
-        sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(&key)
-            .bind(response.encode_to_vec())
-            .execute(conn)
-            .await?;
-        Ok(())
+        Ok(store(conn, scope, &key, response).await?)
     }
 }
 
@@ -180,17 +174,7 @@ pub async fn begin<Q: Message, R: Message + Default>(
         return Ok(Begin::Proceed(Ticket { claimed: None }));
     };
     let hash = Sha256::digest(request.encode_to_vec()).to_vec();
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(scope)
-    .bind(&key)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
+    if claim(&mut *conn, scope, &key, &hash).await? {
         return Ok(Begin::Proceed(Ticket {
             claimed: Some((scope, key)),
         }));
@@ -228,19 +212,7 @@ where
     };
     let db = |e: sqlx::Error| crate::grpc::database(scope, &e);
     let hash = Sha256::digest(request.encode_to_vec()).to_vec();
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(scope)
-    .bind(&key)
-    .bind(&hash)
-    .execute(pool)
-    .await
-    .map_err(db)?
-    .rows_affected()
-        == 1;
-    if !claimed {
+    if !claim(pool, scope, &key, &hash).await.map_err(db)? {
         let (stored_hash, response) = stored(pool, scope, &key).await.map_err(db)?;
         if stored_hash != hash {
             return Err(IdempotencyError::Mismatch(as_sent(&key)).into());
@@ -250,13 +222,7 @@ where
         }
     }
     let response = work().await?;
-    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(&key)
-        .bind(response.encode_to_vec())
-        .execute(pool)
-        .await
-        .map_err(db)?;
+    store(pool, scope, &key, &response).await.map_err(db)?;
     Ok(response)
 }
 
@@ -286,6 +252,43 @@ pub async fn completed<Q: Message, R: Message + Default>(
     };
     let hash = Sha256::digest(request.encode_to_vec());
     replay(key.to_owned(), &hash, &stored_hash, &response).map(Some)
+}
+
+/// Claims `key` for the request of `hash`; false if it was claimed before
+/// (waiting for a claim still in an open transaction).
+async fn claim<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Stores the response of a claimed key.
+async fn store<'e, R: Message>(
+    db: impl sqlx::PgExecutor<'e>,
+    scope: &str,
+    key: &str,
+    response: &R,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(key)
+        .bind(response.encode_to_vec())
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// The hash of the request a key was claimed for, and its response once
