@@ -7,7 +7,6 @@
 //! instead of 3: a longer soak (see README, "Chaos and soak").
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -15,12 +14,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use saga_shared::faults::CrashPoint;
 use saga_shared::proto::order::v1::OrderState;
+use saga_tests::load::Load;
 use saga_tests::processes::{Ended, Service};
 use saga_tests::{TestSystem, order_request, state};
 use sagactl::client::Clients;
 use sagactl::system::SystemConfig;
-use tonic::Code;
-use uuid::Uuid;
 
 const SKUS: [&str; 4] = ["C1", "C2", "C3", "C4"];
 
@@ -55,81 +53,30 @@ async fn seed_world(sys: &TestSystem) -> anyhow::Result<Vec<String>> {
     Ok(slots)
 }
 
-/// Clients placing orders until told to stop. Each order carries an
-/// idempotency key and is retried until order-svc takes it (it may be down).
-struct Load {
-    stop: Arc<AtomicBool>,
-    workers: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<String>>>>,
-}
-
-impl Load {
-    fn start(clients: &Clients, slots: &[String], seed: u64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..4)
-            .map(|w| {
-                let mut client = clients.order.clone();
-                let stop = stop.clone();
-                let slots = slots.to_vec();
-                tokio::spawn(async move {
-                    let mut rng = StdRng::seed_from_u64(seed ^ ((w as u64 + 1) * 0x9e37_79b9));
-                    let mut ids = Vec::new();
-                    let mut pace = tokio::time::interval(Duration::from_millis(30));
-                    while !stop.load(Ordering::Relaxed) {
-                        pace.tick().await;
-                        let a = SKUS[rng.random_range(0..SKUS.len())];
-                        let b = SKUS[rng.random_range(0..SKUS.len())];
-                        let mut items = vec![(a, rng.random_range(1..3))];
-                        if b != a {
-                            items.push((b, 1));
-                        }
-                        let slot = rng
-                            .random_bool(0.5)
-                            .then(|| slots[rng.random_range(0..slots.len())].clone());
-                        let customer = format!("buyer{}", rng.random_range(0..8));
-                        let request = order_request(&customer, &items, slot.as_deref());
-                        let key = Uuid::new_v4().to_string();
-                        let started = Instant::now();
-                        let mut retry = tokio::time::interval(Duration::from_millis(100));
-                        loop {
-                            let mut call = tonic::Request::new(request.clone());
-                            call.metadata_mut().insert("idempotency-key", key.parse()?);
-                            match client.place_order(call).await {
-                                Ok(r) => {
-                                    ids.push(r.into_inner().order.unwrap_or_default().order_id);
-                                    break;
-                                }
-                                Err(s)
-                                    if matches!(
-                                        s.code(),
-                                        Code::InvalidArgument | Code::NotFound
-                                    ) =>
-                                {
-                                    anyhow::bail!("a valid order was refused: {s:?}");
-                                }
-                                Err(s) if started.elapsed() > Duration::from_secs(60) => {
-                                    anyhow::bail!("order not taken within 60s: {s:?}");
-                                }
-                                Err(_) => {
-                                    retry.tick().await;
-                                }
-                            }
-                        }
-                    }
-                    Ok(ids)
-                })
-            })
-            .collect();
-        Self { stop, workers }
-    }
-
-    async fn stop(self) -> anyhow::Result<Vec<String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut ids = Vec::new();
-        for w in self.workers {
-            ids.extend(w.await??);
+/// Four clients, an order every 30 ms each: one or two SKUs, half of them
+/// with a slot. Each order is retried with its idempotency key until
+/// order-svc takes it (it may be down).
+fn load(clients: &Clients, slots: &[String], seed: u64) -> Load {
+    let slots = slots.to_vec();
+    let make = move |rng: &mut StdRng| {
+        let a = SKUS[rng.random_range(0..SKUS.len())];
+        let b = SKUS[rng.random_range(0..SKUS.len())];
+        let mut items = vec![(a, rng.random_range(1..3))];
+        if b != a {
+            items.push((b, 1));
         }
-        Ok(ids)
-    }
+        let slot = rng
+            .random_bool(0.5)
+            .then(|| slots[rng.random_range(0..slots.len())].as_str());
+        order_request(&format!("buyer{}", rng.random_range(0..8)), &items, slot)
+    };
+    Load::start(
+        std::slice::from_ref(clients),
+        4,
+        Duration::from_millis(30),
+        seed,
+        Arc::new(make),
+    )
 }
 
 /// Every order ends, the system goes quiet, and the audit comes out clean
@@ -188,7 +135,7 @@ async fn finish(mut sys: TestSystem, result: anyhow::Result<()>, what: &str) -> 
 
 async fn chaos(sys: &mut TestSystem, seed: u64) -> anyhow::Result<()> {
     let slots = seed_world(sys).await?;
-    let load = Load::start(&sys.clients, &slots, seed);
+    let load = load(&sys.clients, &slots, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let kills: usize = match std::env::var("SAGA_CHAOS_KILLS") {
         Ok(n) => n.parse()?,
@@ -228,7 +175,7 @@ async fn each_crash_point_hit_under_load_leaves_every_order_terminal_and_the_aud
 
 async fn crash_points(sys: &mut TestSystem) -> anyhow::Result<()> {
     let slots = seed_world(sys).await?;
-    let load = Load::start(&sys.clients, &slots, 7);
+    let load = load(&sys.clients, &slots, 7);
     for (service, point) in [
         (Service::Order, CrashPoint::ConsumerAfterCommit),
         (Service::Order, CrashPoint::RelayAfterTake),

@@ -24,8 +24,10 @@ pub use saga_shared;
 pub use sagactl;
 
 pub mod calls;
+pub mod clusters;
 pub mod http;
 pub mod inspect;
+pub mod load;
 pub mod ports;
 pub mod processes;
 pub mod servers;
@@ -35,7 +37,7 @@ pub mod tls;
 pub mod wait;
 
 pub use calls::{CONFIRMED_WITH_SLOT, order_request, reason, state};
-pub use http::http_get;
+pub use http::{http_get, metric_sum};
 pub use inspect::CONSUMERS;
 pub use sagactl::client::is_terminal;
 pub use snapshot::Snapshot;

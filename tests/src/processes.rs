@@ -2,7 +2,8 @@
 //! first use, each configured by a TOML file written from the test's
 //! settings (the same loader the binaries use in production), logging to a
 //! file. A test can SIGKILL one, restart it (with a crash point armed, say),
-//! and see how it ended.
+//! and see how it ended. A set may run several instances of each service
+//! (competing for the same streams and databases), each on ports of its own.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -50,6 +51,29 @@ impl Service {
             Service::Inventory => "INVENTORY_SVC_CONFIG",
             Service::Payment => "PAYMENT_SVC_CONFIG",
             Service::Reservation => "RESERVATION_SVC_CONFIG",
+        }
+    }
+}
+
+/// One process of a service: instance 0 is the one every set has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance {
+    pub service: Service,
+    pub index: usize,
+}
+
+impl From<Service> for Instance {
+    fn from(service: Service) -> Self {
+        Self { service, index: 0 }
+    }
+}
+
+impl Instance {
+    /// Its file names: `order-svc` for instance 0, `order-svc-1` after.
+    fn stem(self) -> String {
+        match self.index {
+            0 => self.service.binary().to_owned(),
+            i => format!("{}-{i}", self.service.binary()),
         }
     }
 }
@@ -106,21 +130,61 @@ pub enum Ended {
     Signal(i32),
 }
 
-/// The four service processes of a test.
+/// The service processes of a test.
 pub struct Processes {
     dir: PathBuf,
     bin: &'static Path,
-    children: HashMap<Service, Child>,
+    children: HashMap<Instance, Child>,
+    /// Instance 0 of each service.
     pub endpoints: HashMap<Service, Endpoints>,
+    /// Every instance's.
+    pub instances: HashMap<Instance, Endpoints>,
 }
 
 impl Processes {
     /// Fixes the services' ports in `cfg` (the order service is pointed at
     /// the others) and writes each one's TOML file; starts nothing.
     pub fn prepare(cfg: &mut SystemConfig, ns: &str) -> anyhow::Result<Self> {
+        Self::prepare_instances(cfg, ns, 1)
+    }
+
+    /// Like [`Processes::prepare`], for `count` instances of every service;
+    /// `cfg` ends up with instance 0's ports. Instance i of order-svc calls
+    /// instance i of inventory and reservation, whose repair loops call it.
+    pub fn prepare_instances(
+        cfg: &mut SystemConfig,
+        ns: &str,
+        count: usize,
+    ) -> anyhow::Result<Self> {
         let bin = binaries()?;
         let dir = std::env::temp_dir().join(format!("saga-{ns}"));
         std::fs::create_dir_all(&dir)?;
+        let mut set = Self {
+            dir,
+            bin,
+            children: HashMap::new(),
+            endpoints: HashMap::new(),
+            instances: HashMap::new(),
+        };
+        for index in (0..count.max(1)).rev() {
+            let endpoints = set.write_configs(cfg, index)?;
+            for (service, e) in endpoints {
+                set.instances.insert(Instance { service, index }, e);
+                if index == 0 {
+                    set.endpoints.insert(service, e);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Gives instance `index` of every service free ports in `cfg` and
+    /// writes their TOML files.
+    fn write_configs(
+        &self,
+        cfg: &mut SystemConfig,
+        index: usize,
+    ) -> anyhow::Result<HashMap<Service, Endpoints>> {
         let mut endpoints = HashMap::new();
         for s in Service::ALL {
             let e = Endpoints {
@@ -150,27 +214,23 @@ impl Processes {
         cfg.point_repair_at(&endpoints[&Service::Order].grpc_url());
 
         let write = |s: Service, config: &dyn erased::Toml| -> anyhow::Result<()> {
-            std::fs::write(dir.join(format!("{}.toml", s.binary())), config.to_toml()?)?;
+            let stem = Instance { service: s, index }.stem();
+            std::fs::write(self.dir.join(format!("{stem}.toml")), config.to_toml()?)?;
             Ok(())
         };
         write(Service::Order, &cfg.order)?;
         write(Service::Inventory, &cfg.inventory)?;
         write(Service::Payment, &cfg.payment)?;
         write(Service::Reservation, &cfg.reservation)?;
-        Ok(Self {
-            dir,
-            bin,
-            children: HashMap::new(),
-            endpoints,
-        })
+        Ok(endpoints)
     }
 
-    pub fn log_path(&self, s: Service) -> PathBuf {
-        self.dir.join(format!("{}.log", s.binary()))
+    pub fn log_path(&self, s: impl Into<Instance>) -> PathBuf {
+        self.dir.join(format!("{}.log", s.into().stem()))
     }
 
     /// The last lines of a service's log (for failure messages).
-    pub fn log_tail(&self, s: Service, lines: usize) -> String {
+    pub fn log_tail(&self, s: impl Into<Instance>, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(s)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
@@ -178,21 +238,27 @@ impl Processes {
 
     /// Starts a service (with extra environment, e.g. a crash point) and
     /// waits until its `/readyz` answers 200.
-    pub async fn start(&mut self, s: Service, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    pub async fn start(
+        &mut self,
+        s: impl Into<Instance>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let s = s.into();
         self.spawn(s, env)?;
         self.wait_ready(s).await
     }
 
     /// Starts a service without waiting for it.
-    pub fn spawn(&mut self, s: Service, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    pub fn spawn(&mut self, s: impl Into<Instance>, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let s = s.into();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(s))?;
-        let mut cmd = Command::new(self.bin.join(s.binary()));
+        let mut cmd = Command::new(self.bin.join(s.service.binary()));
         cmd.env(
-            s.config_var(),
-            self.dir.join(format!("{}.toml", s.binary())),
+            s.service.config_var(),
+            self.dir.join(format!("{}.toml", s.stem())),
         )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -203,20 +269,21 @@ impl Processes {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", s.binary()))?;
+            .with_context(|| format!("starting {}", s.stem()))?;
         self.children.insert(s, child);
         Ok(())
     }
 
     /// Waits until a service's `/readyz` answers 200.
-    pub async fn wait_ready(&mut self, s: Service) -> anyhow::Result<()> {
-        let admin = self.endpoints[&s].admin;
+    pub async fn wait_ready(&mut self, s: impl Into<Instance>) -> anyhow::Result<()> {
+        let s = s.into();
+        let admin = self.instances[&s].admin;
         let polled = Poll::new(Duration::from_millis(50), Duration::from_secs(60))
             .until((), |()| {
                 let exited = self.ended(s).map(|ended| (ended, self.log_tail(s, 30)));
                 async move {
                     if let Some((ended, log)) = exited {
-                        bail!("{} exited ({ended:?}) while starting:\n{log}", s.binary());
+                        bail!("{} exited ({ended:?}) while starting:\n{log}", s.stem());
                     }
                     Ok(match crate::http_get(admin, "/readyz").await {
                         Ok((200, _)) => ControlFlow::Break(()),
@@ -228,7 +295,7 @@ impl Processes {
         if polled.is_continue() {
             bail!(
                 "{} not ready after 60s:\n{}",
-                s.binary(),
+                s.stem(),
                 self.log_tail(s, 30)
             );
         }
@@ -236,15 +303,26 @@ impl Processes {
     }
 
     /// SIGKILL.
-    pub fn kill(&mut self, s: Service) {
-        if let Some(mut child) = self.children.remove(&s) {
+    pub fn kill(&mut self, s: impl Into<Instance>) {
+        if let Some(mut child) = self.children.remove(&s.into()) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// SIGTERM: a graceful stop, which the caller may wait for with
+    /// [`Processes::wait_ended`].
+    pub fn terminate(&mut self, s: impl Into<Instance>) {
+        if let Some(child) = self.children.get(&s.into()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// How the service's process ended, if it has.
-    pub fn ended(&mut self, s: Service) -> Option<Ended> {
+    pub fn ended(&mut self, s: impl Into<Instance>) -> Option<Ended> {
+        let s = s.into();
         let child = self.children.get_mut(&s)?;
         let status = child.try_wait().ok()??;
         self.children.remove(&s);
@@ -256,7 +334,12 @@ impl Processes {
     }
 
     /// Waits until the service's process ends by itself.
-    pub async fn wait_ended(&mut self, s: Service, timeout: Duration) -> anyhow::Result<Ended> {
+    pub async fn wait_ended(
+        &mut self,
+        s: impl Into<Instance>,
+        timeout: Duration,
+    ) -> anyhow::Result<Ended> {
+        let s = s.into();
         let polled = Poll::new(Duration::from_millis(20), timeout)
             .until((), |()| {
                 std::future::ready(Ok(match self.ended(s) {
@@ -267,7 +350,7 @@ impl Processes {
             .await?;
         match polled {
             ControlFlow::Break(ended) => Ok(ended),
-            ControlFlow::Continue(()) => bail!("{} still running after {timeout:?}", s.binary()),
+            ControlFlow::Continue(()) => bail!("{} still running after {timeout:?}", s.stem()),
         }
     }
 

@@ -115,13 +115,23 @@ impl TestSystem {
 
     /// A system whose settings `tweak` may change (decline rate, batch size...).
     pub async fn start_with(tweak: impl FnOnce(&mut SystemConfig)) -> anyhow::Result<Self> {
-        Self::launch(tweak, false).await
+        Self::launch(tweak, 0).await
     }
 
     /// The four services as separate processes (their real binaries), which
     /// the test may kill and restart: see [`TestSystem::processes`].
     pub async fn start_processes(tweak: impl FnOnce(&mut SystemConfig)) -> anyhow::Result<Self> {
-        Self::launch(tweak, true).await
+        Self::launch(tweak, 1).await
+    }
+
+    /// Like [`TestSystem::start_processes`], with `count` processes of every
+    /// service competing for the same streams and databases. The clients
+    /// call instance 0; [`processes::Processes::instances`] has the others.
+    pub async fn start_instances(
+        count: usize,
+        tweak: impl FnOnce(&mut SystemConfig),
+    ) -> anyhow::Result<Self> {
+        Self::launch(tweak, count.max(1)).await
     }
 
     /// Clients whose calls carry a token for `subject` as `role`.
@@ -138,9 +148,11 @@ impl TestSystem {
             .expect("the system was started with start_processes")
     }
 
+    /// `processes`: how many processes of each service (0: all four in
+    /// this process).
     async fn launch(
         tweak: impl FnOnce(&mut SystemConfig),
-        as_processes: bool,
+        processes: usize,
     ) -> anyhow::Result<Self> {
         std::mem::forget(saga_shared::telemetry::init_for_tests());
         let ns = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -166,8 +178,8 @@ impl TestSystem {
             db_name: db_name.clone(),
             ns: ns.clone(),
         };
-        let started = if as_processes {
-            Self::start_process_set(&mut cfg, &ns)
+        let started = if processes > 0 {
+            Self::start_process_set(&mut cfg, &ns, processes)
                 .await
                 .map(|p| (None, Some(p)))
         } else {
@@ -253,16 +265,19 @@ impl TestSystem {
     async fn start_process_set(
         cfg: &mut SystemConfig,
         ns: &str,
+        count: usize,
     ) -> anyhow::Result<processes::Processes> {
-        use processes::Service;
-        let mut set = processes::Processes::prepare(cfg, ns)?;
-        for s in [
+        use processes::{Instance, Service};
+        let mut set = processes::Processes::prepare_instances(cfg, ns, count)?;
+        for service in [
             Service::Inventory,
             Service::Reservation,
             Service::Payment,
             Service::Order,
         ] {
-            set.start(s, &[]).await?;
+            for index in 0..count {
+                set.start(Instance { service, index }, &[]).await?;
+            }
         }
         Ok(set)
     }

@@ -4,7 +4,9 @@
 --          (order id -> "qty:granted_ms")
 --   [2i]   marker of this order ("R" released, "C" committed)
 -- ARGV: order_id, now_ms, qty_1 .. qty_n
--- Returns {"GRANTED", epoch_1..epoch_n} | {"REJECTED", i, avail}
+-- Returns {"GRANTED", epoch_1..epoch_n, fresh_1..fresh_n} (fresh_i: 1 if
+--         this call took line i's hold, 0 if the order held it already)
+--       | {"REJECTED", i, avail}
 --       | {"NOT_READY", i} | {"CLOSED", i, marker}
 --       | {"MISMATCH", i, held}: the order already holds `held` units of line
 --         i, another quantity than asked (a retry with other lines); nothing
@@ -46,5 +48,8 @@ end
 local out = {'GRANTED'}
 for i = 1, n do
   out[#out + 1] = epoch[i]
+end
+for i = 1, n do
+  out[#out + 1] = held[i] and 0 or 1
 end
 return out

@@ -11,8 +11,10 @@
 //! - `inv:{<ns>:<sku>}:m:<order>` marker (`R` released / `C` committed) with
 //!   a TTL.
 //!
-//! A multi-SKU order is held by one script call (all or none); on Redis
-//! Cluster that needs its SKUs in one slot (see docs/adr/0002).
+//! On a single Redis a multi-SKU order is held by one script call (all or
+//! none, atomically). On Redis Cluster the lines are grouped by hash slot,
+//! one call per group in slot order, and the groups this call took are given
+//! back if a later one is refused: all or none as an outcome (docs/adr/0014).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,6 +62,29 @@ pub enum Reserve {
     /// The order already holds `held` units of line `index`, not the number
     /// asked for: a retry with other lines. Nothing changed.
     Mismatch { index: usize, held: i64 },
+}
+
+impl Reserve {
+    /// The same answer, its line index mapped through `at` (from a group's
+    /// lines to the order's).
+    fn for_line(self, at: impl Fn(usize) -> usize) -> Self {
+        match self {
+            Reserve::Granted(epochs) => Reserve::Granted(epochs),
+            Reserve::Rejected { index, available } => Reserve::Rejected {
+                index: at(index),
+                available,
+            },
+            Reserve::NotReady { index } => Reserve::NotReady { index: at(index) },
+            Reserve::Closed { index, marker } => Reserve::Closed {
+                index: at(index),
+                marker,
+            },
+            Reserve::Mismatch { index, held } => Reserve::Mismatch {
+                index: at(index),
+                held,
+            },
+        }
+    }
 }
 
 /// A SKU's state in Postgres, read under its row lock, for a rebuild.
@@ -162,8 +187,63 @@ impl StockCache {
         }
     }
 
+    /// The positions of `skus` grouped so that each group's keys share a
+    /// hash slot: one group on a single Redis; on a cluster one per slot,
+    /// in slot order (so that two orders meet their groups in one order).
+    fn slot_groups<'a>(&self, skus: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+        let skus: Vec<&str> = skus.collect();
+        if !self.redis.next().is_clustered() {
+            return vec![(0..skus.len()).collect()];
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, sku) in skus.iter().enumerate() {
+            let slot = fred::util::redis_keyslot(self.sku_key(sku).as_bytes());
+            by_slot.entry(slot).or_default().push(i);
+        }
+        by_slot.into_values().collect()
+    }
+
     /// Holds every line for `order`, or none.
     pub async fn reserve(&self, order: Uuid, lines: &[Line]) -> Result<Reserve, CacheError> {
+        let groups = self.slot_groups(lines.iter().map(|l| l.sku.as_str()));
+        let mut epochs = vec![0; lines.len()];
+        // The SKUs whose holds this call took, to give back if a later group
+        // is refused or fails.
+        let mut taken: Vec<&str> = Vec::new();
+        for group in &groups {
+            let part: Vec<Line> = group.iter().map(|&i| lines[i].clone()).collect();
+            let answer = match self.reserve_group(order, &part).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    // Best effort: what is not given back here is an orphan
+                    // that reconciliation drops after its grace period.
+                    let _ = self.revoke(order, &taken).await;
+                    return Err(e);
+                }
+            };
+            let at = |index: usize| group[index];
+            match answer {
+                GroupReply::Granted { epochs: got, fresh } => {
+                    for (k, &i) in group.iter().enumerate() {
+                        epochs[i] = got[k];
+                        if fresh[k] {
+                            taken.push(lines[i].sku.as_str());
+                        }
+                    }
+                }
+                GroupReply::Other(refused) => {
+                    if !taken.is_empty() {
+                        self.revoke(order, &taken).await?;
+                    }
+                    return Ok(refused.for_line(at));
+                }
+            }
+        }
+        Ok(Reserve::Granted(epochs))
+    }
+
+    /// One script call for lines whose keys share a slot.
+    async fn reserve_group(&self, order: Uuid, lines: &[Line]) -> Result<GroupReply, CacheError> {
         let keys = self.order_keys(order, lines.iter().map(|l| l.sku.as_str()));
         let mut args = vec![order.to_string(), now_ms().to_string()];
         args.extend(lines.iter().map(|l| l.quantity.to_string()));
@@ -186,18 +266,24 @@ impl StockCache {
         self.close(order, skus, "X").await
     }
 
+    /// Closes the order's holds on `skus`, one script call per slot group
+    /// (each is idempotent, so a retry after a partial failure finishes it).
     async fn close(&self, order: Uuid, skus: &[&str], kind: &str) -> Result<i64, CacheError> {
-        if skus.is_empty() {
-            return Ok(0);
+        let mut removed = 0;
+        for group in self.slot_groups(skus.iter().copied()) {
+            if group.is_empty() {
+                continue;
+            }
+            let keys = self.order_keys(order, group.iter().map(|&i| skus[i]));
+            let args = vec![
+                order.to_string(),
+                kind.to_owned(),
+                self.marker_ttl.as_millis().to_string(),
+            ];
+            let reply = self.eval(&self.close, keys, args).await?;
+            removed += as_int(&reply).ok_or_else(|| CacheError::Reply(format!("{reply:?}")))?;
         }
-        let keys = self.order_keys(order, skus.iter().copied());
-        let args = vec![
-            order.to_string(),
-            kind.to_owned(),
-            self.marker_ttl.as_millis().to_string(),
-        ];
-        let reply = self.eval(&self.close, keys, args).await?;
-        as_int(&reply).ok_or_else(|| CacheError::Reply(format!("{reply:?}")))
+        Ok(removed)
     }
 
     /// Rebuilds a counter from `snap` (see `lua/rebuild.lua`). `grace`: drop
@@ -296,7 +382,16 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
-fn parse_reserve(reply: Value, lines: usize) -> Result<Reserve, CacheError> {
+/// What one reserve script call answered.
+enum GroupReply {
+    /// Every line held: the counters' epochs, and whether this call took
+    /// each hold (false: the order held it already).
+    Granted { epochs: Vec<i64>, fresh: Vec<bool> },
+    /// Anything but a grant (indices are within the call's lines).
+    Other(Reserve),
+}
+
+fn parse_reserve(reply: Value, lines: usize) -> Result<GroupReply, CacheError> {
     let bad = || CacheError::Reply(format!("{reply:?}"));
     let items = as_array(&reply).ok_or_else(bad)?;
     let int = |i: usize| items.get(i).and_then(as_int).ok_or_else(bad);
@@ -309,25 +404,28 @@ fn parse_reserve(reply: Value, lines: usize) -> Result<Reserve, CacheError> {
     };
     match items.first().and_then(as_text).as_deref() {
         Some("GRANTED") => {
-            let epochs = (1..items.len()).map(int).collect::<Result<Vec<_>, _>>()?;
-            if epochs.len() != lines {
+            if items.len() != 1 + 2 * lines {
                 return Err(bad());
             }
-            Ok(Reserve::Granted(epochs))
+            let epochs = (1..=lines).map(int).collect::<Result<Vec<_>, _>>()?;
+            let fresh = (lines + 1..=2 * lines)
+                .map(|i| int(i).map(|f| f == 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(GroupReply::Granted { epochs, fresh })
         }
-        Some("REJECTED") => Ok(Reserve::Rejected {
+        Some("REJECTED") => Ok(GroupReply::Other(Reserve::Rejected {
             index: index(1)?,
             available: int(2)?,
-        }),
-        Some("NOT_READY") => Ok(Reserve::NotReady { index: index(1)? }),
-        Some("CLOSED") => Ok(Reserve::Closed {
+        })),
+        Some("NOT_READY") => Ok(GroupReply::Other(Reserve::NotReady { index: index(1)? })),
+        Some("CLOSED") => Ok(GroupReply::Other(Reserve::Closed {
             index: index(1)?,
             marker: items.get(2).and_then(as_text).ok_or_else(bad)?,
-        }),
-        Some("MISMATCH") => Ok(Reserve::Mismatch {
+        })),
+        Some("MISMATCH") => Ok(GroupReply::Other(Reserve::Mismatch {
             index: index(1)?,
             held: int(2)?,
-        }),
+        })),
         _ => Err(bad()),
     }
 }

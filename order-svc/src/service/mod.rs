@@ -302,6 +302,7 @@ impl Orders {
         tx.commit().await?;
         if !ids.is_empty() {
             self.outbox.wake();
+            metrics::counter!("orders_deadline_cancelled_total").increment(ids.len() as u64);
             tracing::info!(count = ids.len(), "cancelled orders past their deadline");
         }
         Ok(ids.len())

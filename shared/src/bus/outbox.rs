@@ -183,6 +183,15 @@ struct Row {
     created_at: DateTime<Utc>,
 }
 
+/// What one relay round did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Round {
+    /// Rows taken.
+    pub taken: usize,
+    /// Rows the stream acknowledged (and that were marked published).
+    pub sent: usize,
+}
+
 /// Publishes committed outbox rows.
 pub struct Relay {
     pub(crate) service: &'static str,
@@ -218,24 +227,34 @@ impl Relay {
         let poll = Duration::from_millis(self.cfg.relay_poll_ms.max(1));
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            match self.publish_pending().await {
-                Ok(n) => {
+            let backoff = match self.publish_pending().await {
+                Ok(round) if round.taken > 0 && round.sent == 0 => {
+                    // JetStream refused every row (down, or a stream
+                    // without quorum): wait rather than retry at the pace
+                    // new rows wake the relay. The rows say why.
+                    failures = failures.saturating_add(1);
+                    // 50 ms, doubling up to 2 s.
+                    Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).delay(failures)
+                }
+                Ok(round) => {
                     failures = 0;
-                    if n as i64 >= self.cfg.relay_batch_size {
+                    if round.taken as i64 >= self.cfg.relay_batch_size {
                         continue;
                     }
+                    Duration::ZERO
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(service = self.service, error = %e, failures, "outbox relay round failed");
                     // 200 ms, doubling up to 6.4 s.
-                    let backoff =
-                        Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400))
-                            .delay(failures);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
+                    Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400))
+                        .delay(failures)
+                }
+            };
+            if !backoff.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = shutdown.cancelled() => break,
                 }
             }
             tokio::select! {
@@ -255,8 +274,7 @@ impl Relay {
 
     /// One round: takes a batch, publishes it in order, awaits the acks and
     /// marks what was acknowledged, all in one transaction holding the rows.
-    /// Returns the number of rows taken.
-    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+    pub async fn publish_pending(&self) -> Result<Round, RelayError> {
         let limit = Duration::from_secs(self.cfg.relay_lease_secs.max(1));
         let mut tx = self.pool.begin().await?;
         // A relay paused mid-round (not dead, so its connection stays open)
@@ -275,7 +293,7 @@ impl Relay {
         .await?;
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(Round { taken: 0, sent: 0 });
         }
         let taken = rows.len();
         crate::faults::crash_point(CrashPoint::RelayAfterTake);
@@ -317,7 +335,10 @@ impl Relay {
         tx.commit().await?;
         metrics::counter!("saga_outbox_published_total", "service" => self.service)
             .increment(sent.len() as u64);
-        Ok(taken)
+        Ok(Round {
+            taken,
+            sent: sent.len(),
+        })
     }
 
     /// Publishes `rows` in order and awaits their acks: the ids acknowledged,
@@ -361,7 +382,13 @@ impl Relay {
         let now = Utc::now();
         for (id, created, result) in acks {
             match result {
-                Ok(_) => {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        // The stream had it: published before by a relay
+                        // that died before marking it (or by another relay).
+                        metrics::counter!("saga_outbox_duplicates_total", "service" => self.service)
+                            .increment(1);
+                    }
                     sent.push(id);
                     let lag = (now - created).num_microseconds().unwrap_or(0) as f64 / 1e6;
                     metrics::histogram!("saga_outbox_lag_seconds", "service" => self.service)
