@@ -508,6 +508,11 @@ pub struct SagaBenchArgs {
     /// BUS__BATCH_SIZE of every service (default: as configured).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Instances of every service, competing for the same streams and
+    /// databases (each on a runtime of its own in this process); orders
+    /// are placed on the order instances in turn.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// ORDER_SVC__ORDER__MAX_OPEN_ORDERS: open orders beyond which
     /// PlaceOrder answers RESOURCE_EXHAUSTED (0: no limit; default: as
     /// configured). Refusals count as place errors.

@@ -27,6 +27,9 @@ async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Re
         },
         decline_rate: 0.0,
         batch_size: None,
+        // Two sets of the services compete for the streams and the
+        // database, as `--instances 2` runs them.
+        instances: 2,
         max_open_orders: None,
         database_url: format!("{}/{db}", saga_tests::pg_base()),
         baseline: Duration::from_millis(300),
@@ -60,7 +63,9 @@ async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Re
     assert!(b.redis_evalsha_per_sec > 0.0);
     let text = saga::render(&f);
     assert!(
-        text.contains("confirmed orders/s") && text.contains("raw baselines"),
+        text.contains("confirmed orders/s")
+            && text.contains("raw baselines")
+            && text.contains("2 instance(s) of each service"),
         "{text}"
     );
     Ok(())

@@ -24,7 +24,7 @@ const SKUS: [&str; 4] = ["C1", "C2", "C3", "C4"];
 
 /// Settings for runs with crashes: short deadlines and ack waits (so that
 /// what a dead process held comes back quickly), a short orphan grace.
-fn crash_friendly(cfg: &mut SystemConfig) {
+pub(crate) fn crash_friendly(cfg: &mut SystemConfig) {
     cfg.order.order.deadline_secs = 20;
     cfg.order.order.sweep_interval_ms = 200;
     cfg.inventory.inventory.orphan_grace_secs = 3;

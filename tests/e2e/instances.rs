@@ -50,17 +50,14 @@ async fn two_instances_of_every_service_share_the_work_do_none_twice_and_survive
     };
     eprintln!("instances seed {seed} (replay: SAGA_INSTANCES_SEED={seed})");
     let mut sys = TestSystem::start_instances(2, |cfg| {
+        crate::chaos::crash_friendly(cfg);
         cfg.order.order.deadline_secs = 6;
-        cfg.order.order.sweep_interval_ms = 100;
-        cfg.inventory.inventory.orphan_grace_secs = 3;
-        cfg.inventory.inventory.reconcile_interval_ms = 500;
         for bus in cfg.buses_mut() {
             // Long enough that a slow round on a loaded machine is not
             // redelivered or re-leased (which would be work done twice
             // for a reason other than a death).
             bus.ack_wait_secs = 10;
             bus.relay_lease_secs = 10;
-            bus.max_deliver = 20;
         }
         for db in cfg.databases_mut() {
             db.max_connections = 4;

@@ -88,6 +88,8 @@ async fn on_a_redis_cluster_orders_across_masters_take_the_fast_path_and_a_failo
     let mut sys = TestSystem::start_processes(|cfg| {
         cfg.inventory.redis.url = url.clone();
         cfg.reservation.redis.url = url.clone();
+        // A loaded machine's slow answer is not a fallback this test counts.
+        cfg.inventory.redis.command_timeout_ms = 3_000;
         cfg.inventory.inventory.reconcile_interval_ms = 500;
         cfg.inventory.inventory.orphan_grace_secs = 3;
         // One event at a time: reservation-svc then takes the slot's Redis

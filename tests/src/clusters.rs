@@ -326,26 +326,11 @@ impl NatsCluster {
     /// Waits until node `i` answers JetStream requests (a meta leader is
     /// elected and knows it).
     async fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
-        let url = format!("nats://127.0.0.1:{}", self.nodes[i].port);
-        let polled = Poll::new(Duration::from_millis(100), Duration::from_secs(60))
-            .until((), |()| {
-                let url = url.clone();
-                async move {
-                    if let Ok(client) = async_nats::connect(&url).await {
-                        let js = async_nats::jetstream::new(client);
-                        if js
-                            .get_stream("NO_SUCH_STREAM")
-                            .await
-                            .is_err_and(|e| e.to_string().contains("not found"))
-                        {
-                            return Ok(ControlFlow::Break(()));
-                        }
-                    }
-                    Ok(ControlFlow::Continue(()))
-                }
-            })
-            .await?;
-        if polled.is_continue() {
+        let client = saga_shared::config::NatsConfig {
+            url: format!("nats://127.0.0.1:{}", self.nodes[i].port),
+            ..Default::default()
+        };
+        if !crate::servers::jetstream_answers(&client, Duration::from_secs(60)).await? {
             bail!(
                 "nats-server {} not ready within 60s; log:\n{}",
                 Self::name(i),

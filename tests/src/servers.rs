@@ -192,27 +192,7 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server (is it installed?)")?;
         self.child = Some(child);
-        let client = self.client.clone();
-        let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(20))
-            .until((), |()| {
-                let client = client.clone();
-                async move {
-                    if let Ok(client) = saga_shared::nats::connect(&client, "tests").await {
-                        let js = async_nats::jetstream::new(client);
-                        // JetStream answers once it has loaded its store.
-                        if js
-                            .get_stream("NO_SUCH_STREAM")
-                            .await
-                            .is_err_and(|e| e.to_string().contains("not found"))
-                        {
-                            return Ok(ControlFlow::Break(()));
-                        }
-                    }
-                    Ok(ControlFlow::Continue(()))
-                }
-            })
-            .await?;
-        if polled.is_continue() {
+        if !jetstream_answers(&self.client, Duration::from_secs(20)).await? {
             bail!(
                 "nats-server on port {} did not answer within 20s",
                 self.port
@@ -234,6 +214,28 @@ impl NatsServer {
         self.kill();
         self.spawn().await
     }
+}
+
+/// Waits until the NATS server(s) of `client` answer JetStream requests
+/// (it has loaded its store, or a cluster has elected its meta leader);
+/// false if they did not within `timeout`.
+pub async fn jetstream_answers(client: &NatsConfig, timeout: Duration) -> anyhow::Result<bool> {
+    let polled = Poll::new(Duration::from_millis(20), timeout)
+        .until((), |()| async move {
+            if let Ok(client) = saga_shared::nats::connect(client, "tests").await {
+                let js = async_nats::jetstream::new(client);
+                if js
+                    .get_stream("NO_SUCH_STREAM")
+                    .await
+                    .is_err_and(|e| e.to_string().contains("not found"))
+                {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+    Ok(polled.is_break())
 }
 
 impl Drop for NatsServer {

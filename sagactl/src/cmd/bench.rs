@@ -128,8 +128,8 @@ async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
             Err(anyhow::anyhow!("--{name} must be within 0..=1, got {x}"))
         }
     };
-    if a.duration.is_zero() || a.skus == 0 || a.lines == 0 || a.customers == 0 {
-        bail!("--duration, --skus, --lines and --customers must be more than 0");
+    if a.duration.is_zero() || a.skus == 0 || a.lines == 0 || a.customers == 0 || a.instances == 0 {
+        bail!("--duration, --skus, --lines, --customers and --instances must be more than 0");
     }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of orders per second");
@@ -154,6 +154,7 @@ async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
         },
         decline_rate: share("decline-rate", a.decline_rate)?,
         batch_size: a.batch_size,
+        instances: a.instances,
         max_open_orders: a.max_open_orders,
         database_url: a.database_url,
         baseline: a.baseline,

@@ -15,7 +15,7 @@ pub mod probe;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -54,6 +54,8 @@ pub struct Options {
     pub decline_rate: f64,
     /// `bus.batch_size` of every service (default: the configured one).
     pub batch_size: Option<usize>,
+    /// Instances of every service (each set on a runtime of its own).
+    pub instances: usize,
     /// order-svc's `max_open_orders` (default: the configured one).
     pub max_open_orders: Option<u64>,
     #[serde(skip)]
@@ -224,9 +226,36 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
         .context("NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
 
-    let (services, _urls, clients) = Services::start(cfg.clone()).await?;
-    let measured = drive(&opts, clients, &nats, &ns, &pg, &database).await;
-    let stopped = services.stop().await;
+    // Each set of instances on ports of its own: its order-svc calls its
+    // inventory and reservation, all share the streams and the database.
+    let mut sets = Vec::new();
+    let mut clients = Vec::new();
+    let mut started = Ok(());
+    for i in 0..opts.instances.max(1) {
+        let set_cfg = if i == 0 {
+            cfg.clone()
+        } else {
+            cfg.clone().with_free_ports()
+        };
+        match Services::start(set_cfg).await {
+            Ok((services, _urls, c)) => {
+                sets.push(services);
+                clients.push(c);
+            }
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let measured = match started {
+        Ok(()) => drive(&opts, clients, &nats, &ns, &pg, &database).await,
+        Err(e) => Err(e),
+    };
+    let mut stopped = Ok(());
+    for services in sets {
+        stopped = stopped.and(services.stop().await);
+    }
     saga_shared::bus::streams::delete_streams(&js, &ns).await;
     let (mut figures, bar) = measured?;
     stopped?;
@@ -290,15 +319,18 @@ fn database_name(url: &str) -> anyhow::Result<String> {
 /// Seeds, loads and measures; returns the figures (without baselines).
 async fn drive(
     opts: &Options,
-    clients: Clients,
+    clients: Vec<Clients>,
     nats: &async_nats::Client,
     ns: &Namespace,
     pg: &sqlx::PgPool,
     database: &str,
 ) -> anyhow::Result<(Figures, ProgressBar)> {
-    let clients = Arc::new(clients);
+    let clients = Arc::new(Instances {
+        clients,
+        next: AtomicUsize::new(0),
+    });
     let mix = opts.mix.clone();
-    let slots = seed(&clients, &mix).await?;
+    let slots = seed(&clients.clients[0], &mix).await?;
     let ends = Ends::listen(nats, ns).await?;
 
     let tally = Arc::new(Tally::default());
@@ -457,9 +489,22 @@ async fn drive(
     Ok((figures, bar))
 }
 
+/// The clients of each instance set, taken in turn.
+struct Instances {
+    clients: Vec<Clients>,
+    next: AtomicUsize,
+}
+
+impl Instances {
+    fn next(&self) -> &Clients {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.clients[i % self.clients.len()]
+    }
+}
+
 /// Places one order and waits for its end.
 async fn one_order(
-    clients: Arc<Clients>,
+    clients: Arc<Instances>,
     ends: Arc<Ends>,
     tally: Arc<Tally>,
     t0: Instant,
@@ -467,7 +512,7 @@ async fn one_order(
 ) {
     let placed = t0.elapsed();
     tally.placed.fetch_add(1, Ordering::Relaxed);
-    let order = match clients.place_order(request).await {
+    let order = match clients.next().place_order(request).await {
         Ok(o) => o,
         Err(status) => {
             *tally
@@ -543,7 +588,8 @@ pub fn render(f: &Figures) -> String {
     let mut out = format!(
         "saga benchmark: {:.0} s measured after {:.0} s warm-up, {load}\n\
          mix: {}-line orders over {} SKUs (skew {}), {:.0}% with a slot, {:.0}% out of stock, \
-         {:.0}% unfunded, {:.0}% declined; batch size {}; open orders at most {}\n",
+         {:.0}% unfunded, {:.0}% declined; batch size {}; open orders at most {}; \
+         {} instance(s) of each service\n",
         o.duration.as_secs_f64(),
         o.warmup.as_secs_f64(),
         m.lines,
@@ -557,6 +603,7 @@ pub fn render(f: &Figures) -> String {
             .map_or_else(|| "as configured".to_owned(), |b| b.to_string()),
         o.max_open_orders
             .map_or_else(|| "as configured".to_owned(), |m| m.to_string()),
+        o.instances,
     );
     let cancelled: Vec<String> = f
         .cancelled
