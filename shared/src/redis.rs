@@ -54,3 +54,33 @@ pub fn build(cfg: &RedisConfig, fail_fast: bool) -> Result<Pool, Error> {
 pub async fn ping(pool: &Pool) -> Result<(), Error> {
     pool.next().ping::<()>(None).await
 }
+
+/// Deletes every key matching `pattern`: on a single Redis, or on every
+/// master of a cluster (one DEL per hash slot, as a cluster requires).
+/// For a namespace's clean-up (tests, benchmarks), not for hot paths.
+pub async fn delete_matching(pool: &Pool, pattern: &str) -> Result<(), Error> {
+    use futures::TryStreamExt;
+    let client = pool.next().clone();
+    let keys: Vec<Key> = if client.is_clustered() {
+        client
+            .scan_cluster_buffered(pattern, Some(1_000), None)
+            .try_collect()
+            .await?
+    } else {
+        client
+            .scan_buffered(pattern, Some(1_000), None)
+            .try_collect()
+            .await?
+    };
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<Key>> = Default::default();
+    for key in keys {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        by_slot.entry(slot).or_default().push(key);
+    }
+    for keys in by_slot.into_values() {
+        for chunk in keys.chunks(500) {
+            let _: i64 = client.del(chunk.to_vec()).await?;
+        }
+    }
+    Ok(())
+}

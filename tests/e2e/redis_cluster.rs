@@ -104,8 +104,34 @@ async fn on_a_redis_cluster_orders_across_masters_take_the_fast_path_and_a_failo
             sys.processes().log_tail(Service::Inventory, 30)
         );
     }
+    let ns = sys.ns.clone();
     sys.stop().await?;
-    result
+    result?;
+    cleaned_up_on_every_master(&url, &ns).await
+}
+
+/// A namespace's keys are spread over every master; the clean-up that
+/// tests and benchmarks use finds and deletes them all.
+async fn cleaned_up_on_every_master(url: &str, ns: &str) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let pool = saga_shared::redis::connect(&saga_shared::config::RedisConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let pattern = format!("inv:{{{ns}:*");
+    let count = || async {
+        let keys: Vec<fred::types::Key> = pool
+            .next()
+            .scan_cluster_buffered(pattern.as_str(), Some(1_000), None)
+            .try_collect()
+            .await?;
+        anyhow::Ok(keys.len())
+    };
+    assert!(count().await? >= 12, "the test's SKUs left counters");
+    saga_shared::redis::delete_matching(&pool, &pattern).await?;
+    assert_eq!(count().await?, 0, "every master's keys deleted");
+    Ok(())
 }
 
 async fn run(sys: &mut TestSystem, cluster: &mut RedisCluster) -> anyhow::Result<()> {

@@ -55,7 +55,8 @@ impl Cleanup {
                 format!("inv:{{{}:*", self.ns),
                 format!("rsv:{{{}:*", self.ns),
             ] {
-                delete_keys(&pool, &pattern).await;
+                // Best effort: a namespace's keys are unique to it.
+                let _ = saga_shared::redis::delete_matching(&pool, &pattern).await;
             }
         }
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
@@ -63,19 +64,6 @@ impl Cleanup {
             let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
             admin.close().await;
         }
-    }
-}
-
-async fn delete_keys(pool: &Pool, pattern: &str) {
-    use futures::TryStreamExt;
-    let client = pool.next().clone();
-    let mut scan = client.scan_buffered(pattern, Some(500), None);
-    let mut keys: Vec<fred::types::Key> = Vec::new();
-    while let Ok(Some(key)) = scan.try_next().await {
-        keys.push(key);
-    }
-    for chunk in keys.chunks(200) {
-        let _: Result<i64, _> = client.del(chunk.to_vec()).await;
     }
 }
 

@@ -22,19 +22,10 @@ pub fn percentile_ms(sorted_micros: &[u32], p: f64) -> f64 {
     f64::from(sorted_micros[rank.min(sorted_micros.len() - 1)]) / 1000.0
 }
 
-/// Deletes the Redis keys matching `pattern` (a benchmark's own).
+/// Deletes the Redis keys matching `pattern` (a benchmark's own), on a
+/// single Redis or a cluster.
 pub async fn delete_keys(redis: &fred::clients::Pool, pattern: &str) -> anyhow::Result<()> {
-    use fred::interfaces::KeysInterface;
-    use futures::TryStreamExt;
-    let client = redis.next().clone();
-    let keys: Vec<fred::types::Key> = client
-        .scan_buffered(pattern, Some(1_000), None)
-        .try_collect()
-        .await?;
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await?;
-    }
-    Ok(())
+    Ok(saga_shared::redis::delete_matching(redis, pattern).await?)
 }
 
 pub fn micros(d: Duration) -> u32 {
