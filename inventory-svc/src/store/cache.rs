@@ -211,8 +211,8 @@ impl StockCache {
         // is refused or fails.
         let mut taken: Vec<&str> = Vec::new();
         for group in &groups {
-            let part: Vec<Line> = group.iter().map(|&i| lines[i].clone()).collect();
-            let answer = match self.reserve_group(order, &part).await {
+            let part = group.iter().map(|&i| &lines[i]);
+            let answer = match self.reserve_group(order, part).await {
                 Ok(answer) => answer,
                 Err(e) => {
                     // Best effort: what is not given back here is an orphan
@@ -243,12 +243,17 @@ impl StockCache {
     }
 
     /// One script call for lines whose keys share a slot.
-    async fn reserve_group(&self, order: Uuid, lines: &[Line]) -> Result<GroupReply, CacheError> {
-        let keys = self.order_keys(order, lines.iter().map(|l| l.sku.as_str()));
+    async fn reserve_group<'a>(
+        &self,
+        order: Uuid,
+        lines: impl ExactSizeIterator<Item = &'a Line> + Clone,
+    ) -> Result<GroupReply, CacheError> {
+        let count = lines.len();
+        let keys = self.order_keys(order, lines.clone().map(|l| l.sku.as_str()));
         let mut args = vec![order.to_string(), now_ms().to_string()];
-        args.extend(lines.iter().map(|l| l.quantity.to_string()));
+        args.extend(lines.map(|l| l.quantity.to_string()));
         let reply = self.eval(&self.reserve, keys, args).await?;
-        parse_reserve(reply, lines.len())
+        parse_reserve(reply, count)
     }
 
     /// Gives the order's holds back and leaves release markers.

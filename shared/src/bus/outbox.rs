@@ -227,33 +227,38 @@ impl Relay {
         let poll = Duration::from_millis(self.cfg.relay_poll_ms.max(1));
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            let backoff = match self.publish_pending().await {
+            let pause = match self.publish_pending().await {
                 Ok(round) if round.taken > 0 && round.sent == 0 => {
                     // JetStream refused every row (down, or a stream
                     // without quorum): wait rather than retry at the pace
                     // new rows wake the relay. The rows say why.
                     failures = failures.saturating_add(1);
                     // 50 ms, doubling up to 2 s.
-                    Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).delay(failures)
+                    Some(
+                        Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+                            .delay(failures),
+                    )
                 }
                 Ok(round) => {
                     failures = 0;
                     if round.taken as i64 >= self.cfg.relay_batch_size {
                         continue;
                     }
-                    Duration::ZERO
+                    None
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(service = self.service, error = %e, failures, "outbox relay round failed");
                     // 200 ms, doubling up to 6.4 s.
-                    Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400))
-                        .delay(failures)
+                    Some(
+                        Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400))
+                            .delay(failures),
+                    )
                 }
             };
-            if !backoff.is_zero() {
+            if let Some(pause) = pause {
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = tokio::time::sleep(pause) => continue,
                     _ = shutdown.cancelled() => break,
                 }
             }

@@ -230,24 +230,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
     // inventory and reservation, all share the streams and the database.
     let mut sets = Vec::new();
     let mut clients = Vec::new();
-    let mut started = Ok(());
-    for i in 0..opts.instances.max(1) {
-        let set_cfg = if i == 0 {
-            cfg.clone()
-        } else {
-            cfg.clone().with_free_ports()
-        };
-        match Services::start(set_cfg).await {
-            Ok((services, _urls, c)) => {
-                sets.push(services);
-                clients.push(c);
-            }
-            Err(e) => {
-                started = Err(e);
-                break;
-            }
+    let started: anyhow::Result<()> = async {
+        for i in 0..opts.instances.max(1) {
+            let ports = if i == 0 {
+                cfg.clone()
+            } else {
+                cfg.clone().with_free_ports()
+            };
+            let (services, _urls, c) = Services::start(ports).await?;
+            sets.push(services);
+            clients.push(c);
         }
+        Ok(())
     }
+    .await;
     let measured = match started {
         Ok(()) => drive(&opts, clients, &nats, &ns, &pg, &database).await,
         Err(e) => Err(e),
