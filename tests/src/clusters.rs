@@ -3,13 +3,11 @@
 //! any node (SIGKILL) and start it again; nothing here touches the machine's
 //! shared servers.
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sagactl::poll::Poll;
 
 use crate::ports::free_port;
 
@@ -209,25 +207,14 @@ impl RedisCluster {
     /// Waits until every running node says the cluster is OK and every
     /// slot is served by a master that runs.
     pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let polled = Poll::new(Duration::from_millis(100), timeout)
-            .until((), |()| {
-                let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                    self.cli(n.port, &["cluster", "info"])
-                        .is_ok_and(|info| info.contains("cluster_state:ok"))
-                });
-                async move {
-                    Ok(if ok {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    })
-                }
-            })
-            .await?;
-        if polled.is_continue() {
-            bail!("the Redis Cluster was not healthy within {timeout:?}");
-        }
-        Ok(())
+        crate::eventually("the Redis Cluster to be healthy", timeout, || {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                self.cli(n.port, &["cluster", "info"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            async move { Ok(ok) }
+        })
+        .await
     }
 }
 

@@ -61,19 +61,13 @@ impl RedisServer {
 
 /// Waits until the redis-server on `port` answers PING.
 pub(crate) async fn wait_redis(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let polled = Poll::new(Duration::from_millis(20), timeout)
-        .until((), |()| async move {
-            Ok(if redis_pings(port).await {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
-        })
-        .await?;
-    if polled.is_continue() {
-        bail!("redis-server on port {port} did not answer within {timeout:?}");
-    }
-    Ok(())
+    let what = format!("redis-server on port {port} to answer");
+    crate::eventually(
+        &what,
+        timeout,
+        || async move { Ok(redis_pings(port).await) },
+    )
+    .await
 }
 
 async fn redis_pings(port: u16) -> bool {
