@@ -12,7 +12,7 @@
 //! has committed (`committed`). When the breaker has sent reservations to
 //! Postgres, Redis is not involved at all.
 
-use saga_shared::bus::consumer::keys_of;
+use saga_shared::bus::consumer::Batch;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, Outbox, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
@@ -76,12 +76,8 @@ impl Handler for OrderEvents {
 
     const WANTS: &'static [EventType] = WANTS;
 
-    async fn lock_batch(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[&Delivery],
-    ) -> Result<(), HandlerError> {
-        let skus = keys_of(batch, |event| match event {
+    async fn lock_batch(&self, tx: &mut PgConnection, b: Batch<'_>) -> Result<(), HandlerError> {
+        let skus = b.keys(|event| match event {
             SagaEvent::OrderPlaced(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
             SagaEvent::OrderConfirmed(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),
             SagaEvent::OrderCancelled(e) => e.lines.iter().map(|l| l.sku.clone()).collect(),

@@ -29,7 +29,6 @@ use saga_shared::proto::inventory::v1::inventory_service_server::InventoryServic
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
-use tonic::server::NamedService;
 
 pub use config::InventoryConfig;
 
@@ -41,9 +40,7 @@ pub struct InventorySvc;
 impl Service for InventorySvc {
     type Config = InventoryConfig;
 
-    fn migrations() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
 
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
@@ -85,14 +82,9 @@ impl Service for InventorySvc {
             service::repair::SagaRepair::new(inventory.clone()),
             &config.repair,
         )?;
-        let routes =
-            tonic::service::Routes::new(InventoryServiceServer::new(grpc::InventoryGrpc {
-                inventory,
-            }));
-        platform.into_app(
-            routes,
-            &[InventoryServiceServer::<grpc::InventoryGrpc>::NAME],
-        )
+        platform.serve(InventoryServiceServer::new(grpc::InventoryGrpc {
+            inventory,
+        }))
     }
 }
 

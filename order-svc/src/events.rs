@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use saga_shared::bus::consumer::Batch;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use saga_shared::proto::events::v1 as pb;
 use sqlx::PgConnection;
@@ -73,10 +74,9 @@ impl Handler for ParticipantEvents {
     async fn lock_batch(
         &self,
         tx: &mut PgConnection,
-        batch: &[&Delivery],
+        batch: Batch<'_>,
     ) -> Result<HashMap<Uuid, Order>, HandlerError> {
-        let orders: Vec<Uuid> = batch.iter().map(|d| d.order_id).collect();
-        Ok(self.orders.lock_orders(tx, &orders).await?)
+        Ok(self.orders.lock_orders(tx, &batch.orders()).await?)
     }
 
     #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -27,7 +27,6 @@ use saga_shared::proto::order::v1::order_service_server::OrderServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
-use tonic::server::NamedService;
 
 pub use config::OrderConfig;
 
@@ -39,9 +38,7 @@ pub struct OrderSvc;
 impl Service for OrderSvc {
     type Config = OrderConfig;
 
-    fn migrations() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
 
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
@@ -63,9 +60,7 @@ impl Service for OrderSvc {
         orders.count_open_orders_now().await;
         let counter = orders.clone();
         platform.spawn_background(move |stop| async move { counter.count_open_orders(stop).await });
-        let routes =
-            tonic::service::Routes::new(OrderServiceServer::new(grpc::OrderGrpc { orders }));
-        platform.into_app(routes, &[OrderServiceServer::<grpc::OrderGrpc>::NAME])
+        platform.serve(OrderServiceServer::new(grpc::OrderGrpc { orders }))
     }
 }
 

@@ -109,10 +109,11 @@ impl OrderRow {
         Ok(Order {
             id: self.id,
             state: OrderState::read(&self.state)?,
-            cancel_reason: match self.cancel_reason.as_deref() {
-                Some(r) => Some(CancelReason::read(r)?),
-                None => None,
-            },
+            cancel_reason: self
+                .cancel_reason
+                .as_deref()
+                .map(CancelReason::read)
+                .transpose()?,
             customer_id: self.customer_id,
             slot_id: self.slot_id,
             lines,
@@ -186,10 +187,7 @@ pub async fn outcomes(
     rows.into_iter()
         .map(|(id, state, reason)| {
             let state = OrderState::read(&state)?;
-            let reason = match reason.as_deref() {
-                Some(r) => Some(CancelReason::read(r)?),
-                None => None,
-            };
+            let reason = reason.as_deref().map(CancelReason::read).transpose()?;
             Ok((id, state, reason))
         })
         .collect()

@@ -5,7 +5,7 @@
 //! - `orders.cancelled`: refund a captured payment (`payments.refunded`), or
 //!   leave a VOIDED tombstone so a late `orders.reserved` charges nothing.
 
-use saga_shared::bus::consumer::keys_of;
+use saga_shared::bus::consumer::Batch;
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 
@@ -42,12 +42,8 @@ impl Handler for OrderEvents {
 
     const WANTS: &'static [EventType] = WANTS;
 
-    async fn lock_batch(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[&Delivery],
-    ) -> Result<(), HandlerError> {
-        let customers = keys_of(batch, |event| match event {
+    async fn lock_batch(&self, tx: &mut PgConnection, b: Batch<'_>) -> Result<(), HandlerError> {
+        let customers = b.keys(|event| match event {
             SagaEvent::OrderReserved(e) => Some(e.customer_id.clone()),
             SagaEvent::OrderCancelled(e) => Some(e.customer_id.clone()),
             _ => None,

@@ -24,7 +24,6 @@ use saga_shared::proto::payment::v1::payment_service_server::PaymentServiceServe
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
-use tonic::server::NamedService;
 
 pub use config::PaymentConfig;
 
@@ -36,9 +35,7 @@ pub struct PaymentSvc;
 impl Service for PaymentSvc {
     type Config = PaymentConfig;
 
-    fn migrations() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
 
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
@@ -56,9 +53,7 @@ impl Service for PaymentSvc {
             service::repair::CaptureRepair::new(payments.clone()),
             &config.repair,
         )?;
-        let routes =
-            tonic::service::Routes::new(PaymentServiceServer::new(grpc::PaymentGrpc { payments }));
-        platform.into_app(routes, &[PaymentServiceServer::<grpc::PaymentGrpc>::NAME])
+        platform.serve(PaymentServiceServer::new(grpc::PaymentGrpc { payments }))
     }
 }
 

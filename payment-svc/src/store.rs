@@ -67,10 +67,11 @@ impl TryFrom<PaymentRow> for Payment {
     fn try_from(r: PaymentRow) -> sqlx::Result<Self> {
         Ok(Payment {
             state: PaymentState::read(&r.state)?,
-            failure_reason: match r.failure_reason.as_deref() {
-                Some(f) => Some(FailureReason::read(f)?),
-                None => None,
-            },
+            failure_reason: r
+                .failure_reason
+                .as_deref()
+                .map(FailureReason::read)
+                .transpose()?,
             payment_id: r.payment_id,
             order_id: r.order_id,
             customer_id: r.customer_id,

@@ -5,7 +5,7 @@
 //!   placement has not been seen yet.
 //! - `orders.confirmed`: the held place is confirmed.
 
-use saga_shared::bus::consumer::{event_uuid, keys_of};
+use saga_shared::bus::consumer::{Batch, event_uuid};
 use saga_shared::bus::{Delivery, EventType, Handler, HandlerError, SagaEvent, StreamKind};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -81,13 +81,9 @@ impl Handler for OrderEvents {
         concerns(event)
     }
 
-    async fn lock_batch(
-        &self,
-        tx: &mut PgConnection,
-        batch: &[&Delivery],
-    ) -> Result<(), HandlerError> {
+    async fn lock_batch(&self, tx: &mut PgConnection, b: Batch<'_>) -> Result<(), HandlerError> {
         // A malformed id is refused when its event is applied.
-        let slots = keys_of(batch, |event| {
+        let slots = b.keys(|event| {
             slot_id_of(event)
                 .flatten()
                 .and_then(|s| Uuid::parse_str(s).ok())

@@ -24,7 +24,6 @@ use saga_shared::proto::reservation::v1::reservation_service_server::Reservation
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
 use sqlx::migrate::Migrator;
-use tonic::server::NamedService;
 
 pub use config::ReservationConfig;
 
@@ -36,9 +35,7 @@ pub struct ReservationSvc;
 impl Service for ReservationSvc {
     type Config = ReservationConfig;
 
-    fn migrations() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
 
     /// The service on a connected platform: its consumers, background tasks
     /// and gRPC routes.
@@ -61,14 +58,9 @@ impl Service for ReservationSvc {
             service::repair::BookingRepair::new(reservations.clone()),
             &config.repair,
         )?;
-        let routes =
-            tonic::service::Routes::new(ReservationServiceServer::new(grpc::ReservationGrpc {
-                reservations,
-            }));
-        platform.into_app(
-            routes,
-            &[ReservationServiceServer::<grpc::ReservationGrpc>::NAME],
-        )
+        platform.serve(ReservationServiceServer::new(grpc::ReservationGrpc {
+            reservations,
+        }))
     }
 }
 

@@ -291,18 +291,26 @@ impl Platform {
             .push(Box::new(move |token| Box::pin(task(token))));
     }
 
-    /// Finishes the service with its gRPC routes. `services` are the fully
-    /// qualified names reported by `grpc.health.v1`.
-    pub fn into_app(
-        self,
-        routes: tonic::service::Routes,
-        services: &[&'static str],
-    ) -> Result<App, PlatformError> {
+    /// Finishes the service with its gRPC service (plus reflection); the
+    /// service's name is the one `grpc.health.v1` reports.
+    pub fn serve<S>(self, service: S) -> Result<App, PlatformError>
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Error = std::convert::Infallible,
+                Future: Send + 'static,
+                Response: axum::response::IntoResponse,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
         let reflection = crate::grpc::reflection()?;
         Ok(App {
             platform: self,
-            routes: routes.add_service(reflection),
-            services: services.to_vec(),
+            routes: tonic::service::Routes::new(service).add_service(reflection),
+            grpc_name: S::NAME,
         })
     }
 }
@@ -317,7 +325,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Platf
 pub struct App {
     platform: Platform,
     routes: tonic::service::Routes,
-    services: Vec<&'static str>,
+    /// The gRPC service's fully qualified name.
+    grpc_name: &'static str,
 }
 
 impl App {
@@ -344,7 +353,7 @@ impl App {
         let App {
             platform,
             routes,
-            services,
+            grpc_name,
         } = self;
         let Platform {
             service,
@@ -370,11 +379,9 @@ impl App {
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        for name in &services {
-            health
-                .set_service_status(*name, tonic_health::ServingStatus::Serving)
-                .await;
-        }
+        health
+            .set_service_status(grpc_name, tonic_health::ServingStatus::Serving)
+            .await;
 
         let consumer_token = CancellationToken::new();
         let relay_token = CancellationToken::new();
@@ -430,11 +437,9 @@ impl App {
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        for name in &services {
-            health
-                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        health
+            .set_service_status(grpc_name, tonic_health::ServingStatus::NotServing)
+            .await;
         grpc_token.cancel();
         if early.is_none() {
             match grpc_server.await {

@@ -54,7 +54,7 @@ pub trait Service {
     type Config: ServiceConfig;
 
     /// The migrations of the service's schema.
-    fn migrations() -> &'static Migrator;
+    const MIGRATIONS: &'static Migrator;
 
     /// The second half of [`Service::build`]: the service (consumers,
     /// background tasks, gRPC routes) on a connected platform.
@@ -69,7 +69,7 @@ pub trait Service {
     fn connect(
         config: &Self::Config,
     ) -> impl Future<Output = Result<Platform, PlatformError>> + Send {
-        Platform::connect(config.platform(), Self::migrations())
+        Platform::connect(config.platform(), Self::MIGRATIONS)
     }
 
     /// Connects, migrates and binds; the returned app knows its addresses.

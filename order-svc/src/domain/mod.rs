@@ -161,10 +161,7 @@ pub fn validate_new_order(
             ));
         }
     }
-    let slot_id = match slot_id {
-        Some(s) => Some(validate::uuid("slot_id", s)?),
-        None => None,
-    };
+    let slot_id = slot_id.map(|s| validate::uuid("slot_id", s)).transpose()?;
     Ok(NewOrder {
         customer_id: customer_id.to_owned(),
         items: items.to_vec(),

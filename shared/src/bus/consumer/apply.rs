@@ -168,7 +168,7 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<Vec<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
         let events: Vec<&Delivery> = ready.iter().map(|(_, d, _)| d).collect();
-        let mut locked = self.handler.lock_batch(&mut tx, &events).await?;
+        let mut locked = self.handler.lock_batch(&mut tx, Batch(&events)).await?;
         if !inbox::record(&mut tx, self.durable(), &events).await? {
             // One of them was applied already (or is twice in the batch):
             // the one-by-one path sorts it out.

@@ -169,7 +169,7 @@ pub trait Handler: Send + Sync + 'static {
     fn lock_batch(
         &self,
         _tx: &mut PgConnection,
-        _batch: &[&Delivery],
+        _batch: Batch<'_>,
     ) -> impl Future<Output = Result<Self::Locked, HandlerError>> + Send {
         async { Ok(Self::Locked::default()) }
     }
@@ -189,13 +189,23 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// The keys that a batch's events name, in event order, repeats and all
-/// (what [`Handler::lock_batch`] hands to [`crate::db::lock_in_order`]).
-pub fn keys_of<K, I: IntoIterator<Item = K>>(
-    batch: &[&Delivery],
-    keys: impl Fn(&SagaEvent) -> I,
-) -> Vec<K> {
-    batch.iter().flat_map(|d| keys(&d.event)).collect()
+/// The events of one batch, in delivery order (what [`Handler::lock_batch`]
+/// is given).
+#[derive(Clone, Copy)]
+pub struct Batch<'a>(pub &'a [&'a Delivery]);
+
+impl Batch<'_> {
+    /// The keys that the batch's events name, in event order, repeats and
+    /// all (what [`Handler::lock_batch`] hands to
+    /// [`crate::db::lock_in_order`]).
+    pub fn keys<K, I: IntoIterator<Item = K>>(self, keys: impl Fn(&SagaEvent) -> I) -> Vec<K> {
+        self.0.iter().flat_map(|d| keys(&d.event)).collect()
+    }
+
+    /// The orders the batch's events belong to, in event order.
+    pub fn orders(self) -> Vec<Uuid> {
+        self.0.iter().map(|d| d.order_id).collect()
+    }
 }
 
 /// [`Handler::concerns`] of a service that handles every event of the types

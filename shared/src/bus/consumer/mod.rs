@@ -62,7 +62,7 @@ use super::dlq::{self, Origin};
 use super::{EventMeta, EventType, Namespace, Outbox, SagaEvent, StreamKind};
 use crate::config::BusConfig;
 
-pub use handler::{Delivery, Handler, HandlerError, event_uuid, every_event, keys_of};
+pub use handler::{Batch, Delivery, Handler, HandlerError, event_uuid, every_event};
 use hands::{Hands, Held};
 pub use replay::{FailureKind, Missing, ReplayFailure, ReplayReport};
 
