@@ -167,9 +167,9 @@ impl OrderService for OrderGrpc {
         let ticket = self.orders.admit()?;
 
         let orders = self.orders.clone();
-        let answer = idempotency::once(pool, "order.PlaceOrder", key, r, |tx, _| {
+        let answer = idempotency::once_statement(pool, "order.PlaceOrder", key, r, |conn, _| {
             Box::pin(async move {
-                let order = orders.place_in(tx, new).await?;
+                let order = orders.place_in(conn, new).await?;
                 tracing::info!(order_id = %order.id, "order placed");
                 Ok(pb::PlaceOrderResponse {
                     order: Some(order.into()),

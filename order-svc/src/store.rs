@@ -2,7 +2,9 @@
 //! the caller's transaction.
 
 use chrono::{DateTime, Utc};
+use saga_shared::bus::OutboxRows;
 use sqlx::{PgConnection, PgPool};
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 use crate::domain::{CancelReason, Line, ListFilter, Order, OrderState, Part};
@@ -285,35 +287,40 @@ async fn select_with_lines(
 
 /// Inserts a new order and its lines, in one statement.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn insert(conn: &mut PgConnection, o: &Order) -> sqlx::Result<()> {
+pub async fn insert(conn: &mut PgConnection, o: &Order, events: OutboxRows) -> sqlx::Result<()> {
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH lines AS ( \
+                 INSERT INTO order_lines (order_id, line_no, sku, quantity) \
+                 SELECT $1, n, s, q FROM UNNEST($13::int[], $14::text[], $15::bigint[]) \
+                     AS l(n, s, q)), \
+             events AS ({}) \
+             INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
+                 payment, total_cents, created_at, updated_at, deadline_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            OutboxRows::insert_sql(16)
+        )
+    });
     let line_nos: Vec<i32> = (0..o.lines.len() as i32).collect();
     let skus: Vec<&str> = o.lines.iter().map(|l| l.sku.as_str()).collect();
     let quantities: Vec<i64> = o.lines.iter().map(|l| l.quantity).collect();
-    sqlx::query(
-        "WITH lines AS ( \
-             INSERT INTO order_lines (order_id, line_no, sku, quantity) \
-             SELECT $1, n, s, q FROM UNNEST($13::int[], $14::text[], $15::bigint[]) AS l(n, s, q)) \
-         INSERT INTO orders (id, customer_id, state, cancel_reason, slot_id, inventory, slot, \
-             payment, total_cents, created_at, updated_at, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(o.id)
-    .bind(&o.customer_id)
-    .bind(o.state.spelling())
-    .bind(o.cancel_reason.map(CancelReason::spelling))
-    .bind(o.slot_id)
-    .bind(o.inventory.as_inventory())
-    .bind(o.slot.as_slot())
-    .bind(o.payment.as_payment())
-    .bind(o.total_cents)
-    .bind(o.created_at)
-    .bind(o.updated_at)
-    .bind(o.deadline_at)
-    .bind(&line_nos)
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(conn)
-    .await?;
+    let query = sqlx::query(INSERT.as_str())
+        .bind(o.id)
+        .bind(&o.customer_id)
+        .bind(o.state.spelling())
+        .bind(o.cancel_reason.map(CancelReason::spelling))
+        .bind(o.slot_id)
+        .bind(o.inventory.as_inventory())
+        .bind(o.slot.as_slot())
+        .bind(o.payment.as_payment())
+        .bind(o.total_cents)
+        .bind(o.created_at)
+        .bind(o.updated_at)
+        .bind(o.deadline_at)
+        .bind(&line_nos)
+        .bind(&skus)
+        .bind(&quantities);
+    events.bind(query).execute(conn).await?;
     Ok(())
 }
 

@@ -134,6 +134,38 @@ where
     })
 }
 
+/// [`once`] for `work` that changes the database with one statement, and
+/// so is atomic on its own: without a key it runs in autocommit on a pooled
+/// connection, without the BEGIN and COMMIT round trips of a transaction;
+/// with a key, in the key's transaction, as [`once`] runs it. `work` must
+/// not write with a second statement: without a key, a failure between the
+/// two would leave the first one's change behind.
+pub async fn once_statement<Q, R, F>(
+    pool: &sqlx::PgPool,
+    scope: &'static str,
+    key: Option<String>,
+    request: Q,
+    work: F,
+) -> Result<Answer<R>, tonic::Status>
+where
+    Q: Message + Send,
+    R: Message + Default,
+    F: for<'c> FnOnce(&'c mut PgConnection, &'c Q) -> BoxFuture<'c, Result<R, tonic::Status>>,
+{
+    if key.is_some() {
+        return once(pool, scope, key, request, work).await;
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| crate::grpc::database(scope, &e))?;
+    let response = work(&mut conn, &request).await?;
+    Ok(Answer {
+        response,
+        replayed: false,
+    })
+}
+
 /// What a call that may carry a key does next.
 pub enum Begin<R> {
     /// The key was used before with this request: answer this.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use chrono::Utc;
-use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
+use saga_shared::bus::{EventMeta, Outbox, OutboxRows, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use saga_shared::validate::FieldError;
 use sqlx::PgConnection;
@@ -144,12 +144,14 @@ impl Orders {
         Ok(())
     }
 
-    /// Stores a new PENDING order and its `orders.placed` event in `tx`.
-    pub async fn place_in(&self, tx: &mut PgConnection, new: NewOrder) -> Result<Order> {
+    /// Stores a new PENDING order and its `orders.placed` event on `conn`
+    /// with one statement: atomic in autocommit as in the caller's
+    /// transaction (PlaceOrder relies on it: see
+    /// [`saga_shared::idempotency::once_statement`]).
+    pub async fn place_in(&self, conn: &mut PgConnection, new: NewOrder) -> Result<Order> {
         let now = Utc::now();
         let deadline = now + Duration::from_secs(self.settings.deadline_secs);
         let order = Order::place(Uuid::now_v7(), new, now, deadline);
-        store::insert(tx, &order).await?;
         let event = SagaEvent::OrderPlaced(pb::OrderPlaced {
             order_id: order.id.to_string(),
             customer_id: order.customer_id.clone(),
@@ -157,7 +159,8 @@ impl Orders {
             slot_id: order.slot_id.map(|s| s.to_string()),
             placed_at: Some(saga_shared::time::to_proto(now)),
         });
-        Outbox::enqueue(tx, &EventMeta::new(order.id, None), &event).await?;
+        let events = OutboxRows::of(&EventMeta::new(order.id, None), &event);
+        store::insert(conn, &order, events).await?;
         metrics::counter!("orders_placed_total").increment(1);
         Ok(order)
     }

@@ -22,7 +22,7 @@ pub mod streams;
 
 pub use consumer::{Delivery, Handler, HandlerError};
 pub use envelope::{EventMeta, SagaEvent};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, OutboxRows};
 
 use std::fmt;
 

@@ -22,7 +22,7 @@
 
 use crate::backoff::Backoff;
 use crate::faults::CrashPoint;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -55,15 +55,7 @@ impl Outbox {
         meta: &EventMeta,
         event: &SagaEvent,
     ) -> sqlx::Result<()> {
-        let row = HeldRow {
-            event_id: meta.event_id,
-            event_type: event.event_type().as_str(),
-            payload: event.encode(),
-            correlation_id: meta.correlation_id,
-            causation_id: meta.causation_id,
-            traceparent: meta.trace.traceparent.clone(),
-            tracestate: meta.trace.tracestate.clone(),
-        };
+        let row = HeldRow::new(meta, event);
         if HELD.try_with(|_| ()).is_ok() {
             HELD.with(|held| held.borrow_mut().push(row));
             return Ok(());
@@ -87,6 +79,93 @@ struct HeldRow {
     traceparent: Option<String>,
     tracestate: Option<String>,
 }
+
+impl HeldRow {
+    fn new(meta: &EventMeta, event: &SagaEvent) -> Self {
+        HeldRow {
+            event_id: meta.event_id,
+            event_type: event.event_type().as_str(),
+            payload: event.encode(),
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+            traceparent: meta.trace.traceparent.clone(),
+            tracestate: meta.trace.tracestate.clone(),
+        }
+    }
+}
+
+/// Outbox rows as the column arrays that one `INSERT` binds. A statement
+/// that changes a service's state may write its events as a part of itself
+/// ([`OutboxRows::insert_sql`] as a CTE): one statement is atomic without a
+/// transaction of its own, so the change and its events still commit
+/// together, with no BEGIN and COMMIT round trips.
+pub struct OutboxRows {
+    ids: Vec<Uuid>,
+    types: Vec<&'static str>,
+    payloads: Vec<Vec<u8>>,
+    correlations: Vec<Option<Uuid>>,
+    causes: Vec<Option<Uuid>>,
+    parents: Vec<Option<String>>,
+    states: Vec<Option<String>>,
+}
+
+impl OutboxRows {
+    /// The row of one event.
+    pub fn of(meta: &EventMeta, event: &SagaEvent) -> Self {
+        Self::from_held(vec![HeldRow::new(meta, event)])
+    }
+
+    fn from_held(rows: Vec<HeldRow>) -> Self {
+        let mut all = OutboxRows {
+            ids: Vec::with_capacity(rows.len()),
+            types: Vec::with_capacity(rows.len()),
+            payloads: Vec::with_capacity(rows.len()),
+            correlations: Vec::with_capacity(rows.len()),
+            causes: Vec::with_capacity(rows.len()),
+            parents: Vec::with_capacity(rows.len()),
+            states: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            all.ids.push(row.event_id);
+            all.types.push(row.event_type);
+            all.payloads.push(row.payload);
+            all.correlations.push(row.correlation_id);
+            all.causes.push(row.causation_id);
+            all.parents.push(row.traceparent);
+            all.states.push(row.tracestate);
+        }
+        all
+    }
+
+    /// The `INSERT` of the rows, its seven parameters numbered from
+    /// `$first` in the order [`OutboxRows::bind`] binds them. The rows' ids
+    /// (and so the relay's publishing order) follow their order.
+    pub fn insert_sql(first: usize) -> String {
+        let [e, t, p, c, k, tp, ts] = std::array::from_fn::<_, 7, _>(|i| first + i);
+        format!(
+            "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
+                 traceparent, tracestate) \
+             SELECT e, t, p, c, k, tp, ts FROM UNNEST(${e}::uuid[], ${t}::text[], \
+                 ${p}::bytea[], ${c}::uuid[], ${k}::uuid[], ${tp}::text[], ${ts}::text[]) \
+                 WITH ORDINALITY AS r(e, t, p, c, k, tp, ts, n) ORDER BY n"
+        )
+    }
+
+    /// Binds the rows after the parameters `query` holds already.
+    pub fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(self.ids)
+            .bind(self.types)
+            .bind(self.payloads)
+            .bind(self.correlations)
+            .bind(self.causes)
+            .bind(self.parents)
+            .bind(self.states)
+    }
+}
+
+/// A statement with its parameters bound so far.
+pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 tokio::task_local! {
     /// The rows enqueued inside [`holding_back`], not yet written.
@@ -129,38 +208,11 @@ pub async fn flush_held(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// Writes `rows` with one statement; their ids (and so the relay's
 /// publishing order) follow their order.
 async fn insert(conn: &mut PgConnection, rows: Vec<HeldRow>) -> sqlx::Result<()> {
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut types = Vec::with_capacity(rows.len());
-    let mut payloads = Vec::with_capacity(rows.len());
-    let mut correlations = Vec::with_capacity(rows.len());
-    let mut causes = Vec::with_capacity(rows.len());
-    let mut parents = Vec::with_capacity(rows.len());
-    let mut states = Vec::with_capacity(rows.len());
-    for row in rows {
-        ids.push(row.event_id);
-        types.push(row.event_type);
-        payloads.push(row.payload);
-        correlations.push(row.correlation_id);
-        causes.push(row.causation_id);
-        parents.push(row.traceparent);
-        states.push(row.tracestate);
-    }
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, payload, correlation_id, causation_id, \
-             traceparent, tracestate) \
-         SELECT e, t, p, c, k, tp, ts FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], \
-             $4::uuid[], $5::uuid[], $6::text[], $7::text[]) WITH ORDINALITY \
-             AS r(e, t, p, c, k, tp, ts, n) ORDER BY n",
-    )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&correlations)
-    .bind(&causes)
-    .bind(&parents)
-    .bind(&states)
-    .execute(conn)
-    .await?;
+    static INSERT: LazyLock<String> = LazyLock::new(|| OutboxRows::insert_sql(1));
+    OutboxRows::from_held(rows)
+        .bind(sqlx::query(INSERT.as_str()))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -411,4 +463,22 @@ pub async fn unpublished(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         .fetch_one(pool)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement that carries the insert as a CTE numbers its own
+    /// parameters first: the insert's seven follow, and no others.
+    #[test]
+    fn the_insert_numbers_its_seven_parameters_from_the_first_it_is_given() {
+        let sql = OutboxRows::insert_sql(16);
+        for n in 16..=22 {
+            assert!(sql.contains(&format!("${n}::")), "${n} missing: {sql}");
+        }
+        for n in [1, 15, 23] {
+            assert!(!sql.contains(&format!("${n}::")), "${n} present: {sql}");
+        }
+    }
 }
