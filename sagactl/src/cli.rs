@@ -1,5 +1,7 @@
 //! The command line: every argument type of `sagactl`, as clap parses it.
-//! What each command does is in [`crate::cmd`].
+//! What each command does is in [`crate::cmd`]. It is over 500 lines on
+//! purpose: the doc comments are the `--help` text of every flag, and one
+//! file shows the whole command line in one place.
 
 use clap::{Args, Parser, Subcommand};
 

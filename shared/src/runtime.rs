@@ -1,8 +1,8 @@
 //! Wiring one service: [`Platform::connect`] opens Postgres (schema and
 //! migrations), NATS (streams), binds the gRPC and admin listeners (port 0
 //! allowed) and exposes the bound addresses; the service then registers its
-//! consumers and background tasks and calls [`Platform::into_app`] with its
-//! gRPC routes. [`App::run`] serves until the shutdown future resolves and
+//! consumers and background tasks and calls [`Platform::serve`] with its
+//! gRPC service. [`App::run`] serves until the shutdown future resolves and
 //! then stops in order: readiness and gRPC health flip to not serving, the
 //! gRPC server stops taking calls and finishes those in hand, consumers finish
 //! the messages in hand, the outbox relay publishes what was committed, NATS
