@@ -68,14 +68,10 @@ impl Service for InventorySvc {
                 })
             }),
         );
-        platform
-            .consume(
-                events::INPUT,
-                Arc::new(events::OrderEvents {
-                    inventory: inventory.clone(),
-                }),
-            )
-            .await?;
+        let handler = events::OrderEvents {
+            inventory: inventory.clone(),
+        };
+        platform.consume(events::INPUT, handler).await?;
         let background = inventory.clone();
         platform.spawn_background(move |stop| service::reconciler::run(background, stop));
         platform.repair(

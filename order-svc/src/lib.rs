@@ -51,9 +51,9 @@ impl Service for OrderSvc {
             platform.client_tls.as_ref(),
             platform.stopping(),
         )?;
-        let handler = Arc::new(events::ParticipantEvents {
+        let handler = events::ParticipantEvents {
             orders: orders.clone(),
-        });
+        };
         platform.consume(events::INPUT, handler).await?;
         let sweeper = orders.clone();
         platform.spawn_background(move |stop| async move { sweeper.sweep_deadlines(stop).await });

@@ -111,11 +111,7 @@ impl OrderRow {
         Ok(Order {
             id: self.id,
             state: OrderState::read(&self.state)?,
-            cancel_reason: self
-                .cancel_reason
-                .as_deref()
-                .map(CancelReason::read)
-                .transpose()?,
+            cancel_reason: CancelReason::read_optional(self.cancel_reason.as_deref())?,
             customer_id: self.customer_id,
             slot_id: self.slot_id,
             lines,
@@ -189,7 +185,7 @@ pub async fn outcomes(
     rows.into_iter()
         .map(|(id, state, reason)| {
             let state = OrderState::read(&state)?;
-            let reason = reason.as_deref().map(CancelReason::read).transpose()?;
+            let reason = CancelReason::read_optional(reason.as_deref())?;
             Ok((id, state, reason))
         })
         .collect()

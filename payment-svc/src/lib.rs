@@ -18,8 +18,6 @@ pub mod grpc;
 pub mod service;
 pub mod store;
 
-use std::sync::Arc;
-
 use saga_shared::proto::payment::v1::payment_service_server::PaymentServiceServer;
 use saga_shared::runtime::{App, Platform, PlatformError};
 use saga_shared::service::Service;
@@ -41,14 +39,10 @@ impl Service for PaymentSvc {
     /// and gRPC routes.
     async fn assemble(mut platform: Platform, config: PaymentConfig) -> Result<App, PlatformError> {
         let payments = payments(&config, platform.pool.clone(), platform.outbox.clone());
-        platform
-            .consume(
-                events::INPUT,
-                Arc::new(events::OrderEvents {
-                    payments: payments.clone(),
-                }),
-            )
-            .await?;
+        let handler = events::OrderEvents {
+            payments: payments.clone(),
+        };
+        platform.consume(events::INPUT, handler).await?;
         platform.repair(
             service::repair::CaptureRepair::new(payments.clone()),
             &config.repair,

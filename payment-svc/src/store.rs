@@ -67,11 +67,7 @@ impl TryFrom<PaymentRow> for Payment {
     fn try_from(r: PaymentRow) -> sqlx::Result<Self> {
         Ok(Payment {
             state: PaymentState::read(&r.state)?,
-            failure_reason: r
-                .failure_reason
-                .as_deref()
-                .map(FailureReason::read)
-                .transpose()?,
+            failure_reason: FailureReason::read_optional(r.failure_reason.as_deref())?,
             payment_id: r.payment_id,
             order_id: r.order_id,
             customer_id: r.customer_id,

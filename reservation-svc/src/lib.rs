@@ -17,7 +17,6 @@ pub mod grpc;
 pub mod service;
 pub mod store;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use saga_shared::proto::reservation::v1::reservation_service_server::ReservationServiceServer;
@@ -45,15 +44,11 @@ impl Service for ReservationSvc {
     ) -> Result<App, PlatformError> {
         let (redis, _) = platform.connect_redis(&config.redis).await?;
         let reservations = reservations(&config, platform.pool.clone(), redis);
-        platform
-            .consume(
-                events::INPUT,
-                Arc::new(events::OrderEvents {
-                    reservations: reservations.clone(),
-                    slot_locks: config.bus.batch_size <= 1,
-                }),
-            )
-            .await?;
+        let handler = events::OrderEvents {
+            reservations: reservations.clone(),
+            slot_locks: config.bus.batch_size <= 1,
+        };
+        platform.consume(events::INPUT, handler).await?;
         platform.repair(
             service::repair::BookingRepair::new(reservations.clone()),
             &config.repair,

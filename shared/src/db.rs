@@ -279,6 +279,11 @@ pub trait Spelled:
                 sqlx::Error::Decode(format!("unknown {} {spelling:?}", Self::WHAT).into())
             })
     }
+
+    /// [`Spelled::read`] for a nullable column: NULL is `None`.
+    fn read_optional(spelling: Option<&str>) -> sqlx::Result<Option<Self>> {
+        spelling.map(Self::read).transpose()
+    }
 }
 
 /// For a store's tests: the values of `T` are spelled `words`, in the

@@ -250,8 +250,9 @@ impl Platform {
     pub async fn consume<H: Handler>(
         &mut self,
         streams: &[StreamKind],
-        handler: Arc<H>,
+        handler: H,
     ) -> Result<(), PlatformError> {
+        let handler = Arc::new(handler);
         for stream in streams {
             let consumer = Consumer::new(self.bus_context(), *stream, handler.clone());
             consumer.ensure_durable().await?;

@@ -99,7 +99,7 @@ pub async fn lock_order(
             .bind(order)
             .fetch_optional(conn)
             .await?;
-    state.as_deref().map(OrderHoldState::read).transpose()
+    OrderHoldState::read_optional(state.as_deref())
 }
 
 /// What claiming a granted reservation found.

@@ -143,11 +143,7 @@ impl Store {
         .bind(skus)
         .fetch_all(&self.pool)
         .await?;
-        let state = rows
-            .first()
-            .and_then(|r| r.state.as_deref())
-            .map(OrderHoldState::read)
-            .transpose()?;
+        let state = OrderHoldState::read_optional(rows.first().and_then(|r| r.state.as_deref()))?;
         let prices = rows
             .into_iter()
             .filter_map(|r| {
