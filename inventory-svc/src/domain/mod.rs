@@ -185,7 +185,9 @@ pub struct InvalidLines {
 
 /// Checks the lines of an `orders.placed` event: at least one, at most
 /// `max_lines`, valid SKUs without repeats, positive quantities. Returns them
-/// sorted by SKU, the order in which rows are locked.
+/// sorted by SKU (byte order: one answer for the same lines, whatever order
+/// they came in; the database locks rows in its own collation's order, which
+/// the stores ask it for, not this one).
 pub fn order_lines(
     lines: impl IntoIterator<Item = (String, i64)>,
     max_lines: usize,

@@ -61,6 +61,7 @@ impl Inventory {
         };
         let (closed, after) = saga_shared::db::retry(what, || async {
             let mut tx = self.store.pool.begin().await?;
+            store::lock_products_of(&mut tx, holder.ledger_id()).await?;
             let done = match how {
                 CloseAs::Release => self.apply_release(&mut tx, holder, &[]).await?,
                 CloseAs::Commit => self.apply_commit(&mut tx, holder).await?,

@@ -192,6 +192,22 @@ pub async fn claim_and_record(
     Ok(Recorded::Held(held))
 }
 
+/// Locks the products that `order` holds or held, in the database's order
+/// of SKUs (as every other path locks them): for a close that no batch has
+/// locked for, before [`close_holds`] changes them. Sorting in Rust is not
+/// enough: the database's collation need not be byte order.
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn lock_products_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM products \
+         WHERE sku IN (SELECT sku FROM holds WHERE order_id = $1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Ends a RESERVED order's holds: released (units back) or committed (units
 /// sold). The decision and its holds move in one statement, which locks the
 /// decision row; `None` if the decision is not RESERVED (or there is none):
