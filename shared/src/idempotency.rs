@@ -225,7 +225,9 @@ pub async fn begin<Q: Message, R: Message + Default>(
 /// `INVALID_ARGUMENT`; the work runs and its response is stored with the key,
 /// and a retry after that is answered from the store. A call whose first
 /// attempt died before storing its response runs the work again, which the
-/// effect's own id makes harmless.
+/// effect's own id makes harmless. Work that fails did nothing: its claim is
+/// taken back, so the key may be sent again with the request put right (as
+/// [`once`] rolls its key back with its work).
 pub async fn around<Q, R, F, Fut>(
     pool: &sqlx::PgPool,
     scope: &'static str,
@@ -253,8 +255,20 @@ where
             return Ok(replay(key, &hash, &stored_hash, &response)?);
         }
     }
-    let response = work().await?;
-    store(pool, scope, &key, &response).await.map_err(db)?;
+    let response = match work().await {
+        Ok(response) => response,
+        Err(status) => {
+            // Best effort: a claim left behind only refuses this key for a
+            // different request, which is what it would say anyway.
+            if let Err(e) = unclaim(pool, scope, &key, &hash).await {
+                tracing::warn!(error = %e, scope, "a failed call's idempotency key stays claimed");
+            }
+            return Err(status);
+        }
+    };
+    store_claimed(pool, scope, &key, &hash, &response)
+        .await
+        .map_err(db)?;
     Ok(response)
 }
 
@@ -320,6 +334,46 @@ async fn store<'e, R: Message>(
         .bind(response.encode_to_vec())
         .execute(db)
         .await?;
+    Ok(())
+}
+
+/// Takes back the claim of a call whose work failed, unless a response has
+/// been stored meanwhile (by a concurrent retry whose work succeeded).
+async fn unclaim(pool: &sqlx::PgPool, scope: &str, key: &str, hash: &[u8]) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys \
+         WHERE scope = $1 AND key = $2 AND request_hash = $3 AND response IS NULL",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Stores the response of a call under [`around`], claiming the key again
+/// if a concurrent attempt that failed took its claim back; a key claimed
+/// since for another request keeps that request.
+async fn store_claimed<R: Message>(
+    pool: &sqlx::PgPool,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+    response: &R,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, response) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (scope, key) DO UPDATE SET response = excluded.response \
+         WHERE idempotency_keys.request_hash = excluded.request_hash",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .bind(response.encode_to_vec())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

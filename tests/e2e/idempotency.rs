@@ -243,3 +243,53 @@ async fn direct_reservations_and_slot_holds_bind_an_idempotency_key_to_one_reque
     assert_eq!(sys.slot(&slot.slot_id).await?.held, 1, "one hold");
     sys.stop().await
 }
+
+/// A direct call that failed did nothing, so its key stays free: the same
+/// key with the request put right is served, not refused as "used with a
+/// different request" (the calls that run in the key's transaction roll
+/// their key back with their work; these claim it before their work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_call_that_failed_leaves_its_key_free() -> anyhow::Result<()> {
+    use saga_shared::proto::inventory::v1 as inv;
+    use saga_shared::proto::reservation::v1 as rsv;
+    let sys = TestSystem::start().await?;
+    sys.seed_product("F", 100, 10).await?;
+    let slot = sys.create_slot("f", 5).await?;
+    let mut inventory = sys.clients.inventory.clone();
+    let reserve = |sku: &str| inv::ReserveStockRequest {
+        reservation_id: "0190f0a4-0000-7000-8000-000000000001".into(),
+        lines: vec![inv::ReservationLine {
+            sku: sku.into(),
+            quantity: 2,
+        }],
+    };
+    let unknown = inventory
+        .reserve_stock(keyed(reserve("NOPE"), "f-1")?)
+        .await
+        .expect_err("an unknown SKU");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let held = inventory
+        .reserve_stock(keyed(reserve("F"), "f-1")?)
+        .await?
+        .into_inner()
+        .reservation
+        .unwrap_or_default();
+    assert_eq!(held.state, inv::ReservationState::Reserved as i32);
+    assert_eq!(sys.stock("F").await?.reserved, 2);
+
+    let mut reservation = sys.clients.reservation.clone();
+    let hold = |slot_id: &str| rsv::HoldSlotRequest {
+        hold_id: "0190f0a4-0000-7000-8000-000000000002".into(),
+        slot_id: slot_id.to_owned(),
+    };
+    let unknown = reservation
+        .hold_slot(keyed(hold(&uuid::Uuid::now_v7().to_string()), "f-2")?)
+        .await
+        .expect_err("an unknown slot");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    reservation
+        .hold_slot(keyed(hold(&slot.slot_id), "f-2")?)
+        .await?;
+    assert_eq!(sys.slot(&slot.slot_id).await?.held, 1);
+    sys.stop().await
+}
