@@ -330,6 +330,21 @@ pub async fn lock_wallets(conn: &mut PgConnection, keys: &[String]) -> sqlx::Res
     saga_shared::db::lock_in_order(conn, "wallets", "customer_id", keys).await
 }
 
+/// Locks the wallet that `order`'s payment charged, if there is one: what
+/// a transaction that no batch locked for does first, before the payment,
+/// so that it takes the two in a batch's order (wallet, then payment).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn lock_wallet_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM wallets \
+         WHERE customer_id = (SELECT customer_id FROM payments WHERE order_id = $1) FOR UPDATE",
+    )
+    .bind(order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use futures::FutureExt;
-
 use saga_shared::proto::order::v1::{CancelReason, OrderState};
 use saga_tests::{TestSystem, order_request, reason, state};
 
@@ -303,110 +301,4 @@ async fn place_at_once(
     .into_iter()
     .map(|p| Ok(p?.order_id))
     .collect()
-}
-
-/// Direct commits and releases lock their products in the database's
-/// order, as reservations, batches and the reconciler do. Under a collation
-/// that is not byte order (`en-US`, the default of the usual Postgres
-/// images: "a" before "B") a commit that locked in Rust's byte order held
-/// "B" while it waited for "a", so a reservation holding "a" and wanting
-/// "B" deadlocked with it: a second lost each time, and the commit redone
-/// or refused. A database of its own with that collation; the reservation
-/// that holds "a" is played by the test's own transaction.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_direct_commit_locks_its_products_in_the_databases_order() -> anyhow::Result<()> {
-    let name = format!(
-        "saga_test_icu_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let admin = sqlx::PgPool::connect(&format!("{}/postgres", saga_tests::pg_base())).await?;
-    let create = format!(
-        "CREATE DATABASE \"{name}\" TEMPLATE template0 \
-         LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(create))
-        .execute(&admin)
-        .await?;
-    // A failed assertion still drops the database.
-    let url = format!("{}/{name}", saga_tests::pg_base());
-    let result = std::panic::AssertUnwindSafe(commit_while_a_reservation_holds_a(&url))
-        .catch_unwind()
-        .await;
-    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-    sqlx::query(sqlx::AssertSqlSafe(drop))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-async fn commit_while_a_reservation_holds_a(url: &str) -> anyhow::Result<()> {
-    use saga_shared::proto::inventory::v1 as inv;
-    let sys = TestSystem::start_with(|cfg| {
-        cfg.inventory.database.url = url.to_owned();
-        // Nothing else of the service's takes product locks meanwhile.
-        cfg.inventory.inventory.reconcile_interval_ms = 0;
-    })
-    .await?;
-    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-    let schema = sys.config.inventory.database.schema.clone();
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(3)
-        .connect_with(options.options([("search_path", schema.as_str())]))
-        .await?;
-    sys.seed_product("a", 100, 10).await?;
-    sys.seed_product("B", 100, 10).await?;
-    let first: String =
-        sqlx::query_scalar("SELECT sku FROM products WHERE sku IN ('a', 'B') ORDER BY sku LIMIT 1")
-            .fetch_one(&db)
-            .await?;
-    assert_eq!(first, "a", "the database does not sort in byte order");
-    let id = uuid::Uuid::now_v7().to_string();
-    let held = crate::inventory::reserve(&sys, &id, &[("a", 1), ("B", 1)]).await?;
-    assert_eq!(
-        crate::inventory::reservation_state(&held),
-        inv::ReservationState::Reserved
-    );
-
-    // Another reservation has locked "a" and is about to lock "B".
-    let mut reservation = db.begin().await?;
-    sqlx::query("SELECT 1 FROM products WHERE sku = 'a' FOR UPDATE")
-        .execute(&mut *reservation)
-        .await?;
-    let mut inventory = sys.clients.inventory.clone();
-    let commit = tokio::spawn(async move {
-        inventory
-            .commit_stock(inv::CommitStockRequest { reservation_id: id })
-            .await
-    });
-    saga_tests::eventually("the commit to wait for a product", WAIT, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db)
-        .await?;
-        Ok(waiting > 0)
-    })
-    .await?;
-    let mut next = db.begin().await?;
-    let b = sqlx::query("SELECT 1 FROM products WHERE sku = 'B' FOR UPDATE NOWAIT")
-        .execute(&mut *next)
-        .await;
-    assert!(
-        b.is_ok(),
-        "the commit waiting for \"a\" already holds \"B\": {b:?}"
-    );
-    next.rollback().await?;
-    reservation.rollback().await?;
-
-    let committed = commit.await??.into_inner().reservation.unwrap_or_default();
-    assert_eq!(
-        crate::inventory::reservation_state(&committed),
-        inv::ReservationState::Committed
-    );
-    let (a, b) = (sys.stock("a").await?, sys.stock("B").await?);
-    assert_eq!((a.sold, a.reserved, b.sold, b.reserved), (1, 0, 1, 0));
-    db.close().await;
-    sys.stop().await
 }

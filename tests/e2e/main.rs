@@ -15,6 +15,7 @@ mod holds;
 mod idempotency;
 mod instances;
 mod inventory;
+mod lock_order;
 mod nats_cluster;
 mod outages;
 mod platform;

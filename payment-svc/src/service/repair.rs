@@ -23,6 +23,7 @@ impl CaptureRepair {
 
     async fn refund(&self, order: Uuid) -> Result<bool, BoxError> {
         let mut tx = self.payments.store().pool.begin().await?;
+        store::lock_wallet_of(&mut tx, order).await?;
         let refunded = self
             .payments
             .refund_captured(&mut tx, order, &EventMeta::new(order, None))

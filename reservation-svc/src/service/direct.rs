@@ -62,6 +62,7 @@ impl Reservations {
     pub async fn release_direct(&self, hold_id: Uuid) -> Result<DirectHold> {
         let booking = direct_booking_id(hold_id);
         let mut tx = self.store().pool.begin().await?;
+        store::lock_slot_of(&mut tx, booking).await?;
         match store::lock_booking(&mut tx, booking).await? {
             Some((BookingState::Held, Some(slot))) => {
                 store::close_booking(&mut tx, booking, slot, BookingState::Released).await?;

@@ -185,6 +185,7 @@ impl Reservations {
     /// is not HELD (any more).
     pub async fn finish_held(&self, order: Uuid, to: BookingState) -> Result<bool> {
         let mut tx = self.store.pool.begin().await?;
+        store::lock_slot_of(&mut tx, order).await?;
         let finished = store::finish_held(&mut tx, order, to).await?;
         tx.commit().await?;
         Ok(finished)

@@ -291,6 +291,21 @@ pub async fn lock_slots(conn: &mut PgConnection, keys: &[uuid::Uuid]) -> sqlx::R
     saga_shared::db::lock_in_order(conn, "slots", "id", keys).await
 }
 
+/// Locks the slot that `order`'s booking names, if any: what a transaction
+/// that no batch locked for does first, before the booking, so that it
+/// takes the two in a batch's order (slot, then booking).
+#[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
+pub async fn lock_slot_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM slots WHERE id = (SELECT slot_id FROM bookings WHERE order_id = $1) \
+         FOR UPDATE",
+    )
+    .bind(order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,14 +148,14 @@ impl<H: Handler> Consumer<H> {
         p: H::Prepared,
     ) -> Result<Option<H::Committed>, HandlerError> {
         let mut tx = self.ctx.pool.begin().await?;
+        // Alone as in a batch, the shared rows are locked first and in one
+        // order: an event applied alone races batches too.
+        let mut locked = self.handler.lock_batch(&mut tx, Batch(&[d])).await?;
         if !inbox::record(&mut tx, self.durable(), &[d]).await? {
             tx.rollback().await?;
             return Ok(None);
         }
-        let committed = self
-            .handler
-            .apply(&mut tx, d, p, &mut H::Locked::default())
-            .await?;
+        let committed = self.handler.apply(&mut tx, d, p, &mut locked).await?;
         tx.commit().await?;
         crate::faults::crash_point(CrashPoint::ConsumerAfterCommit);
         self.ctx.outbox.wake();

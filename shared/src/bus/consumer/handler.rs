@@ -119,8 +119,7 @@ pub trait Handler: Send + Sync + 'static {
     type Committed: Send + 'static;
 
     /// What [`Handler::lock_batch`] read along with its locks, handed to
-    /// every [`Handler::apply`] of the batch (empty, its default, for an
-    /// event applied on its own). `()` where nothing is read.
+    /// every [`Handler::apply`] of the batch. `()` where nothing is read.
     type Locked: Default + Send;
 
     /// The event types it handles; events of other types are acked without
@@ -160,12 +159,16 @@ pub trait Handler: Send + Sync + 'static {
         locked: &mut Self::Locked,
     ) -> impl Future<Output = Result<Self::Committed, HandlerError>> + Send;
 
-    /// Called first in the transaction of a batch of events (`bus.
-    /// batch_size` > 1), before any of them is applied: lock, in one fixed
-    /// order, the rows that the batch's events will change and that other
-    /// batches may change too (see [`crate::db::lock_in_order`]). Without
-    /// it, batches lock shared rows in event order and deadlock. What it
-    /// reads with the locks may serve the batch's [`Handler::apply`]s.
+    /// Called first in every apply transaction, a batch's (`bus.batch_size`
+    /// above 1) or an event's applied alone (a batch of one), before any
+    /// event is applied: lock, in one fixed order, the rows that the events
+    /// will change and that other transactions may change too (see
+    /// [`crate::db::lock_in_order`]). Without it, batches lock shared rows
+    /// in event order and deadlock, and an event applied alone that writes
+    /// its order's own row before a shared one deadlocks with a batch that
+    /// holds the shared row. Other writers of those rows (direct calls,
+    /// repair) lock them in the same order. What it reads with the locks
+    /// may serve the [`Handler::apply`]s.
     fn lock_batch(
         &self,
         _tx: &mut PgConnection,
