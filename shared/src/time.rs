@@ -1,6 +1,13 @@
 //! Conversions between `chrono` times and `prost_types::{Timestamp, Duration}`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// The time now, to the microsecond: what Postgres keeps of it. A time a
+/// call answers with is then the time a later read of the row answers
+/// with (the database truncates the nanoseconds of `Utc::now()`).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 pub fn to_proto(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -25,6 +32,11 @@ pub fn delta_to_proto(d: chrono::TimeDelta) -> prost_types::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_is_to_the_microsecond() {
+        assert_eq!(now().timestamp_subsec_nanos() % 1_000, 0);
+    }
 
     #[test]
     fn spans_keep_one_sign_in_seconds_and_nanos() {

@@ -126,3 +126,30 @@ async fn watches_beyond_the_bound_are_refused_until_one_ends() -> anyhow::Result
     assert_eq!(all(served).await?.len(), 1);
     sys.stop().await
 }
+
+/// The times a call answers with are the times stored (Postgres keeps
+/// microseconds): PlaceOrder's `created_at` and CancelOrder's `updated_at`
+/// are what GetOrder and WatchOrder say afterwards, so that a client may
+/// compare them, or resume a watch after them. They used to carry the
+/// nanoseconds of the service's clock, later read back truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_times_a_call_answers_with_are_the_times_stored() -> anyhow::Result<()> {
+    // A slow gateway keeps the order open while it is cancelled.
+    let sys = TestSystem::start_with(|cfg| cfg.payment.gateway.latency_ms = 5_000).await?;
+    sys.seed_product("T", 100, 10).await?;
+    sys.top_up("t", 1_000).await?;
+    let placed = sys.place(order_request("t", &[("T", 1)], None)).await?;
+    let cancelled = sys.cancel(&placed.order_id).await?;
+    assert_eq!(
+        cancelled.state,
+        ord::OrderState::Cancelled as i32,
+        "{cancelled:?}"
+    );
+    let stored = sys.get_order(&placed.order_id).await?;
+    assert_eq!(placed.created_at, stored.created_at, "created_at");
+    assert_eq!(cancelled.updated_at, stored.updated_at, "updated_at");
+    let watched = all(watch(&sys, &placed.order_id, None).await?).await?;
+    assert_eq!(watched.len(), 1, "{watched:?}");
+    assert_eq!(watched[0].updated_at, cancelled.updated_at);
+    sys.stop().await
+}

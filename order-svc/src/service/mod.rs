@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use chrono::Utc;
 use saga_shared::bus::{EventMeta, Outbox, OutboxRows, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
 use saga_shared::validate::FieldError;
@@ -149,7 +148,7 @@ impl Orders {
     /// transaction (PlaceOrder relies on it: see
     /// [`saga_shared::idempotency::once_statement`]).
     pub async fn place_in(&self, conn: &mut PgConnection, new: NewOrder) -> Result<Order> {
-        let now = Utc::now();
+        let now = saga_shared::time::now();
         let deadline = now + Duration::from_secs(self.settings.deadline_secs);
         let order = Order::place(Uuid::now_v7(), new, now, deadline);
         let event = SagaEvent::OrderPlaced(pb::OrderPlaced {
@@ -259,7 +258,7 @@ impl Orders {
         let prices_before = prices(&order);
         let outcome = order.apply(input)?;
         if outcome.changed {
-            order.updated_at = Utc::now();
+            order.updated_at = saga_shared::time::now();
             let prices_changed = prices(&order) != prices_before;
             store::save(tx, &order, prices_changed).await?;
         }
