@@ -11,6 +11,7 @@
 use anyhow::Context;
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use saga_shared::bus::dlq::headers as dlq_headers;
 use saga_shared::bus::{Namespace, SagaEvent};
 
@@ -83,12 +84,27 @@ pub async fn list(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<Vec
         return Ok(out);
     }
     for seq in state.first_sequence..=state.last_sequence {
-        // Redriven letters leave gaps.
-        if let Ok(msg) = stream.get_raw_message(seq).await {
-            out.push(DeadLetter::from_stored(msg));
+        // Redriven letters leave gaps; any other failure is said, not
+        // skipped (a letter left out would not be redriven by `--all`).
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => out.push(DeadLetter::from_stored(msg)),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading dead letter {seq} of {}", ns.dlq_stream()));
+            }
         }
     }
     Ok(out)
+}
+
+/// Whether the DLQ still holds letter `seq`.
+async fn still_held(stream: &jetstream::stream::Stream, seq: u64) -> anyhow::Result<bool> {
+    match stream.get_raw_message(seq).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One dead letter.
@@ -102,7 +118,11 @@ pub async fn get(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::R
 }
 
 /// Sends a dead letter back to its original subject and removes it from the
-/// DLQ. Returns the subject it went to.
+/// DLQ. Returns the subject it went to. Safe to run again, or twice at once:
+/// the republication's message id is the letter's own, so JetStream keeps
+/// one copy (within the stream's duplicate window; past it, the consumers'
+/// inboxes know the event by its id), and a letter that another run removed
+/// meanwhile is a redrive done.
 pub async fn redrive(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::Result<String> {
     let letter = get(js, ns, seq).await?;
     if ns.event_type_of(&letter.subject).is_none() {
@@ -123,12 +143,7 @@ pub async fn redrive(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyho
     }
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!(
-            "redrive:{}:{seq}:{}",
-            ns.dlq_stream(),
-            chrono::Utc::now().timestamp_millis()
-        )
-        .as_str(),
+        format!("redrive:{}:{seq}", ns.dlq_stream()).as_str(),
     );
     js.send_publish(
         letter.subject.clone(),
@@ -139,6 +154,19 @@ pub async fn redrive(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyho
     .await?
     .await
     .with_context(|| format!("republishing dead letter {seq} to {}", letter.subject))?;
-    dlq_stream(js, ns).await?.delete_message(seq).await?;
+    let dlq = dlq_stream(js, ns).await?;
+    let removed = dlq.delete_message(seq).await;
+    if !matches!(removed, Ok(true)) && still_held(&dlq, seq).await? {
+        let why = match removed {
+            Err(e) => e.to_string(),
+            Ok(_) => "the server did not remove it".into(),
+        };
+        anyhow::bail!(
+            "dead letter {seq} was sent back to {} but is still in {} ({why}); \
+             redriving it again is safe",
+            letter.subject,
+            ns.dlq_stream()
+        );
+    }
     Ok(letter.subject)
 }

@@ -86,6 +86,64 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_bound_and_redriv
     sys.stop().await
 }
 
+/// Two operators (or one who runs it again after a crash) redriving the
+/// same letter at once both succeed, and the event goes back to its stream
+/// once: the republication has an id of its own letter's, which JetStream
+/// deduplicates, and a letter already gone from the DLQ is a redrive done.
+/// Each run used to publish a copy under an id of the moment, and the
+/// second to remove the letter failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_redriven_twice_at_once_goes_back_once() -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    sys.seed_product("POISON", 100, 10).await?;
+    sys.top_up("rhea", 10_000).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    let stuck = sys
+        .place(order_request("rhea", &[("POISON", 1)], None))
+        .await?;
+    eventually("the failing event to reach the DLQ", WAIT, || async {
+        Ok(!dead_letters(&sys).await?.is_empty())
+    })
+    .await?;
+    let seq = dead_letters(&sys).await?[0].seq;
+    sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
+
+    let ns = sys.namespace();
+    let (first, second) = tokio::join!(
+        dlq::redrive(&sys.js, &ns, seq),
+        dlq::redrive(&sys.js, &ns, seq)
+    );
+    let placed = ns.subject(EventType::OrderPlaced);
+    assert_eq!(first?, placed);
+    assert_eq!(second?, placed);
+    assert!(
+        dead_letters(&sys).await?.is_empty(),
+        "the letter left the DLQ"
+    );
+    let done = sys.wait_terminal(&stuck.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    let stream = sys
+        .js
+        .get_stream(ns.stream(EventType::OrderPlaced.stream()))
+        .await?;
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(&placed)
+        .await?
+        .try_collect()
+        .await?;
+    assert_eq!(
+        counts,
+        vec![(placed.clone(), 2)],
+        "the order's orders.placed and one redriven copy"
+    );
+    sys.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_whose_event_is_dead_lettered_still_ends_by_its_deadline() -> anyhow::Result<()> {
     let sys = TestSystem::start_with(|cfg| {
