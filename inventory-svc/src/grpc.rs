@@ -252,9 +252,11 @@ impl InventoryService for InventoryGrpc {
         let key = idempotency::key_of(&request)?;
         let r = request.into_inner();
         let id = validate::uuid("reservation_id", &r.reservation_id)?;
-        let lines = reservation_lines(&r.lines, self.inventory.settings().max_lines)?;
         let pool = &self.inventory.store().pool;
         let answer = idempotency::around(pool, "inventory.ReserveStock", key, &r, || async {
+            // Checked against this moment's limit once the key is known new:
+            // a retry gets its first answer even if the limit changed since.
+            let lines = reservation_lines(&r.lines, self.inventory.settings().max_lines)?;
             let stored = self.inventory.reserve_direct(id, lines).await?;
             Ok(pb::ReserveStockResponse {
                 reservation: Some(reservation(id, stored)),

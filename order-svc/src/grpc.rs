@@ -153,16 +153,17 @@ impl OrderService for OrderGrpc {
             .iter()
             .map(|i| (i.sku.clone(), i.quantity))
             .collect();
-        let slot = r.slot_id.as_deref().filter(|s| !s.is_empty());
-        let new = domain::validate_new_order(&r.customer_id, &items, slot, self.orders.limits())?;
         // A retry of a placed order gets that order, even if inventory or
-        // reservation cannot be asked right now (or would answer otherwise).
+        // reservation cannot be asked right now (or would answer otherwise)
+        // and even if the limits have changed since (ADR 0004).
         let pool = &self.orders.store().pool;
         if let Some(placed) =
             idempotency::completed(pool, "order.PlaceOrder", key.as_deref(), &r).await?
         {
             return Ok(Response::new(placed));
         }
+        let slot = r.slot_id.as_deref().filter(|s| !s.is_empty());
+        let new = domain::validate_new_order(&r.customer_id, &items, slot, self.orders.limits())?;
         self.orders.check_references(&new).await?;
         let ticket = self.orders.admit()?;
 

@@ -293,3 +293,67 @@ async fn a_direct_call_that_failed_leaves_its_key_free() -> anyhow::Result<()> {
     assert_eq!(sys.slot(&slot.slot_id).await?.held, 1);
     sys.stop().await
 }
+
+/// A retried call gets its first answer even when the limits have
+/// tightened since (ADR 0004: a retry does not depend on checks that may
+/// have changed): the stored answer is looked up before the request is
+/// checked against this moment's settings. PlaceOrder and ReserveStock used
+/// to check first, so a deploy that lowered `max_quantity` or `max_lines`
+/// turned the retry into INVALID_ARGUMENT, and a client could place the
+/// order again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_answered_as_first_after_the_limits_tightened() -> anyhow::Result<()> {
+    use saga_shared::proto::inventory::v1 as inv;
+    let mut sys = TestSystem::start_processes(|_| {}).await?;
+    sys.seed_product("L", 100, 100).await?;
+    sys.seed_product("M", 100, 100).await?;
+    sys.top_up("lim", 100_000).await?;
+    let order = order_request("lim", &[("L", 10)], None);
+    let placed = sys.place_with_key(order.clone(), Some("k-limits")).await?;
+    let reserve = inv::ReserveStockRequest {
+        reservation_id: uuid::Uuid::now_v7().to_string(),
+        lines: crate::inventory::lines(&[("L", 1), ("M", 1)]),
+    };
+    let mut inventory = sys.clients.inventory.clone();
+    let reserved = inventory
+        .reserve_stock(keyed(reserve.clone(), "k-lines")?)
+        .await?
+        .into_inner();
+
+    sys.processes().kill(Service::Order);
+    sys.processes()
+        .start(Service::Order, &[("ORDER_SVC__ORDER__MAX_QUANTITY", "5")])
+        .await?;
+    sys.processes().kill(Service::Inventory);
+    sys.processes()
+        .start(
+            Service::Inventory,
+            &[("INVENTORY_SVC__INVENTORY__MAX_LINES", "1")],
+        )
+        .await?;
+
+    let refused = sys
+        .place(order.clone())
+        .await
+        .expect_err("a new order above the lowered limit");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let again = sys.place_with_key(order, Some("k-limits")).await?;
+    assert_eq!(
+        again.order_id, placed.order_id,
+        "the retry gets the order placed"
+    );
+
+    let mut fresh = reserve.clone();
+    fresh.reservation_id = uuid::Uuid::now_v7().to_string();
+    let refused = inventory
+        .reserve_stock(fresh)
+        .await
+        .expect_err("a new reservation above the lowered limit");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let again = inventory
+        .reserve_stock(keyed(reserve, "k-lines")?)
+        .await?
+        .into_inner();
+    assert_eq!(again, reserved, "the retry gets the first answer");
+    sys.stop().await
+}
