@@ -97,6 +97,26 @@ fn build_binaries() -> anyhow::Result<PathBuf> {
         .to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // `cargo test` gives the test its package's variables (manifest
+    // directory, name, version...); build scripts that watch them (ring's)
+    // would see them change and rebuild, with everything above them, at
+    // every switch between this build and the developer's own.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd.args(["build", "--bins"]);
     for s in Service::ALL {
         cmd.args(["-p", s.binary()]);
