@@ -538,3 +538,39 @@ async fn events_that_do_not_concern_a_service_leave_no_inbox_row_nor_hold_its_ch
     assert_eq!((c.seq, c.gap), (end, None));
     sys.stop().await
 }
+
+/// A dry run that cannot read the inbox says so, naming it, rather than
+/// listing every event as one a replay would apply (it used to drop the
+/// error and answer that the whole range was missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_that_cannot_read_the_inbox_says_so() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("dora", 10_000).await?;
+    let placed = sys.place(order_request("dora", &[("A", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    let schema = sys.config.payment.database.schema.clone();
+    let hide = format!("ALTER TABLE {schema}.processed_events RENAME TO processed_events_hidden");
+    let show = format!("ALTER TABLE {schema}.processed_events_hidden RENAME TO processed_events");
+    sqlx::query(sqlx::AssertSqlSafe(hide))
+        .execute(&sys.db)
+        .await?;
+    let request = replay::Request {
+        service: "payment".into(),
+        start: replay::Start::Seq(1),
+        to_seq: None,
+        stream: None,
+        dry_run: true,
+        force: false,
+    };
+    let dry = replay::run(&sys.config, &request, |_, _, _, _| {}).await;
+    sqlx::query(sqlx::AssertSqlSafe(show))
+        .execute(&sys.db)
+        .await?;
+    let error = format!("{:#}", dry.expect_err("a dry run without its inbox"));
+    assert!(error.contains("processed_events"), "{error}");
+    sys.stop().await
+}

@@ -12,6 +12,19 @@ use crate::bus::{dlq, inbox};
 
 const BATCH: usize = 500;
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    /// A dry run learns what was applied from the inbox alone.
+    #[error("{service}'s inbox (processed_events) could not be read: {source}")]
+    Inbox {
+        service: &'static str,
+        source: sqlx::Error,
+    },
+}
+
 /// An event a replay applied, or would apply (`--dry-run`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Missing {
@@ -70,7 +83,7 @@ impl<H: Handler> Consumer<H> {
         reader: &mut StreamReader,
         dry_run: bool,
         mut progress: impl FnMut(&ReplayReport),
-    ) -> Result<ReplayReport, ReaderError> {
+    ) -> Result<ReplayReport, ReplayError> {
         let mut report = ReplayReport::default();
         loop {
             let batch = reader.next_batch(BATCH).await?;
@@ -95,9 +108,18 @@ impl<H: Handler> Consumer<H> {
                 }
             }
             let ids: Vec<Uuid> = live.iter().map(|(d, _)| d.meta.event_id).collect();
-            let done = inbox::already_processed(&self.ctx.pool, self.durable(), &ids)
-                .await
-                .unwrap_or_default();
+            let done = match inbox::already_processed(&self.ctx.pool, self.durable(), &ids).await {
+                Ok(done) => done,
+                // A dry run would list every event as missing.
+                Err(source) if dry_run => {
+                    return Err(ReplayError::Inbox {
+                        service: self.ctx.service,
+                        source,
+                    });
+                }
+                // A replay decides event by event, by its inbox insert.
+                Err(_) => HashSet::new(),
+            };
             for (d, msg) in live {
                 if done.contains(&d.meta.event_id) {
                     report.already_applied += 1;
