@@ -25,6 +25,7 @@ use saga_shared::proto::inventory::v1 as inv;
 use saga_shared::proto::reservation::v1 as rsv;
 use saga_shared::repair::{Outcome, Participant};
 use saga_tests::TestSystem;
+use sagactl::system::SystemConfig;
 
 use crate::WAIT;
 
@@ -35,6 +36,22 @@ async fn service_pool(db: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .max_connections(4)
         .connect_with(options.options([("search_path", db.schema.as_str())]))
         .await?)
+}
+
+/// The system (`tweak` applied) and a pool on one service's database.
+async fn started(
+    tweak: impl FnOnce(&mut SystemConfig),
+    db: impl Fn(&SystemConfig) -> &DatabaseConfig,
+) -> anyhow::Result<(TestSystem, PgPool)> {
+    let sys = TestSystem::start_with(tweak).await?;
+    let pool = service_pool(db(&sys.config)).await?;
+    Ok((sys, pool))
+}
+
+/// Inventory with nothing of its own taking product locks meanwhile.
+fn quiet_inventory(cfg: &mut SystemConfig) {
+    cfg.inventory.inventory.reconcile_interval_ms = 0;
+    cfg.inventory.repair.interval_ms = 0;
 }
 
 /// A row lock the test holds in a transaction of its own.
@@ -94,6 +111,24 @@ impl Held {
     }
 }
 
+/// Runs `work` while a transaction of the test's own holds the lock that
+/// `lock` takes; once something waits for that lock, `probe` must get its
+/// locks at once (`what` says what it means if not). Returns `work`'s
+/// output, once the lock is let go.
+async fn while_holding<T>(
+    db: &PgPool,
+    lock: String,
+    work: impl Future<Output = T>,
+    probe: String,
+    what: &str,
+) -> anyhow::Result<T> {
+    let held = Held::take(db, lock).await?;
+    let (out, met) = tokio::join!(work, held.probe_then_release(db, probe));
+    let met = met?;
+    assert!(met.is_ok(), "{what}: {met:?}");
+    Ok(out)
+}
+
 /// Waits until `query` (one text column, one bind: `id`) reads `want`.
 async fn wait_for_state(
     db: &PgPool,
@@ -131,6 +166,18 @@ fn placed(order: Uuid, items: &[(&str, i64)], slot: Option<&str>) -> SagaEvent {
     })
 }
 
+/// What the payment tests' wallet lock takes.
+const LOCK_WALLET: &str = "SELECT 1 FROM wallets WHERE customer_id = 'c' FOR UPDATE";
+
+/// orders.reserved of 7.00 for customer "c".
+fn reserved(order: Uuid) -> SagaEvent {
+    SagaEvent::OrderReserved(pb::OrderReserved {
+        order_id: order.to_string(),
+        customer_id: "c".into(),
+        amount_cents: 700,
+    })
+}
+
 /// Runs `test` against a database of its own whose collation is `en-US`
 /// (the default of the usual Postgres images), where "a" sorts before "B",
 /// unlike in byte order; the database is dropped whatever the outcome.
@@ -165,13 +212,14 @@ where
 /// taking product locks), products "a" and "B"; checks that the database
 /// sorts "a" first.
 async fn icu_inventory(url: &str) -> anyhow::Result<(TestSystem, PgPool)> {
-    let sys = TestSystem::start_with(|cfg| {
-        cfg.inventory.database.url = url.to_owned();
-        cfg.inventory.inventory.reconcile_interval_ms = 0;
-        cfg.inventory.repair.interval_ms = 0;
-    })
+    let (sys, db) = started(
+        |cfg| {
+            cfg.inventory.database.url = url.to_owned();
+            quiet_inventory(cfg);
+        },
+        |c| &c.inventory.database,
+    )
     .await?;
-    let db = service_pool(&sys.config.inventory.database).await?;
     sys.seed_product("a", 100, 10).await?;
     sys.seed_product("B", 100, 10).await?;
     let first: String =
@@ -196,25 +244,15 @@ async fn a_direct_commit_locks_its_products_in_the_databases_order() -> anyhow::
             inv::ReservationState::Reserved
         );
 
-        let lock = Held::take(
+        let mut inventory = sys.clients.inventory.clone();
+        let commit = while_holding(
             &db,
             "SELECT 1 FROM products WHERE sku = 'a' FOR UPDATE".into(),
+            inventory.commit_stock(inv::CommitStockRequest { reservation_id: id }),
+            "SELECT 1 FROM products WHERE sku = 'B' FOR UPDATE".into(),
+            "the commit waiting for \"a\" already holds \"B\"",
         )
         .await?;
-        let mut inventory = sys.clients.inventory.clone();
-        let (commit, probe) = tokio::join!(
-            inventory.commit_stock(inv::CommitStockRequest { reservation_id: id }),
-            lock.probe_then_release(
-                &db,
-                "SELECT 1 FROM products WHERE sku = 'B' FOR UPDATE".into()
-            ),
-        );
-        let probe = probe?;
-        assert!(
-            probe.is_ok(),
-            "the commit waiting for \"a\" already holds \"B\": {probe:?}"
-        );
-
         let committed = commit?.into_inner().reservation.unwrap_or_default();
         assert_eq!(
             crate::inventory::reservation_state(&committed),
@@ -242,11 +280,6 @@ async fn a_confirmation_applied_alone_locks_its_products_in_the_databases_order(
         let decision = "SELECT state FROM order_holds WHERE order_id = $1";
         wait_for_state(&db, decision, order, "RESERVED").await?;
 
-        let lock = Held::take(
-            &db,
-            "SELECT 1 FROM products WHERE sku = 'a' FOR UPDATE".into(),
-        )
-        .await?;
         let confirmed = SagaEvent::OrderConfirmed(pb::OrderConfirmed {
             order_id: order.to_string(),
             customer_id: "c".into(),
@@ -254,17 +287,14 @@ async fn a_confirmation_applied_alone_locks_its_products_in_the_databases_order(
             slot_id: None,
             amount_cents: 200,
         });
-        sys.publish_event(order, confirmed).await?;
-        let probe = lock
-            .probe_then_release(
-                &db,
-                "SELECT 1 FROM products WHERE sku = 'B' FOR UPDATE".into(),
-            )
-            .await?;
-        assert!(
-            probe.is_ok(),
-            "the confirmation waiting for \"a\" already holds \"B\": {probe:?}"
-        );
+        while_holding(
+            &db,
+            "SELECT 1 FROM products WHERE sku = 'a' FOR UPDATE".into(),
+            sys.publish_event(order, confirmed),
+            "SELECT 1 FROM products WHERE sku = 'B' FOR UPDATE".into(),
+            "the confirmation waiting for \"a\" already holds \"B\"",
+        )
+        .await??;
 
         wait_for_state(&db, decision, order, "COMMITTED").await?;
         let (a, b) = (sys.stock("a").await?, sys.stock("B").await?);
@@ -280,35 +310,21 @@ async fn a_confirmation_applied_alone_locks_its_products_in_the_databases_order(
 /// cancelling the order would wait for the claim).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_applied_alone_locks_its_product_before_its_decision() -> anyhow::Result<()> {
-    let sys = TestSystem::start_with(|cfg| {
-        cfg.inventory.inventory.reconcile_interval_ms = 0;
-        cfg.inventory.repair.interval_ms = 0;
-    })
-    .await?;
-    let db = service_pool(&sys.config.inventory.database).await?;
+    let (sys, db) = started(quiet_inventory, |c| &c.inventory.database).await?;
     sys.seed_product("P", 100, 10).await?;
     let order = Uuid::now_v7();
 
-    let lock = Held::take(
+    while_holding(
         &db,
         "SELECT 1 FROM products WHERE sku = 'P' FOR UPDATE".into(),
+        sys.publish_event(order, placed(order, &[("P", 2)], None)),
+        format!(
+            "INSERT INTO order_holds (order_id, state) VALUES ('{order}', 'RELEASED') \
+             ON CONFLICT DO NOTHING"
+        ),
+        "the placement waiting for \"P\" already claims the order",
     )
-    .await?;
-    sys.publish_event(order, placed(order, &[("P", 2)], None))
-        .await?;
-    let probe = lock
-        .probe_then_release(
-            &db,
-            format!(
-                "INSERT INTO order_holds (order_id, state) VALUES ('{order}', 'RELEASED') \
-                 ON CONFLICT DO NOTHING"
-            ),
-        )
-        .await?;
-    assert!(
-        probe.is_ok(),
-        "the placement waiting for \"P\" already claims the order: {probe:?}"
-    );
+    .await??;
 
     let decision = "SELECT state FROM order_holds WHERE order_id = $1";
     wait_for_state(&db, decision, order, "RESERVED").await?;
@@ -321,35 +337,25 @@ async fn a_placement_applied_alone_locks_its_product_before_its_decision() -> an
 /// writes the order's payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_applied_alone_locks_the_wallet_before_the_payment() -> anyhow::Result<()> {
-    let sys = TestSystem::start_with(|cfg| cfg.payment.repair.interval_ms = 0).await?;
-    let db = service_pool(&sys.config.payment.database).await?;
+    let (sys, db) = started(
+        |cfg| cfg.payment.repair.interval_ms = 0,
+        |c| &c.payment.database,
+    )
+    .await?;
     sys.top_up("c", 10_000).await?;
     let order = Uuid::now_v7();
 
-    let lock = Held::take(
+    while_holding(
         &db,
-        "SELECT 1 FROM wallets WHERE customer_id = 'c' FOR UPDATE".into(),
+        LOCK_WALLET.into(),
+        sys.publish_event(order, reserved(order)),
+        format!(
+            "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
+             VALUES ('{order}', gen_random_uuid(), 'c', 0, 'VOIDED') ON CONFLICT DO NOTHING"
+        ),
+        "the charge waiting for the wallet already holds the payment",
     )
-    .await?;
-    let reserved = SagaEvent::OrderReserved(pb::OrderReserved {
-        order_id: order.to_string(),
-        customer_id: "c".into(),
-        amount_cents: 700,
-    });
-    sys.publish_event(order, reserved).await?;
-    let probe = lock
-        .probe_then_release(
-            &db,
-            format!(
-                "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, state) \
-                 VALUES ('{order}', gen_random_uuid(), 'c', 0, 'VOIDED') ON CONFLICT DO NOTHING"
-            ),
-        )
-        .await?;
-    assert!(
-        probe.is_ok(),
-        "the charge waiting for the wallet already holds the payment: {probe:?}"
-    );
+    .await??;
 
     let payment = "SELECT state FROM payments WHERE order_id = $1";
     wait_for_state(&db, payment, order, "CAPTURED").await?;
@@ -362,16 +368,14 @@ async fn a_charge_applied_alone_locks_the_wallet_before_the_payment() -> anyhow:
 /// wallet before the payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_refund_locks_the_wallet_before_the_payment() -> anyhow::Result<()> {
-    let sys = TestSystem::start_with(|cfg| cfg.payment.repair.interval_ms = 0).await?;
-    let db = service_pool(&sys.config.payment.database).await?;
+    let (sys, db) = started(
+        |cfg| cfg.payment.repair.interval_ms = 0,
+        |c| &c.payment.database,
+    )
+    .await?;
     sys.top_up("c", 10_000).await?;
     let order = Uuid::now_v7();
-    let reserved = SagaEvent::OrderReserved(pb::OrderReserved {
-        order_id: order.to_string(),
-        customer_id: "c".into(),
-        amount_cents: 700,
-    });
-    sys.publish_event(order, reserved).await?;
+    sys.publish_event(order, reserved(order)).await?;
     let payment = "SELECT state FROM payments WHERE order_id = $1";
     wait_for_state(&db, payment, order, "CAPTURED").await?;
 
@@ -381,23 +385,14 @@ async fn a_repair_refund_locks_the_wallet_before_the_payment() -> anyhow::Result
         db.clone(),
         saga_shared::bus::Outbox::new(),
     ));
-    let lock = Held::take(
+    let refunded = while_holding(
         &db,
-        "SELECT 1 FROM wallets WHERE customer_id = 'c' FOR UPDATE".into(),
+        LOCK_WALLET.into(),
+        repair.finish(order, Outcome::Cancelled),
+        format!("SELECT 1 FROM payments WHERE order_id = '{order}' FOR UPDATE"),
+        "the refund waiting for the wallet already holds the payment",
     )
     .await?;
-    let (refunded, probe) = tokio::join!(
-        repair.finish(order, Outcome::Cancelled),
-        lock.probe_then_release(
-            &db,
-            format!("SELECT 1 FROM payments WHERE order_id = '{order}' FOR UPDATE"),
-        ),
-    );
-    let probe = probe?;
-    assert!(
-        probe.is_ok(),
-        "the refund waiting for the wallet already holds the payment: {probe:?}"
-    );
     assert!(
         refunded.map_err(|e| anyhow::anyhow!(e))?,
         "nothing refunded"
@@ -411,8 +406,11 @@ async fn a_repair_refund_locks_the_wallet_before_the_payment() -> anyhow::Result
 /// ReleaseSlot locks the slot before the hold's booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_release_locks_the_slot_before_the_booking() -> anyhow::Result<()> {
-    let sys = TestSystem::start_with(|cfg| cfg.reservation.repair.interval_ms = 0).await?;
-    let db = service_pool(&sys.config.reservation.database).await?;
+    let (sys, db) = started(
+        |cfg| cfg.reservation.repair.interval_ms = 0,
+        |c| &c.reservation.database,
+    )
+    .await?;
     let slot = sys.create_slot("one", 3).await?.slot_id;
     let hold_id = Uuid::now_v7().to_string();
     let mut reservation = sys.clients.reservation.clone();
@@ -424,24 +422,14 @@ async fn a_direct_release_locks_the_slot_before_the_booking() -> anyhow::Result<
         .await?;
     assert_eq!(sys.slot(&slot).await?.held, 1);
 
-    let lock = Held::take(
+    while_holding(
         &db,
         format!("SELECT 1 FROM slots WHERE id = '{slot}' FOR UPDATE"),
-    )
-    .await?;
-    let (released, probe) = tokio::join!(
         reservation.release_slot(rsv::ReleaseSlotRequest { hold_id }),
-        lock.probe_then_release(
-            &db,
-            format!("SELECT 1 FROM bookings WHERE slot_id = '{slot}' FOR UPDATE"),
-        ),
-    );
-    let probe = probe?;
-    assert!(
-        probe.is_ok(),
-        "the release waiting for the slot already holds the booking: {probe:?}"
-    );
-    released?;
+        format!("SELECT 1 FROM bookings WHERE slot_id = '{slot}' FOR UPDATE"),
+        "the release waiting for the slot already holds the booking",
+    )
+    .await??;
     assert_eq!(sys.slot(&slot).await?.held, 0);
     db.close().await;
     sys.stop().await
@@ -451,8 +439,11 @@ async fn a_direct_release_locks_the_slot_before_the_booking() -> anyhow::Result<
 /// slot before the booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_release_locks_the_slot_before_the_booking() -> anyhow::Result<()> {
-    let sys = TestSystem::start_with(|cfg| cfg.reservation.repair.interval_ms = 0).await?;
-    let db = service_pool(&sys.config.reservation.database).await?;
+    let (sys, db) = started(
+        |cfg| cfg.reservation.repair.interval_ms = 0,
+        |c| &c.reservation.database,
+    )
+    .await?;
     let slot = sys.create_slot("one", 3).await?.slot_id;
     let order = Uuid::now_v7();
     sys.publish_event(order, placed(order, &[("P", 1)], Some(&slot)))
@@ -464,23 +455,14 @@ async fn a_repair_release_locks_the_slot_before_the_booking() -> anyhow::Result<
     let repair = reservation_svc::service::repair::BookingRepair::new(
         reservation_svc::reservations(&sys.config.reservation, db.clone(), sys.redis.clone()),
     );
-    let lock = Held::take(
+    let finished = while_holding(
         &db,
         format!("SELECT 1 FROM slots WHERE id = '{slot}' FOR UPDATE"),
+        repair.finish(order, Outcome::Cancelled),
+        format!("SELECT 1 FROM bookings WHERE order_id = '{order}' FOR UPDATE"),
+        "the release waiting for the slot already holds the booking",
     )
     .await?;
-    let (finished, probe) = tokio::join!(
-        repair.finish(order, Outcome::Cancelled),
-        lock.probe_then_release(
-            &db,
-            format!("SELECT 1 FROM bookings WHERE order_id = '{order}' FOR UPDATE"),
-        ),
-    );
-    let probe = probe?;
-    assert!(
-        probe.is_ok(),
-        "the release waiting for the slot already holds the booking: {probe:?}"
-    );
     assert!(
         finished.map_err(|e| anyhow::anyhow!(e))?,
         "nothing released"
