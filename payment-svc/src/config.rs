@@ -23,8 +23,31 @@ saga_shared::service_config! {
     }
 }
 
+/// The longest the simulated gateway may take to authorize (latency and
+/// jitter together): an hour.
+const GATEWAY_WAIT_MAX_MS: u64 = 3_600_000;
+
 impl Check for PaymentConfig {
     fn check(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        for (field, ms) in [
+            ("gateway.latency_ms", g.latency_ms),
+            (
+                "gateway.jitter_ms",
+                g.latency_ms.saturating_add(g.jitter_ms),
+            ),
+        ] {
+            if ms > GATEWAY_WAIT_MAX_MS {
+                return Err(ConfigError::Invalid {
+                    field: field.into(),
+                    message: format!(
+                        "latency_ms + jitter_ms must be at most {GATEWAY_WAIT_MAX_MS} (an hour), \
+                         got {} + {}",
+                        g.latency_ms, g.jitter_ms
+                    ),
+                });
+            }
+        }
         if !(0.0..=1.0).contains(&self.gateway.decline_rate) {
             return Err(ConfigError::Invalid {
                 field: "gateway.decline_rate".into(),
@@ -60,5 +83,53 @@ impl Default for GatewayConfig {
             jitter_ms: 0,
             seed: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_gateway(tweak: impl FnOnce(&mut GatewayConfig)) -> PaymentConfig {
+        let mut cfg = PaymentConfig::default();
+        tweak(&mut cfg.gateway);
+        cfg
+    }
+
+    /// A wait the gateway cannot take is refused at startup, naming the
+    /// setting: it used to overflow in the first charge's prepare (a panic,
+    /// the event redelivered for ever).
+    #[test]
+    fn a_gateway_wait_beyond_an_hour_is_refused_by_name() {
+        for (field, cfg) in [
+            (
+                "gateway.latency_ms",
+                with_gateway(|g| g.latency_ms = u64::MAX),
+            ),
+            (
+                "gateway.jitter_ms",
+                with_gateway(|g| g.jitter_ms = u64::MAX),
+            ),
+            (
+                "gateway.jitter_ms",
+                with_gateway(|g| {
+                    g.latency_ms = 3_000_000;
+                    g.jitter_ms = 1_000_000;
+                }),
+            ),
+        ] {
+            match cfg.check() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(
+            with_gateway(|g| {
+                g.latency_ms = 1_000;
+                g.jitter_ms = 500;
+            })
+            .check()
+            .is_ok()
+        );
     }
 }
