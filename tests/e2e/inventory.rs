@@ -555,3 +555,55 @@ async fn direct_reservations_are_idempotent_by_id_and_release_and_commit_like_th
     assert_eq!(sys.violations().await?, Vec::<String>::new());
     sys.stop().await
 }
+
+/// A Redis restarted from a snapshot that lacks its latest grants (a crash
+/// of a Redis that persists, or a failover to a replica behind) keeps its
+/// counters' epochs, so a counter says units are free that Postgres has
+/// reserved. Postgres decides: a grant from such a counter is rejected as
+/// out of stock, the counter is rebuilt, and what Redis granted is given
+/// back. It used to fail on Postgres's stock CHECK as INTERNAL, at every
+/// attempt until the grant was old enough to be dropped as an orphan (and
+/// an order's orders.placed was dead-lettered meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_from_a_counter_that_lost_writes_is_refused_by_postgres() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let url = redis.url();
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.redis.url = url.clone();
+        cfg.reservation.redis.url = url.clone();
+        // No pass of reconciliation mends the counter first.
+        cfg.inventory.inventory.reconcile_interval_ms = 0;
+    })
+    .await?;
+    sys.seed_product("L", 100, 2).await?;
+    let first = reserve(&sys, &Uuid::now_v7().to_string(), &[("L", 1)]).await?;
+    assert_eq!(reservation_state(&first), inv::ReservationState::Reserved);
+    redis.snapshot()?;
+    let second = reserve(&sys, &Uuid::now_v7().to_string(), &[("L", 1)]).await?;
+    assert_eq!(reservation_state(&second), inv::ReservationState::Reserved);
+    redis.restart().await?;
+    eventually("the restarted Redis to answer the test", WAIT, || async {
+        Ok(sys.redis_counter("L").await.is_ok())
+    })
+    .await?;
+    let counter = sys.redis_counter("L").await?;
+    assert_eq!(
+        (counter.avail, counter.holds.len()),
+        (Some(1), 1),
+        "the counter as of the snapshot"
+    );
+
+    let third = reserve(&sys, &Uuid::now_v7().to_string(), &[("L", 1)]).await?;
+    assert_eq!(
+        reservation_state(&third),
+        inv::ReservationState::Rejected,
+        "{third:?}"
+    );
+    let stock = sys.stock("L").await?;
+    assert_eq!((stock.reserved, stock.available), (2, 0), "{stock:?}");
+    // The counter no longer grants what Postgres does not have.
+    let fourth = reserve(&sys, &Uuid::now_v7().to_string(), &[("L", 1)]).await?;
+    assert_eq!(reservation_state(&fourth), inv::ReservationState::Rejected);
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}

@@ -10,17 +10,24 @@ use saga_shared::config::NatsConfig;
 use sagactl::poll::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A `redis-server` on a free port, killed when dropped.
+/// A `redis-server` on a free port with a directory of its own (nothing
+/// written there unless [`RedisServer::snapshot`] asks), killed when
+/// dropped.
 pub struct RedisServer {
     port: u16,
+    dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    /// Starts one (nothing kept on disk) and waits until it answers.
+    /// Starts one and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
+        let port = crate::ports::free_port()?;
+        let dir = std::env::temp_dir().join(format!("saga-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
         let mut server = Self {
-            port: crate::ports::free_port()?,
+            port,
+            dir,
             child: None,
         };
         server.spawn().await?;
@@ -35,7 +42,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--dir", &self.dir.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -44,7 +51,8 @@ impl RedisServer {
         wait_redis(self.port, Duration::from_secs(10)).await
     }
 
-    /// SIGKILL: the server dies with everything it held.
+    /// SIGKILL: the server dies with everything it held since its last
+    /// snapshot.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -52,10 +60,25 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again, empty, on the same port.
+    /// Starts it again on the same port: empty, or as of its last snapshot.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn().await
+    }
+
+    /// Writes what it holds now to disk (`SAVE`): a restart starts from it,
+    /// as a server that persists does after a crash, without what came
+    /// after.
+    pub fn snapshot(&self) -> anyhow::Result<()> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SAVE"])
+            .output()
+            .context("running redis-cli (is it installed?)")?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || said.trim() != "OK" {
+            bail!("SAVE answered {said:?}");
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +107,7 @@ async fn redis_pings(port: u16) -> bool {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

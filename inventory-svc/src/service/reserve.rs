@@ -165,24 +165,30 @@ impl Inventory {
                         }
                         ("redis", Reserved::Unchanged(state))
                     }
+                    Recorded::Short(sku) => {
+                        // The counter granted what Postgres has not: it is
+                        // rebuilt before its next grant counts, and what it
+                        // granted here is given back.
+                        store::move_epochs(tx, std::slice::from_ref(&sku)).await?;
+                        let reserved = reject(tx, holder, sku, RejectReason::OutOfStock).await?;
+                        if !matches!(
+                            reserved,
+                            Reserved::Unchanged(
+                                OrderHoldState::Reserved | OrderHoldState::Committed
+                            )
+                        ) {
+                            let skus = lines.into_iter().map(|l| l.sku).collect();
+                            after = AfterCommit::Release { ledger, skus };
+                        }
+                        ("redis", reserved)
+                    }
                 }
             }
             ReserveStep::ViaPostgres { lines } => {
                 ("postgres", hold_via_postgres(tx, holder, &lines).await?)
             }
             ReserveStep::Rejected { sku, reason } => {
-                match store::claim_order_with(
-                    tx,
-                    holder,
-                    OrderHoldState::Rejected,
-                    Some(reason.as_str()),
-                    Some(&sku),
-                )
-                .await?
-                {
-                    Claimed::New => ("redis", Reserved::Rejected { sku, reason }),
-                    Claimed::Existing(state) => ("redis", Reserved::Unchanged(state)),
-                }
+                ("redis", reject(tx, holder, sku, reason).await?)
             }
             ReserveStep::Closed { lines } => match store::lock_order(tx, ledger).await? {
                 // The cancellation that left the tombstone is in Postgres.
@@ -226,6 +232,27 @@ fn stale_lines(lines: &[Line], epochs: &[i64], current: &[PriceAndEpoch]) -> Vec
         })
         .map(|(line, _)| line.sku.clone())
         .collect()
+}
+
+/// Rejects `holder` for `sku`, unless Postgres has decided it already.
+async fn reject(
+    tx: &mut PgConnection,
+    holder: Holder,
+    sku: String,
+    reason: RejectReason,
+) -> Result<Reserved> {
+    let decided = store::claim_order_with(
+        tx,
+        holder,
+        OrderHoldState::Rejected,
+        Some(reason.as_str()),
+        Some(&sku),
+    )
+    .await?;
+    Ok(match decided {
+        Claimed::New => Reserved::Rejected { sku, reason },
+        Claimed::Existing(state) => Reserved::Unchanged(state),
+    })
 }
 
 /// Holds `lines` for `holder` through Postgres (`SELECT ... FOR UPDATE` in

@@ -110,6 +110,10 @@ pub enum Recorded {
     Held(Vec<HoldRow>),
     /// A decision existed (now locked by this transaction); nothing written.
     Existing(OrderHoldState),
+    /// Postgres has not the units of this SKU that Redis granted (a counter
+    /// that lost writes: a Redis restarted from a snapshot, or failed over
+    /// to a replica behind, keeps its epoch); nothing written.
+    Short(String),
 }
 
 /// Claims the decision of `holder` as RESERVED and records the holds Redis
@@ -117,7 +121,9 @@ pub enum Recorded {
 /// epoch is still `epochs[i]`, and the ledger gets the lines with their
 /// prices. An order of several lines first locks its products in SKU order
 /// (`lines` are sorted), so that two of them cannot deadlock; one line takes
-/// its one lock in the statement.
+/// its one lock in the statement. Postgres decides: a line whose units it
+/// has not (whatever Redis granted) claims and records nothing
+/// ([`Recorded::Short`]).
 #[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
 pub async fn claim_and_record(
     conn: &mut PgConnection,
@@ -135,23 +141,30 @@ pub async fn claim_and_record(
     #[derive(sqlx::FromRow)]
     struct Row {
         claimed: bool,
+        short: Option<String>,
         sku: Option<String>,
         quantity: Option<i64>,
         unit_price_cents: Option<i64>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "WITH claim AS ( \
+        "WITH short AS ( \
+             SELECT p.sku FROM products AS p \
+             JOIN UNNEST($4::text[], $5::bigint[]) AS w(sku, quantity) ON p.sku = w.sku \
+             WHERE p.reserved + p.sold + w.quantity > p.on_hand LIMIT 1), \
+         claim AS ( \
              INSERT INTO order_holds (order_id, state, kind, reservation_id) \
-             VALUES ($1, 'RESERVED', $2, $3) ON CONFLICT DO NOTHING RETURNING order_id), \
+             SELECT $1, 'RESERVED', $2, $3 WHERE NOT EXISTS (SELECT FROM short) \
+             ON CONFLICT DO NOTHING RETURNING order_id), \
          priced AS ( \
              UPDATE products AS p SET reserved = p.reserved + w.quantity \
              FROM UNNEST($4::text[], $5::bigint[], $6::bigint[]) AS w(sku, quantity, epoch) \
-             WHERE p.sku = w.sku AND p.redis_epoch = w.epoch AND EXISTS (SELECT FROM claim) \
+             WHERE p.sku = w.sku AND p.redis_epoch = w.epoch \
+                 AND p.reserved + p.sold + w.quantity <= p.on_hand AND EXISTS (SELECT FROM claim) \
              RETURNING p.sku, w.quantity, p.unit_price_cents), \
          held AS ( \
              INSERT INTO holds (order_id, sku, quantity, unit_price_cents, state) \
              SELECT $1, sku, quantity, unit_price_cents, 'RESERVED' FROM priced) \
-         SELECT EXISTS (SELECT FROM claim) AS claimed, \
+         SELECT EXISTS (SELECT FROM claim) AS claimed, (SELECT sku FROM short) AS short, \
              priced.sku, priced.quantity, priced.unit_price_cents \
          FROM (VALUES (1)) AS one LEFT JOIN priced ON true",
     )
@@ -163,6 +176,14 @@ pub async fn claim_and_record(
     .bind(epochs)
     .fetch_all(&mut *conn)
     .await?;
+    if let Some(sku) = rows.first().and_then(|r| r.short.clone()) {
+        // Not claimed; a decision taken already (its own hold counted in
+        // the shortage) stands.
+        return Ok(match lock_order(conn, order).await? {
+            Some(state) => Recorded::Existing(state),
+            None => Recorded::Short(sku),
+        });
+    }
     if !rows.first().is_some_and(|r| r.claimed) {
         return Ok(Recorded::Existing(lock_existing(conn, order).await?));
     }
@@ -176,8 +197,10 @@ pub async fn claim_and_record(
             })
         })
         .collect();
-    // A line not recorded: its counter was rebuilt after it granted the hold.
-    // The caller's transaction is rolled back, claim and all.
+    // A line not recorded: its counter was rebuilt after it granted the hold
+    // (or its units went between the statement's look and its update: the
+    // retry finds it short). The caller's transaction is rolled back, claim
+    // and all.
     if let Some((line, epoch)) = lines
         .iter()
         .zip(epochs)
@@ -205,6 +228,17 @@ pub async fn lock_products_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Res
     .bind(order)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Moves the counter epochs of `skus` on: their Redis counters are rebuilt
+/// from Postgres before a grant of theirs counts again.
+#[tracing::instrument(skip_all, err(level = "debug"))]
+pub async fn move_epochs(conn: &mut PgConnection, skus: &[String]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE products SET redis_epoch = nextval('redis_epochs') WHERE sku = ANY($1)")
+        .bind(skus)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
