@@ -244,7 +244,7 @@ async fn run(sys: &mut TestSystem, cluster: &mut RedisCluster) -> anyhow::Result
         Ok(n > 0.0)
     })
     .await?;
-    cluster.wait_healthy(Duration::from_secs(60)).await?;
+    cluster.wait_healthy(WAIT).await?;
     assert_ne!(
         cluster.master_of(&format!("inv:{{{ns}:{}}}", skus[0]))?,
         victim,
@@ -252,7 +252,7 @@ async fn run(sys: &mut TestSystem, cluster: &mut RedisCluster) -> anyhow::Result
     );
     eprintln!("redis cluster: failed over after {} orders", load.placed());
     cluster.restart(victim).await?;
-    cluster.wait_healthy(Duration::from_secs(60)).await?;
+    cluster.wait_healthy(WAIT).await?;
     // The fast path comes back (the breaker closes, the counters are
     // rebuilt on the new master) while orders keep coming.
     let redis_before = reservations(sys, &[("path", "redis")]).await?;
