@@ -607,3 +607,44 @@ async fn a_grant_from_a_counter_that_lost_writes_is_refused_by_postgres() -> any
     assert_eq!(sys.violations().await?, Vec::<String>::new());
     sys.stop().await
 }
+
+/// A refusal from a stale counter is no answer: when Postgres changed a SKU
+/// since its counter was built and moved the counter's epoch without
+/// telling Redis (what every change through Postgres does, such as a
+/// release while the breaker was open, here a restock made in Postgres
+/// alone), the counter is rebuilt and asked again. Only grants were checked
+/// against the epoch; a refusal was taken as out of stock while Postgres
+/// had the units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_a_stale_counter_is_asked_again_once_rebuilt() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.inventory.reconcile_interval_ms = 0;
+    })
+    .await?;
+    sys.seed_product("S", 100, 1).await?;
+    let first = reserve(&sys, &Uuid::now_v7().to_string(), &[("S", 1)]).await?;
+    assert_eq!(reservation_state(&first), inv::ReservationState::Reserved);
+    let schema = sys.config.inventory.database.schema.clone();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.products SET on_hand = on_hand + 1, \
+         redis_epoch = nextval('{schema}.redis_epochs') WHERE sku = 'S'"
+    )))
+    .execute(&sys.db)
+    .await?;
+    assert_eq!(
+        sys.redis_counter("S").await?.avail,
+        Some(0),
+        "the counter as built before the restock"
+    );
+
+    let second = reserve(&sys, &Uuid::now_v7().to_string(), &[("S", 1)]).await?;
+    assert_eq!(
+        reservation_state(&second),
+        inv::ReservationState::Reserved,
+        "{second:?}"
+    );
+    let stock = sys.stock("S").await?;
+    assert_eq!((stock.reserved, stock.available), (2, 0), "{stock:?}");
+    assert_eq!(sys.violations().await?, Vec::<String>::new());
+    sys.stop().await
+}

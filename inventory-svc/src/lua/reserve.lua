@@ -6,7 +6,8 @@
 -- ARGV: order_id, now_ms, qty_1 .. qty_n
 -- Returns {"GRANTED", epoch_1..epoch_n, fresh_1..fresh_n} (fresh_i: 1 if
 --         this call took line i's hold, 0 if the order held it already)
---       | {"REJECTED", i, avail}
+--       | {"REJECTED", i, avail, epoch}: line i has only `avail` units by a
+--         counter of `epoch` (stale if Postgres's epoch has moved since)
 --       | {"NOT_READY", i} | {"CLOSED", i, marker}
 --       | {"MISMATCH", i, held}: the order already holds `held` units of line
 --         i, another quantity than asked (a retry with other lines); nothing
@@ -36,7 +37,7 @@ for i = 1, n do
 end
 for i = 1, n do
   if not held[i] and avail[i] < tonumber(ARGV[2 + i]) then
-    return {'REJECTED', i, avail[i]}
+    return {'REJECTED', i, avail[i], epoch[i]}
   end
 end
 for i = 1, n do

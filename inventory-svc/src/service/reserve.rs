@@ -103,11 +103,26 @@ impl Inventory {
                     }
                     self.rebuild_or_fall_back(&stale).await?;
                 }
-                Reserve::Rejected { index, .. } => {
-                    return Ok(ReserveStep::Rejected {
-                        sku: lines[index].sku.clone(),
-                        reason: RejectReason::OutOfStock,
-                    });
+                Reserve::Rejected { index, epoch, .. } => {
+                    let sku = &lines[index].sku;
+                    let refused = [epoch];
+                    let line = std::slice::from_ref(&lines[index]);
+                    if !stale_lines(line, &refused, &current).is_empty() {
+                        // Rebuilt between the read and the script? Then the
+                        // refusal is current: look again before redoing it.
+                        current = self.store.prices_and_epochs(&skus).await?;
+                    }
+                    if stale_lines(line, &refused, &current).is_empty() {
+                        return Ok(ReserveStep::Rejected {
+                            sku: sku.clone(),
+                            reason: RejectReason::OutOfStock,
+                        });
+                    }
+                    // Postgres changed the SKU since the counter was built
+                    // (units given back or added, say): it answers again
+                    // once rebuilt.
+                    tracing::info!(%sku, "a stale counter refused; rebuilding it");
+                    self.rebuild_or_fall_back(std::slice::from_ref(sku)).await?;
                 }
                 Reserve::NotReady { index } => {
                     if let Some(unknown) = lines

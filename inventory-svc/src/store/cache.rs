@@ -53,8 +53,13 @@ impl CacheError {
 pub enum Reserve {
     /// Every line is held; the counters' epochs, line by line.
     Granted(Vec<i64>),
-    /// Line `index` (0-based) has only `available` units.
-    Rejected { index: usize, available: i64 },
+    /// Line `index` (0-based) has only `available` units, by a counter of
+    /// `epoch` (a refusal from a stale counter is no answer).
+    Rejected {
+        index: usize,
+        available: i64,
+        epoch: i64,
+    },
     /// Line `index`'s counter was never rebuilt (or Redis lost it).
     NotReady { index: usize },
     /// The order's holds were already released or committed.
@@ -70,9 +75,14 @@ impl Reserve {
     fn for_line(self, at: impl Fn(usize) -> usize) -> Self {
         match self {
             Reserve::Granted(epochs) => Reserve::Granted(epochs),
-            Reserve::Rejected { index, available } => Reserve::Rejected {
+            Reserve::Rejected {
+                index,
+                available,
+                epoch,
+            } => Reserve::Rejected {
                 index: at(index),
                 available,
+                epoch,
             },
             Reserve::NotReady { index } => Reserve::NotReady { index: at(index) },
             Reserve::Closed { index, marker } => Reserve::Closed {
@@ -421,6 +431,7 @@ fn parse_reserve(reply: Value, lines: usize) -> Result<GroupReply, CacheError> {
         Some("REJECTED") => Ok(GroupReply::Other(Reserve::Rejected {
             index: index(1)?,
             available: int(2)?,
+            epoch: int(3)?,
         })),
         Some("NOT_READY") => Ok(GroupReply::Other(Reserve::NotReady { index: index(1)? })),
         Some("CLOSED") => Ok(GroupReply::Other(Reserve::Closed {
