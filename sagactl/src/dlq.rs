@@ -86,23 +86,22 @@ pub async fn list(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<Vec
     for seq in state.first_sequence..=state.last_sequence {
         // Redriven letters leave gaps; any other failure is said, not
         // skipped (a letter left out would not be redriven by `--all`).
-        match stream.get_raw_message(seq).await {
-            Ok(msg) => out.push(DeadLetter::from_stored(msg)),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("reading dead letter {seq} of {}", ns.dlq_stream()));
-            }
-        }
+        let letter = held(&stream, seq)
+            .await
+            .with_context(|| format!("reading dead letter {seq} of {}", ns.dlq_stream()))?;
+        out.extend(letter.map(DeadLetter::from_stored));
     }
     Ok(out)
 }
 
-/// Whether the DLQ still holds letter `seq`.
-async fn still_held(stream: &jetstream::stream::Stream, seq: u64) -> anyhow::Result<bool> {
+/// Letter `seq`, if the DLQ holds it.
+async fn held(
+    stream: &jetstream::stream::Stream,
+    seq: u64,
+) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
     match stream.get_raw_message(seq).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -156,7 +155,7 @@ pub async fn redrive(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyho
     .with_context(|| format!("republishing dead letter {seq} to {}", letter.subject))?;
     let dlq = dlq_stream(js, ns).await?;
     let removed = dlq.delete_message(seq).await;
-    if !matches!(removed, Ok(true)) && still_held(&dlq, seq).await? {
+    if !matches!(removed, Ok(true)) && held(&dlq, seq).await?.is_some() {
         let why = match removed {
             Err(e) => e.to_string(),
             Ok(_) => "the server did not remove it".into(),

@@ -73,8 +73,9 @@ impl Inventory {
         &self.store
     }
 
-    /// Locks the products of `skus` in one order, first in a batch's
-    /// transaction, so that batches never deadlock on them.
+    /// Locks the products of `skus` in one order, first in a transaction
+    /// (an event's or a batch's, a direct reservation's), so that no two of
+    /// them deadlock on them.
     pub async fn lock_products(
         &self,
         tx: &mut sqlx::PgConnection,

@@ -78,13 +78,7 @@ impl Inventory {
             };
             match answer {
                 Reserve::Granted(epochs) => {
-                    let mut stale = stale_lines(&lines, &epochs, &current);
-                    if !stale.is_empty() {
-                        // Rebuilt between the read and the script? Then the
-                        // grant is current: look again before redoing it.
-                        current = self.store.prices_and_epochs(&skus).await?;
-                        stale = stale_lines(&lines, &epochs, &current);
-                    }
+                    let stale = self.stale_now(&lines, &epochs, &skus, &mut current).await?;
                     if stale.is_empty() {
                         crash_point(CrashPoint::InventoryAfterRedisHold);
                         return Ok(ReserveStep::Granted { lines, epochs });
@@ -104,25 +98,19 @@ impl Inventory {
                     self.rebuild_or_fall_back(&stale).await?;
                 }
                 Reserve::Rejected { index, epoch, .. } => {
-                    let sku = &lines[index].sku;
-                    let refused = [epoch];
                     let line = std::slice::from_ref(&lines[index]);
-                    if !stale_lines(line, &refused, &current).is_empty() {
-                        // Rebuilt between the read and the script? Then the
-                        // refusal is current: look again before redoing it.
-                        current = self.store.prices_and_epochs(&skus).await?;
-                    }
-                    if stale_lines(line, &refused, &current).is_empty() {
+                    let stale = self.stale_now(line, &[epoch], &skus, &mut current).await?;
+                    if stale.is_empty() {
                         return Ok(ReserveStep::Rejected {
-                            sku: sku.clone(),
+                            sku: lines[index].sku.clone(),
                             reason: RejectReason::OutOfStock,
                         });
                     }
                     // Postgres changed the SKU since the counter was built
                     // (units given back or added, say): it answers again
                     // once rebuilt.
-                    tracing::info!(%sku, "a stale counter refused; rebuilding it");
-                    self.rebuild_or_fall_back(std::slice::from_ref(sku)).await?;
+                    tracing::info!(?stale, "a stale counter refused; rebuilding it");
+                    self.rebuild_or_fall_back(&stale).await?;
                 }
                 Reserve::NotReady { index } => {
                     if let Some(unknown) = lines
@@ -153,6 +141,24 @@ impl Inventory {
         Err(InventoryError::Cache(CacheError::Reply(format!(
             "counters kept changing during {ATTEMPTS} attempts"
         ))))
+    }
+
+    /// The SKUs of `lines` whose counter answered under another epoch than
+    /// Postgres's (`epochs`, line by line). One that seems stale is looked
+    /// at again (into `current`): a rebuild between the read and the script
+    /// makes the answer current.
+    async fn stale_now(
+        &self,
+        lines: &[Line],
+        epochs: &[i64],
+        skus: &[String],
+        current: &mut Vec<PriceAndEpoch>,
+    ) -> Result<Vec<String>> {
+        if stale_lines(lines, epochs, current).is_empty() {
+            return Ok(Vec::new());
+        }
+        *current = self.store.prices_and_epochs(skus).await?;
+        Ok(stale_lines(lines, epochs, current))
     }
 
     /// The second half of holding stock for `holder`, in the caller's

@@ -119,9 +119,10 @@ pub enum Recorded {
 /// Claims the decision of `holder` as RESERVED and records the holds Redis
 /// granted, in one statement: each SKU's reserved count grows if its counter
 /// epoch is still `epochs[i]`, and the ledger gets the lines with their
-/// prices. An order of several lines first locks its products in SKU order
-/// (`lines` are sorted), so that two of them cannot deadlock; one line takes
-/// its one lock in the statement. Postgres decides: a line whose units it
+/// prices. The caller has locked the products of an order of several lines
+/// (`Handler::lock_batch`, or the direct call), so that two such orders
+/// cannot deadlock; one line takes its one lock in the statement. Postgres
+/// decides: a line whose units it
 /// has not (whatever Redis granted) claims and records nothing
 /// ([`Recorded::Short`]).
 #[tracing::instrument(skip_all, fields(holder = ?holder), err(level = "debug"))]
@@ -133,9 +134,6 @@ pub async fn claim_and_record(
 ) -> Result<Recorded, RecordError> {
     let order = holder.ledger_id();
     let skus: Vec<String> = lines.iter().map(|l| l.sku.clone()).collect();
-    if lines.len() > 1 {
-        lock_products(&mut *conn, &skus).await?;
-    }
     let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
     /// One row at least (for the claim), then one per line recorded.
     #[derive(sqlx::FromRow)]
