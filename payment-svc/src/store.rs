@@ -335,14 +335,15 @@ pub async fn lock_wallets(conn: &mut PgConnection, keys: &[String]) -> sqlx::Res
 /// so that it takes the two in a batch's order (wallet, then payment).
 #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn lock_wallet_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "SELECT 1 FROM wallets \
-         WHERE customer_id = (SELECT customer_id FROM payments WHERE order_id = $1) FOR UPDATE",
+    saga_shared::db::lock_named_by_order(
+        conn,
+        "wallets",
+        "customer_id",
+        "payments",
+        "customer_id",
+        order,
     )
-    .bind(order)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 #[cfg(test)]

@@ -99,6 +99,29 @@ where
     Ok(())
 }
 
+/// Locks the row of `table` that an order's row in `owner` names in its
+/// `via` column (its wallet, its slot), if there is one: what a transaction
+/// that no batch locked for does first, before it touches the order's own
+/// row, so that it takes the two in a batch's order (docs/adr/0015).
+pub async fn lock_named_by_order(
+    conn: &mut PgConnection,
+    table: &'static str,
+    column: &'static str,
+    owner: &'static str,
+    via: &'static str,
+    order: uuid::Uuid,
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "SELECT 1 FROM {table} WHERE {column} = \
+         (SELECT {via} FROM {owner} WHERE order_id = $1) FOR UPDATE"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Creates the database named in `url` if it does not exist.
 pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     let options = PgConnectOptions::from_str(url).map_err(DbError::Url)?;

@@ -296,14 +296,7 @@ pub async fn lock_slots(conn: &mut PgConnection, keys: &[uuid::Uuid]) -> sqlx::R
 /// takes the two in a batch's order (slot, then booking).
 #[tracing::instrument(skip_all, fields(order_id = %order), err(level = "debug"))]
 pub async fn lock_slot_of(conn: &mut PgConnection, order: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "SELECT 1 FROM slots WHERE id = (SELECT slot_id FROM bookings WHERE order_id = $1) \
-         FOR UPDATE",
-    )
-    .bind(order)
-    .execute(conn)
-    .await?;
-    Ok(())
+    saga_shared::db::lock_named_by_order(conn, "slots", "id", "bookings", "slot_id", order).await
 }
 
 #[cfg(test)]
