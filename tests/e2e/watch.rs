@@ -153,3 +153,48 @@ async fn the_times_a_call_answers_with_are_the_times_stored() -> anyhow::Result<
     assert_eq!(watched[0].updated_at, cancelled.updated_at);
     sys.stop().await
 }
+
+/// A change stored with an earlier `updated_at` than the one before it (its
+/// instance's clock is behind the other's, or stepped back) is still sent:
+/// the watch used to end on seeing the terminal state "not newer" than the
+/// last message, and its client never learnt the order had ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sends_the_end_even_when_a_clock_went_back() -> anyhow::Result<()> {
+    // A slow gateway keeps the order RESERVED while its time is moved.
+    let sys = TestSystem::start_with(|cfg| cfg.payment.gateway.latency_ms = 3_000).await?;
+    sys.seed_product("C", 100, 10).await?;
+    sys.top_up("clock", 1_000).await?;
+    let placed = sys.place(order_request("clock", &[("C", 1)], None)).await?;
+    let mut stream = watch(&sys, &placed.order_id, None).await?;
+    loop {
+        let message = tokio::time::timeout(WAIT, stream.next())
+            .await?
+            .expect("the watch goes on until the order ends")?;
+        let order = message.order.expect("an order");
+        if order.state == ord::OrderState::Reserved as i32 {
+            break;
+        }
+        assert_eq!(order.state, ord::OrderState::Pending as i32, "{order:?}");
+    }
+    // The RESERVED change as if an instance an hour ahead had stored it:
+    // the instance that stores CONFIRMED next has a clock an hour behind.
+    sqlx::query(
+        "UPDATE orders.orders SET updated_at = updated_at + interval '1 hour' \
+         WHERE id = $1::uuid AND state = 'RESERVED'",
+    )
+    .bind(&placed.order_id)
+    .execute(&sys.db)
+    .await?;
+    let rest = all(stream).await?;
+    let last = rest.last().expect("messages after the clock moved");
+    assert_eq!(last.state, ord::OrderState::Confirmed as i32, "{rest:?}");
+    // Every message is newer than the one before, and resuming after the
+    // last gives nothing more.
+    for pair in rest.windows(2) {
+        let (a, b) = (pair[0].updated_at.unwrap(), pair[1].updated_at.unwrap());
+        assert!((a.seconds, a.nanos) < (b.seconds, b.nanos), "{rest:?}");
+    }
+    let resumed = all(watch(&sys, &placed.order_id, last.updated_at).await?).await?;
+    assert!(resumed.is_empty(), "{resumed:?}");
+    sys.stop().await
+}

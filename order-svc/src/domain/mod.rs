@@ -339,6 +339,15 @@ impl Order {
         Ok(Outcome::changed(None))
     }
 
+    /// Stamps a change made at `now`. `updated_at` only moves forward, by
+    /// a microsecond (what Postgres keeps) at least, even when `now` is
+    /// earlier: instances' clocks differ and step back, and a watcher or a
+    /// client resuming after the last time it saw tells a change from no
+    /// change by this time alone.
+    pub fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now.max(self.updated_at + chrono::TimeDelta::microseconds(1));
+    }
+
     fn cancel(&mut self, reason: CancelReason) -> Outcome {
         self.state = OrderState::Cancelled;
         self.cancel_reason = Some(reason);

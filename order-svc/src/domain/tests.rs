@@ -1,6 +1,7 @@
 //! The order state machine's rules, case by case, and property tests.
 
 use super::*;
+use chrono::TimeDelta;
 
 const LIMITS: Limits = Limits {
     max_lines: 3,
@@ -372,4 +373,22 @@ fn states_and_reasons_display_their_names() {
     }
     assert_eq!(OrderState::Cancelled.to_string(), "CANCELLED");
     assert_eq!(CancelReason::OutOfStock.to_string(), "out_of_stock");
+}
+
+#[test]
+fn a_change_is_stamped_later_than_the_last_even_if_the_clock_went_back() {
+    let mut o = order(false);
+    let first = o.updated_at;
+    o.touch(first + TimeDelta::seconds(5));
+    assert_eq!(o.updated_at, first + TimeDelta::seconds(5));
+    // A clock an hour behind: one microsecond after the last change.
+    o.touch(first - TimeDelta::hours(1));
+    assert_eq!(
+        o.updated_at,
+        first + TimeDelta::seconds(5) + TimeDelta::microseconds(1)
+    );
+    // The same instant twice: still later.
+    let now = o.updated_at;
+    o.touch(now);
+    assert!(o.updated_at > now);
 }

@@ -258,7 +258,7 @@ impl Orders {
         let prices_before = prices(&order);
         let outcome = order.apply(input)?;
         if outcome.changed {
-            order.updated_at = saga_shared::time::now();
+            order.touch(saga_shared::time::now());
             let prices_changed = prices(&order) != prices_before;
             store::save(tx, &order, prices_changed).await?;
         }

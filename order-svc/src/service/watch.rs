@@ -1,7 +1,8 @@
 //! WatchOrder: an order followed until it ends.
 //!
 //! The order is read again every `watch_poll_ms` (one primary-key read) and
-//! sent whenever its `updated_at` moved: each message is the order as it
+//! sent whenever its `updated_at` moved (it only moves forward, whatever
+//! the clocks of the instances that change it: `Order::touch`): each message is the order as it
 //! stands after one or more changes (changes closer together than the poll
 //! are sent as one), and the terminal state is always sent, last. A client
 //! resumes with the `updated_at` of the last message it got. Polling the
