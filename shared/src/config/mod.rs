@@ -378,19 +378,69 @@ impl BusConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("bus.batch_size", self.batch_size as i64),
-            ("bus.concurrency", self.concurrency as i64),
-            ("bus.fetch_size", self.fetch_size as i64),
-            ("bus.max_deliver", self.max_deliver),
-            ("bus.relay_batch_size", self.relay_batch_size),
-            ("bus.ack_wait_secs", self.ack_wait_secs as i64),
+        const DAY_SECS: u128 = 86_400;
+        // Upper bounds keep every product the bus computes (max ack pending,
+        // a lease plus its margin, a delay times three) in range, and what
+        // it hands Postgres and NATS within what they take: a lease goes to
+        // Postgres in milliseconds as an int4.
+        let ranges: [(&str, u128, u128, u128); 10] = [
+            ("bus.batch_size", self.batch_size as u128, 1, 1_000),
+            ("bus.concurrency", self.concurrency as u128, 1, 1_000),
+            ("bus.fetch_size", self.fetch_size as u128, 1, 10_000),
+            (
+                "bus.max_deliver",
+                self.max_deliver.max(0) as u128,
+                1,
+                i64::MAX as u128,
+            ),
+            (
+                "bus.relay_batch_size",
+                self.relay_batch_size.max(0) as u128,
+                1,
+                10_000,
+            ),
+            (
+                "bus.ack_wait_secs",
+                u128::from(self.ack_wait_secs),
+                1,
+                DAY_SECS,
+            ),
+            (
+                "bus.nak_base_delay_ms",
+                u128::from(self.nak_base_delay_ms),
+                0,
+                DAY_SECS * 1_000,
+            ),
+            (
+                "bus.nak_max_delay_ms",
+                u128::from(self.nak_max_delay_ms),
+                0,
+                DAY_SECS * 1_000,
+            ),
+            (
+                "bus.relay_poll_ms",
+                u128::from(self.relay_poll_ms),
+                0,
+                DAY_SECS * 1_000,
+            ),
+            // 0 counts as 1 (as it always has).
+            (
+                "bus.relay_lease_secs",
+                u128::from(self.relay_lease_secs),
+                0,
+                DAY_SECS,
+            ),
         ];
-        for (field, value) in positive {
-            if value < 1 {
+        for (field, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                let shown = match field {
+                    "bus.max_deliver" => self.max_deliver.to_string(),
+                    "bus.relay_batch_size" => self.relay_batch_size.to_string(),
+                    _ => value.to_string(),
+                };
                 return Err(ConfigError::Invalid {
                     field: field.into(),
-                    message: format!("must be at least 1, got {value}"),
+                    message: format!("must be between {min} and {max}, got {shown}"),
                 });
             }
         }
@@ -490,6 +540,50 @@ mod tests {
         assert_eq!(bus.nak_delay(1), Duration::from_millis(200));
         assert_eq!(bus.nak_delay(2), Duration::from_millis(400));
         assert_eq!(bus.nak_delay(30), Duration::from_millis(10_000));
+    }
+
+    /// Settings the bus would overflow on, or hand to Postgres or NATS out
+    /// of their range, are refused by name. A relay lease past 24.8 days
+    /// used to be taken: Postgres refused the lease every round, so nothing
+    /// was ever published (and past u64::MAX - 5 s the relay panicked).
+    #[test]
+    fn bus_settings_out_of_range_are_refused_by_name() {
+        type Set = fn(&mut BusConfig);
+        let cases: [(&str, Set); 10] = [
+            ("bus.relay_lease_secs", |b| b.relay_lease_secs = 2_200_000),
+            ("bus.relay_lease_secs", |b| b.relay_lease_secs = u64::MAX),
+            ("bus.max_deliver", |b| b.max_deliver = -3),
+            ("bus.ack_wait_secs", |b| b.ack_wait_secs = u64::MAX),
+            ("bus.nak_max_delay_ms", |b| b.nak_max_delay_ms = u64::MAX),
+            ("bus.nak_base_delay_ms", |b| b.nak_base_delay_ms = u64::MAX),
+            ("bus.concurrency", |b| b.concurrency = usize::MAX),
+            ("bus.nak_base_delay_ms", |b| {
+                b.nak_base_delay_ms = 90_000_000;
+            }),
+            ("bus.batch_size", |b| b.batch_size = usize::MAX / 2),
+            ("bus.fetch_size", |b| b.fetch_size = 0),
+        ];
+        for (field, set) in cases {
+            let mut bus = BusConfig::default();
+            set(&mut bus);
+            match bus.validate() {
+                Err(ConfigError::Invalid {
+                    field: named,
+                    message,
+                }) => {
+                    assert_eq!(named, field, "{message}");
+                    assert!(message.starts_with("must be between"), "{message}");
+                }
+                other => panic!("{field} out of range: {other:?}"),
+            }
+        }
+        assert!(BusConfig::default().validate().is_ok());
+        let widest = BusConfig {
+            relay_lease_secs: 86_400,
+            ack_wait_secs: 86_400,
+            ..BusConfig::default()
+        };
+        assert!(widest.validate().is_ok());
     }
 
     #[test]
