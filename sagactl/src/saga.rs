@@ -112,7 +112,7 @@ pub fn render_story(story: &Story) -> String {
     let holds: Vec<String> = o
         .holds
         .iter()
-        .map(|(sku, q, p)| format!("{sku} x{q} @ {p}"))
+        .map(|h| format!("{} x{} @ {} {}", h.sku, h.quantity, h.unit_price, h.state))
         .collect();
     out.push_str(&format!(
         "    inventory-svc    {} holds {}\n",

@@ -431,6 +431,12 @@ async fn the_auditor_reports_every_kind_of_violation() -> anyhow::Result<()> {
         .bind(&dropped.order_id)
         .execute(&sys.db)
         .await?;
+    // A hold left behind its order's decision (which every count agrees
+    // with, so only the hold's own state shows it).
+    sqlx::query("UPDATE inventory.holds SET state = 'RESERVED' WHERE order_id = $1::uuid")
+        .bind(&open.order_id)
+        .execute(&sys.db)
+        .await?;
 
     let report = auditor.audit().await?;
     let found: std::collections::BTreeSet<Check> =
@@ -440,6 +446,15 @@ async fn the_auditor_reports_every_kind_of_violation() -> anyhow::Result<()> {
             |v| v.check == Check::RedisMatchesPostgres && v.detail.starts_with("B: no counter")
         ),
         "an emptied Redis is reported:\n{}",
+        report.render()
+    );
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.check == Check::HoldsMatchOrders
+                && v.detail.contains("is RESERVED, the decision is COMMITTED")),
+        "a hold left open behind its decision is reported:\n{}",
         report.render()
     );
     for check in Check::ALL {

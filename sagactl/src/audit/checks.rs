@@ -129,22 +129,39 @@ pub fn check_charges(o: &OrderFacts) -> Vec<Violation> {
     out
 }
 
-/// An order's holds against its lines.
+/// An order's holds against its lines and against its decision.
 pub fn check_holds(o: &OrderFacts) -> Vec<Violation> {
     let mut out = Vec::new();
     if o.holds.is_empty() {
         return out;
     }
     let lines: BTreeMap<&str, i64> = o.lines.iter().map(|(s, q, _)| (s.as_str(), *q)).collect();
-    let holds: BTreeMap<&str, i64> = o.holds.iter().map(|(s, q, _)| (s.as_str(), *q)).collect();
+    let holds: BTreeMap<&str, i64> = o
+        .holds
+        .iter()
+        .map(|h| (h.sku.as_str(), h.quantity))
+        .collect();
     if lines != holds {
         out.push(Violation::new(
             Check::HoldsMatchOrders,
             format!("order {}: holds {holds:?}, lines {lines:?}", o.id),
         ));
     }
+    // A hold moves with its order's decision (one statement moves both);
+    // a rejected order has none.
+    for h in &o.holds {
+        if h.state != h.decision || h.decision == "REJECTED" {
+            out.push(Violation::new(
+                Check::HoldsMatchOrders,
+                format!(
+                    "order {}: hold of {} is {}, the decision is {}",
+                    o.id, h.sku, h.state, h.decision
+                ),
+            ));
+        }
+    }
     for (sku, _, price) in &o.lines {
-        let held_at = o.holds.iter().find(|(s, _, _)| s == sku).map(|h| h.2);
+        let held_at = o.holds.iter().find(|h| &h.sku == sku).map(|h| h.unit_price);
         if let (Some(price), Some(held_at)) = (price, held_at)
             && *price != held_at
         {

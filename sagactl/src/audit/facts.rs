@@ -46,6 +46,20 @@ pub struct Movement {
 /// An order line: SKU, quantity, unit price if priced.
 pub type LineFacts = (String, i64, Option<i64>);
 
+/// One of inventory's holds of an order, and the order's decision row as
+/// the same statement read it (so a hold and its decision are never seen at
+/// two moments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldFacts {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    /// RESERVED, COMMITTED or RELEASED.
+    pub state: String,
+    /// The state of the order's decision (`order_holds`).
+    pub decision: String,
+}
+
 /// An order and what each participant has of it.
 #[derive(Clone, Debug, Default)]
 pub struct OrderFacts {
@@ -58,8 +72,8 @@ pub struct OrderFacts {
     pub lines: Vec<LineFacts>,
     /// Inventory's decision.
     pub stock: Option<String>,
-    /// Inventory's holds: SKU, quantity, unit price.
-    pub holds: Vec<(String, i64, i64)>,
+    /// Inventory's holds of the order, one per SKU.
+    pub holds: Vec<HoldFacts>,
     pub booking: Option<String>,
     pub payment: Option<PaymentFacts>,
     pub ledger: Vec<Movement>,

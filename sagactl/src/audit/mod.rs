@@ -55,7 +55,7 @@ pub enum Check {
     /// order nobody placed.
     ChargesMatchPayments,
     /// An order's holds are its lines (SKU and quantity), at the prices its
-    /// lines record.
+    /// lines record, each in its order's decision's state.
     HoldsMatchOrders,
     /// An order's total is the sum of price x quantity over its lines.
     TotalsMatchPrices,

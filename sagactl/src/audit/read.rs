@@ -12,7 +12,9 @@ use saga_shared::bus::history::{self, Applied, Published};
 use crate::saga::OpenOrder;
 
 use super::Auditor;
-use super::facts::{Movement, OrderFacts, PaymentFacts, SkuFacts, SlotFacts, WalletFacts};
+use super::facts::{
+    HoldFacts, Movement, OrderFacts, PaymentFacts, SkuFacts, SlotFacts, WalletFacts,
+};
 
 /// Orders (and order ids) read at once.
 const PAGE: i64 = 5_000;
@@ -268,15 +270,22 @@ impl Auditor {
                 orders[i].stock = Some(state);
             }
         }
-        let holds: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
-            "SELECT order_id, sku, quantity, unit_price_cents FROM holds WHERE order_id = ANY($1)",
+        let holds: Vec<(Uuid, String, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT h.order_id, h.sku, h.quantity, h.unit_price_cents, h.state, d.state \
+             FROM holds h JOIN order_holds d USING (order_id) WHERE h.order_id = ANY($1)",
         )
         .bind(&ids)
         .fetch_all(&self.inventory)
         .await?;
-        for (id, sku, qty, price) in holds {
+        for (id, sku, quantity, unit_price, state, decision) in holds {
             if let Some(i) = at(&id) {
-                orders[i].holds.push((sku, qty, price));
+                orders[i].holds.push(HoldFacts {
+                    sku,
+                    quantity,
+                    unit_price,
+                    state,
+                    decision,
+                });
             }
         }
         let bookings: Vec<(Uuid, String)> =

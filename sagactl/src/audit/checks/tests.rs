@@ -5,7 +5,9 @@ use inventory_svc::store::cache::{CounterView, HoldView};
 use uuid::Uuid;
 
 use super::*;
-use crate::audit::facts::{Movement, OrderFacts, PaymentFacts, SkuFacts, SlotFacts, WalletFacts};
+use crate::audit::facts::{
+    HoldFacts, Movement, OrderFacts, PaymentFacts, SkuFacts, SlotFacts, WalletFacts,
+};
 use crate::audit::{Check, Violation};
 
 fn sku() -> SkuFacts {
@@ -115,7 +117,13 @@ fn order() -> OrderFacts {
         overdue: false,
         lines: vec![("A".into(), 2, Some(250))],
         stock: Some("COMMITTED".into()),
-        holds: vec![("A".into(), 2, 250)],
+        holds: vec![HoldFacts {
+            sku: "A".into(),
+            quantity: 2,
+            unit_price: 250,
+            state: "COMMITTED".into(),
+            decision: "COMMITTED".into(),
+        }],
         booking: None,
         payment: Some(PaymentFacts {
             state: "CAPTURED".into(),
@@ -153,11 +161,29 @@ fn a_complete_order_passes_and_each_inconsistency_is_named() {
     assert!(checks(&check_order(&failed)).contains(&Check::CancelledCompensated));
 
     let mut more = order();
-    more.holds[0].1 = 3;
+    more.holds[0].quantity = 3;
     assert_eq!(checks(&check_holds(&more)), [Check::HoldsMatchOrders]);
     let mut repriced = order();
-    repriced.holds[0].2 = 200;
+    repriced.holds[0].unit_price = 200;
     assert_eq!(checks(&check_holds(&repriced)), [Check::HoldsMatchOrders]);
+
+    // A hold left open behind its decision: the order was cancelled and
+    // inventory's decision says RELEASED, but the hold still counts in
+    // `reserved` (stock conservation and Redis both agree with it).
+    let mut leaked = order();
+    leaked.state = "CANCELLED".into();
+    leaked.payment.as_mut().unwrap().state = "REFUNDED".into();
+    leaked.ledger.push(Movement {
+        kind: "REFUND".into(),
+        amount: 500,
+        customer: "c".into(),
+    });
+    leaked.stock = Some("RELEASED".into());
+    leaked.holds[0].decision = "RELEASED".into();
+    leaked.holds[0].state = "RESERVED".into();
+    assert_eq!(checks(&check_order(&leaked)), [Check::HoldsMatchOrders]);
+    leaked.holds[0].state = "RELEASED".into();
+    assert_eq!(check_order(&leaked), Vec::new());
 
     let mut total = order();
     total.total = Some(499);
