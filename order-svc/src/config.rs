@@ -50,6 +50,11 @@ pub struct OrderSettings {
     /// Most WatchOrder streams open at once on one instance; more are
     /// answered RESOURCE_EXHAUSTED.
     pub max_watchers: usize,
+    /// Most of those one customer may hold at once (0: no bound of its
+    /// own), so that one customer cannot take them all. Admins and
+    /// services (a storefront watching for its shoppers) have only
+    /// `max_watchers`.
+    pub max_watchers_per_customer: usize,
 }
 
 impl Default for OrderSettings {
@@ -66,6 +71,7 @@ impl Default for OrderSettings {
             admission_refresh_ms: 100,
             watch_poll_ms: 200,
             max_watchers: 1_000,
+            max_watchers_per_customer: 10,
         }
     }
 }

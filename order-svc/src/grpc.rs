@@ -94,7 +94,9 @@ impl From<OrderError> for Status {
                     .insert("grpc-retry-pushback-ms", ms.into());
                 status
             }
-            OrderError::Watch(WatchEnd::Full(_)) => Status::resource_exhausted(e.to_string()),
+            OrderError::Watch(WatchEnd::Full(_) | WatchEnd::YoursFull(_)) => {
+                Status::resource_exhausted(e.to_string())
+            }
             OrderError::Watch(WatchEnd::Stopping) => Status::unavailable(e.to_string()),
             OrderError::Db(ref db) => saga_shared::grpc::database("order database", db),
         }

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use saga_shared::auth::Role;
 use saga_shared::proto::order::v1 as ord;
 use saga_tests::{TestSystem, order_request};
+use sagactl::client::Clients;
 use tonic::Code;
 
 use crate::WAIT;
@@ -196,5 +198,75 @@ async fn a_watch_sends_the_end_even_when_a_clock_went_back() -> anyhow::Result<(
     }
     let resumed = all(watch(&sys, &placed.order_id, last.updated_at).await?).await?;
     assert!(resumed.is_empty(), "{resumed:?}");
+    sys.stop().await
+}
+
+/// One customer cannot take every watch an instance serves: watching its
+/// own order again and again (each watch lasts until the order ends, up to
+/// its deadline) used to leave other customers RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_customer_cannot_take_every_watch() -> anyhow::Result<()> {
+    const MAX: usize = 4;
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.order.order.max_watchers = MAX;
+        cfg.order.order.max_watchers_per_customer = 2;
+        // Orders stay open while the watches are opened.
+        cfg.payment.gateway.latency_ms = 5_000;
+    })
+    .await?;
+    sys.seed_product("G", 100, 10).await?;
+    let (greedy, other) = (
+        sys.clients_as("greedy", Role::Customer)?,
+        sys.clients_as("other", Role::Customer)?,
+    );
+    sys.top_up("greedy", 1_000).await?;
+    sys.top_up("other", 1_000).await?;
+    let mine = greedy
+        .place_order(order_request("greedy", &[("G", 1)], None))
+        .await?;
+    let theirs = other
+        .place_order(order_request("other", &[("G", 1)], None))
+        .await?;
+    let open = |clients: &Clients, id: &str| {
+        let mut client = clients.order.clone();
+        let request = ord::WatchOrderRequest {
+            order_id: id.to_owned(),
+            after: None,
+        };
+        async move { client.watch_order(request).await }
+    };
+    // The greedy customer opens as many watches as it is given.
+    let mut held = Vec::new();
+    let refusal = loop {
+        match open(&greedy, &mine.order_id).await {
+            Ok(stream) => held.push(stream),
+            Err(status) => break status,
+        }
+        assert!(held.len() <= MAX, "more watches than the instance serves");
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert_eq!(held.len(), 2, "the customer's own bound");
+    assert!(
+        refusal.message().contains("you are watching 2"),
+        "{refusal:?}"
+    );
+    // The other customer is still served.
+    let mut served = open(&other, &theirs.order_id)
+        .await
+        .map_err(|s| anyhow::anyhow!("the other customer was refused: {s:?}"))?
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, served.next())
+        .await?
+        .expect("a first message")?;
+    assert_eq!(first.order.expect("an order").order_id, theirs.order_id);
+    // One of the greedy customer's watches ends: it may open another.
+    held.pop();
+    let again = saga_tests::wait::poll_until("a share given back", WAIT, || {
+        let open = &open;
+        let (greedy, id) = (&greedy, mine.order_id.clone());
+        async move { Ok(open(greedy, &id).await.ok()) }
+    })
+    .await?;
+    drop((held, again));
     sys.stop().await
 }

@@ -75,6 +75,7 @@ impl Orders {
         );
         let watchers = Watchers::new(
             settings.max_watchers,
+            settings.max_watchers_per_customer,
             Duration::from_millis(settings.watch_poll_ms.max(10)),
             stopping,
         );

@@ -9,11 +9,13 @@
 //! database rather than listening in this process means a change made by any
 //! instance is seen.
 //!
-//! Watches are bounded (`max_watchers` per instance, RESOURCE_EXHAUSTED
+//! Watches are bounded (`max_watchers` per instance, and
+//! `max_watchers_per_customer` for each customer, RESOURCE_EXHAUSTED
 //! beyond) and end when the service shuts down (UNAVAILABLE: resume
 //! elsewhere).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,17 +31,64 @@ use crate::domain::Order;
 pub struct Watchers {
     permits: Arc<Semaphore>,
     max: usize,
+    /// Watches each customer holds now (none listed holds none).
+    per_customer: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_customer: usize,
     poll: Duration,
     stopping: CancellationToken,
 }
 
 impl Watchers {
-    pub fn new(max: usize, poll: Duration, stopping: CancellationToken) -> Self {
+    pub fn new(
+        max: usize,
+        max_per_customer: usize,
+        poll: Duration,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            per_customer: Arc::default(),
+            max_per_customer,
             poll,
             stopping,
+        }
+    }
+
+    /// A customer's share of the watches, if it has one left.
+    fn share(&self, customer: &str) -> Result<Share> {
+        let mut held = self.per_customer.lock().expect("watch counts");
+        let count = held.entry(customer.to_owned()).or_default();
+        if self.max_per_customer > 0 && *count >= self.max_per_customer {
+            if *count == 0 {
+                held.remove(customer);
+            }
+            return Err(OrderError::Watch(WatchEnd::YoursFull(
+                self.max_per_customer,
+            )));
+        }
+        *count += 1;
+        Ok(Share {
+            counts: self.per_customer.clone(),
+            customer: customer.to_owned(),
+        })
+    }
+}
+
+/// One of a customer's watches; given back when the watch ends.
+struct Share {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    customer: String,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().expect("watch counts");
+        if let Some(count) = held.get_mut(&self.customer) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.customer);
+            }
         }
     }
 }
@@ -49,6 +98,10 @@ impl Watchers {
 pub enum WatchEnd {
     #[error("{0} orders are being watched on this instance, the most it serves; retry later")]
     Full(usize),
+    #[error(
+        "you are watching {0} orders on this instance, the most one customer may; end one first"
+    )]
+    YoursFull(usize),
     #[error("the service is shutting down; watch again (with `after`) to resume")]
     Stopping,
 }
@@ -60,6 +113,7 @@ struct Follow {
     last: Option<DateTime<Utc>>,
     done: bool,
     _permit: OwnedSemaphorePermit,
+    _share: Option<Share>,
 }
 
 impl Orders {
@@ -73,6 +127,7 @@ impl Orders {
         after: Option<DateTime<Utc>>,
     ) -> Result<BoxStream<'static, Result<Order>>> {
         let watchers = &self.watchers;
+        let share = owner.as_deref().map(|c| watchers.share(c)).transpose()?;
         let permit = watchers
             .permits
             .clone()
@@ -87,6 +142,7 @@ impl Orders {
             last: after,
             done: false,
             _permit: permit,
+            _share: share,
         };
         Ok(Box::pin(futures::stream::unfold(follow, next)))
     }
