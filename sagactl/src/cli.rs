@@ -228,6 +228,12 @@ pub enum DlqCmd {
         /// Every dead letter.
         #[arg(long, conflicts_with = "seqs")]
         all: bool,
+        /// Send back even a letter whose event some consumer's inbox may
+        /// have forgotten (purged past retention): that consumer would apply
+        /// it again. Without it, the services' databases (as configured:
+        /// `<SVC>__DATABASE__URL`) are read to check.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -7,13 +7,22 @@
 //! stream sees it again; those that handled it already skip it (their inbox
 //! has the event id); the one that failed handles it. It is removed from the
 //! DLQ once JetStream has acknowledged the republish.
+//!
+//! That holds only while those inboxes remember the event: a letter older
+//! than the inboxes' retention would be applied again by a consumer that
+//! purged its row. So a redrive first reads each other consumer's inbox
+//! horizon ([`Inboxes`]) and refuses such a letter unless forced.
 
 use anyhow::Context;
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use saga_shared::bus::dlq::headers as dlq_headers;
-use saga_shared::bus::{Namespace, SagaEvent};
+use saga_shared::bus::envelope::headers as event_headers;
+use saga_shared::bus::{Namespace, SagaEvent, retention};
+
+use crate::replay::{SERVICES, service_pool};
+use crate::system::SystemConfig;
 
 /// One dead letter.
 #[derive(Clone, Debug)]
@@ -116,19 +125,104 @@ pub async fn get(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::R
     Ok(DeadLetter::from_stored(msg))
 }
 
+/// The inboxes of the services, read before a redrive: which of them may
+/// have forgotten a letter's event.
+pub struct Inboxes {
+    pools: Vec<(&'static str, sqlx::PgPool)>,
+}
+
+impl Inboxes {
+    /// Connects to each service's database, as configured.
+    pub async fn open(cfg: &SystemConfig) -> anyhow::Result<Self> {
+        let mut pools = Vec::new();
+        for c in &SERVICES {
+            pools.push((c.service, service_pool(cfg, c).await?));
+        }
+        Ok(Self { pools })
+    }
+
+    /// The consumers, other than the one that failed, whose inbox may have
+    /// forgotten the letter's event (purged it past retention).
+    pub async fn forgetting(
+        &self,
+        ns: &Namespace,
+        letter: &DeadLetter,
+    ) -> anyhow::Result<Vec<String>> {
+        // No event id: no inbox could have recorded it.
+        let Some(id) = letter.headers.get(event_headers::EVENT_ID) else {
+            return Ok(Vec::new());
+        };
+        let minted = id.as_str().parse().ok().and_then(retention::minted_at);
+        let seq = letter.stream_seq.parse().unwrap_or(0);
+        let mut out = Vec::new();
+        for (service, pool) in &self.pools {
+            let consumes = SERVICES.iter().find(|c| c.service == *service);
+            let reads = consumes
+                .is_some_and(|c| c.input.iter().any(|kind| ns.stream(*kind) == letter.stream));
+            if !reads || *service == letter.consumer {
+                continue;
+            }
+            let horizon = retention::horizon(pool, service, &letter.stream)
+                .await
+                .with_context(|| format!("reading {service}'s inbox horizon"))?;
+            if let Some(h) = horizon
+                && h.may_have_forgotten(seq, minted)
+            {
+                out.push(format!(
+                    "{service} (its inbox forgot {} up to #{} and what it applied before {})",
+                    letter.stream, h.seq, h.purged_before
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn close(self) {
+        for (_, pool) in self.pools {
+            pool.close().await;
+        }
+    }
+}
+
+/// What a redrive checks first.
+pub enum Guard<'a> {
+    /// Refuse a letter that some inbox may have forgotten.
+    Inboxes(&'a Inboxes),
+    /// Send it back anyway (`--force`): the operator has made sure the
+    /// consumers that applied it will not apply it again.
+    Force,
+}
+
 /// Sends a dead letter back to its original subject and removes it from the
-/// DLQ. Returns the subject it went to. Safe to run again, or twice at once:
+/// DLQ, unless `guard` finds a consumer whose inbox may have forgotten it.
+/// Returns the subject it went to. Safe to run again, or twice at once:
 /// the republication's message id is the letter's own, so JetStream keeps
 /// one copy (within the stream's duplicate window; past it, the consumers'
 /// inboxes know the event by its id), and a letter that another run removed
 /// meanwhile is a redrive done.
-pub async fn redrive(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::Result<String> {
+pub async fn redrive(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    seq: u64,
+    guard: Guard<'_>,
+) -> anyhow::Result<String> {
     let letter = get(js, ns, seq).await?;
     if ns.event_type_of(&letter.subject).is_none() {
         anyhow::bail!(
             "dead letter {seq} came from {:?}, not an event subject of {ns}",
             letter.subject
         );
+    }
+    if let Guard::Inboxes(inboxes) = guard {
+        let forgetting = inboxes.forgetting(ns, &letter).await?;
+        if !forgetting.is_empty() {
+            anyhow::bail!(
+                "dead letter {seq} not sent back: its event may be applied again by {}, \
+                 whose inbox no longer remembers events that old. Pass --force once you have \
+                 made sure they will not apply it twice.",
+                forgetting.join(", ")
+            );
+        }
     }
     let mut headers = async_nats::HeaderMap::new();
     for (name, values) in letter.headers.iter() {

@@ -90,7 +90,7 @@ pub struct Standing {
 }
 
 /// The database of service `c` (migrated, so the bus tables exist).
-async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::PgPool> {
+pub(crate) async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::PgPool> {
     let (database, migrations): (_, &Migrator) = match c.service {
         "order-svc" => (&cfg.order.database, &order_svc::MIGRATIONS),
         "inventory-svc" => (&cfg.inventory.database, &inventory_svc::MIGRATIONS),

@@ -74,7 +74,15 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_bound_and_redriv
 
     // The operator lifts the cause and sends the event back.
     sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
-    dlq::redrive(&sys.js, &sys.namespace(), letter.seq).await?;
+    let inboxes = dlq::Inboxes::open(&sys.config).await?;
+    dlq::redrive(
+        &sys.js,
+        &sys.namespace(),
+        letter.seq,
+        dlq::Guard::Inboxes(&inboxes),
+    )
+    .await?;
+    inboxes.close().await;
     let done = sys.wait_terminal(&stuck.order_id, WAIT).await?;
     assert_eq!(state(&done), OrderState::Confirmed);
     assert!(
@@ -114,10 +122,12 @@ async fn a_letter_redriven_twice_at_once_goes_back_once() -> anyhow::Result<()> 
     sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
 
     let ns = sys.namespace();
+    let inboxes = dlq::Inboxes::open(&sys.config).await?;
     let (first, second) = tokio::join!(
-        dlq::redrive(&sys.js, &ns, seq),
-        dlq::redrive(&sys.js, &ns, seq)
+        dlq::redrive(&sys.js, &ns, seq, dlq::Guard::Inboxes(&inboxes)),
+        dlq::redrive(&sys.js, &ns, seq, dlq::Guard::Force)
     );
+    inboxes.close().await;
     let placed = ns.subject(EventType::OrderPlaced);
     assert_eq!(first?, placed);
     assert_eq!(second?, placed);
@@ -141,6 +151,90 @@ async fn a_letter_redriven_twice_at_once_goes_back_once() -> anyhow::Result<()> 
         vec![(placed.clone(), 2)],
         "the order's orders.placed and one redriven copy"
     );
+    sys.stop().await
+}
+
+/// A letter whose event another consumer applied, and whose inbox row
+/// that consumer has since purged (past retention), is not sent back
+/// unless forced: the consumer would no longer know it applied the event,
+/// and would apply it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_some_inbox_has_forgotten_is_not_redriven_unless_forced() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    sys.seed_product("POISON", 100, 10).await?;
+    sys.top_up("rex", 10_000).await?;
+    let slot = sys.create_slot("forgotten", 5).await?.slot_id;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    // reservation-svc holds the slot (it applies the orders.placed);
+    // inventory-svc dead-letters it.
+    let placed = sys
+        .place(order_request("rex", &[("POISON", 1)], Some(&slot)))
+        .await?;
+    eventually("the failing event to reach the DLQ", WAIT, || async {
+        Ok(dead_letters(&sys).await?.len() == 1)
+    })
+    .await?;
+    let letter = dead_letters(&sys).await?.remove(0);
+    let event_id: Uuid = letter
+        .headers
+        .get("Saga-Event-Id")
+        .expect("an event id")
+        .as_str()
+        .parse()?;
+    let reservation = saga_shared::db::connect(
+        &sys.config.reservation.database,
+        &reservation_svc::MIGRATIONS,
+    )
+    .await?;
+    let applied = |pool: sqlx::PgPool| async move {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_one(&pool)
+                .await?;
+        anyhow::Ok(n)
+    };
+    eventually("reservation-svc to apply the event", WAIT, || {
+        let pool = reservation.clone();
+        async move { Ok(applied(pool).await? == 1) }
+    })
+    .await?;
+    // Time passes: reservation-svc's inbox forgets everything it applied.
+    let purged = saga_shared::bus::retention::purge(&reservation, Duration::ZERO).await?;
+    assert!(purged.inbox >= 1, "{purged:?}");
+    sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
+
+    let inboxes = dlq::Inboxes::open(&sys.config).await?;
+    let refused = dlq::redrive(
+        &sys.js,
+        &sys.namespace(),
+        letter.seq,
+        dlq::Guard::Inboxes(&inboxes),
+    )
+    .await
+    .expect_err("a letter reservation-svc's inbox has forgotten");
+    inboxes.close().await;
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains("reservation-svc") && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(dead_letters(&sys).await?.len(), 1, "the letter stays");
+    assert_eq!(applied(reservation.clone()).await?, 0, "not applied again");
+
+    // Forced, it goes back: inventory-svc applies it, and the saga ends.
+    dlq::redrive(&sys.js, &sys.namespace(), letter.seq, dlq::Guard::Force).await?;
+    assert!(
+        dead_letters(&sys).await?.is_empty(),
+        "the letter left the DLQ"
+    );
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    reservation.close().await;
     sys.stop().await
 }
 

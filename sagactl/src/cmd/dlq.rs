@@ -58,7 +58,7 @@ pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> any
                 Err(e) => println!("  body ({} bytes) does not decode: {e}", l.payload.len()),
             }
         }
-        DlqCmd::Redrive { seqs, all } => {
+        DlqCmd::Redrive { seqs, all, force } => {
             let seqs = if all {
                 dlq::list(&js, &ns)
                     .await?
@@ -71,9 +71,26 @@ pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> any
             if seqs.is_empty() {
                 bail!("name the dead letters to redrive (see `sagactl dlq list`), or --all");
             }
+            let inboxes = if force {
+                None
+            } else {
+                let cfg = crate::system::SystemConfig::from_env()?;
+                Some(
+                    dlq::Inboxes::open(&cfg)
+                        .await
+                        .context("reading the services' inboxes (or pass --force)")?,
+                )
+            };
             for seq in seqs {
-                let subject = dlq::redrive(&js, &ns, seq).await?;
+                let guard = match &inboxes {
+                    Some(inboxes) => dlq::Guard::Inboxes(inboxes),
+                    None => dlq::Guard::Force,
+                };
+                let subject = dlq::redrive(&js, &ns, seq, guard).await?;
                 println!("  #{seq} sent back to {subject}");
+            }
+            if let Some(inboxes) = inboxes {
+                inboxes.close().await;
             }
         }
     }

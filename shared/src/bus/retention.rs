@@ -190,6 +190,33 @@ pub struct Horizon {
     pub purged_before: DateTime<Utc>,
 }
 
+/// How far apart the clock that stamps an event id (a service's) and the
+/// one that stamps inbox rows (Postgres's) may be, for [`Horizon::may_have_forgotten`].
+pub const CLOCK_SLACK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+impl Horizon {
+    /// Whether the inbox may have forgotten an event stored at stream
+    /// sequence `seq`, whose id was minted at `minted` (a UUIDv7's time;
+    /// None if the id carries none). An inbox row is written after its event
+    /// is minted, so it is gone only if rows that young were purged; and a
+    /// sequence at or below the horizon was forgotten, whatever its time.
+    pub fn may_have_forgotten(&self, seq: u64, minted: Option<DateTime<Utc>>) -> bool {
+        match minted {
+            Some(at) => self.seq >= seq || self.purged_before > at - CLOCK_SLACK,
+            None => true,
+        }
+    }
+}
+
+/// When the UUIDv7 `id` was minted (None for ids of other versions).
+pub fn minted_at(id: uuid::Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
 /// What `consumer`'s inbox forgot of `stream` (None: nothing yet).
 pub async fn horizon(pool: &PgPool, consumer: &str, stream: &str) -> sqlx::Result<Option<Horizon>> {
     let row: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
@@ -251,6 +278,35 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_is_forgotten_if_its_sequence_or_its_time_was_purged() {
+        let now = Utc::now();
+        let h = Horizon {
+            seq: 100,
+            purged_before: now - chrono::TimeDelta::days(8),
+        };
+        let young = Some(now - chrono::TimeDelta::days(1));
+        assert!(!h.may_have_forgotten(101, young), "past both");
+        assert!(
+            h.may_have_forgotten(100, young),
+            "at the horizon's sequence"
+        );
+        let old = Some(now - chrono::TimeDelta::days(9));
+        assert!(h.may_have_forgotten(500, old), "minted before the cut");
+        let near = Some(now - chrono::TimeDelta::days(8) + chrono::TimeDelta::minutes(30));
+        assert!(h.may_have_forgotten(500, near), "within the clocks' slack");
+        assert!(h.may_have_forgotten(500, None), "no time to go by");
+    }
+
+    #[test]
+    fn a_uuid_v7_tells_when_it_was_minted() {
+        let before = Utc::now() - chrono::TimeDelta::milliseconds(1);
+        let at = minted_at(uuid::Uuid::now_v7()).expect("a v7 id has a time");
+        assert!(at >= before && at <= Utc::now(), "{at}");
+        assert_eq!(minted_at(uuid::Uuid::new_v4()), None);
+        assert_eq!(minted_at(uuid::Uuid::nil()), None);
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 
