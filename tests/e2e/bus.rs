@@ -285,3 +285,31 @@ async fn outbox_rows_held_back_in_a_batch_are_written_at_the_flush_in_enqueue_or
     tx.rollback().await?;
     sys.stop().await
 }
+
+/// Outbox rows of an event type this build does not know (written by a
+/// newer build before a rollback) stay in the outbox for a build that knows
+/// them, and do not hold back the rows behind them. A relay batch used to
+/// take the oldest rows whatever their type, so a batch's worth of them
+/// stopped every publication of the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_of_an_unknown_event_type_do_not_hold_back_the_rest() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| cfg.order.bus.relay_batch_size = 8).await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("una", 1_000).await?;
+    sqlx::query(
+        "INSERT INTO orders.outbox (event_id, event_type, payload) \
+         SELECT gen_random_uuid(), 'orders.future', '\\x00' FROM generate_series(1, 20)",
+    )
+    .execute(&sys.db)
+    .await?;
+    let placed = sys.place(order_request("una", &[("A", 1)], None)).await?;
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders.outbox WHERE published_at IS NULL AND event_type = 'orders.future'",
+    )
+    .fetch_one(&sys.db)
+    .await?;
+    assert_eq!(left, 20, "kept for a build that knows them");
+    sys.stop().await
+}
