@@ -372,16 +372,37 @@ impl ServiceToken {
         }
         let token = match &self.source {
             Source::Mint(minter, service) => minter.mint(service, Role::Service, MINTED_TTL)?,
-            Source::File(file) => std::fs::read_to_string(file)
-                .map_err(|e| {
-                    AuthError::Config(format!("service_token_file: {}: {e}", file.display()))
-                })?
-                .trim()
-                .to_owned(),
+            Source::File(file) => match read_token_file(file) {
+                Ok(token) => token,
+                // Caught mid-rewrite (or briefly gone): the last token read
+                // is sent until the file has one again.
+                // It is read again a second later, not at every call.
+                Err(e) => match cached.as_mut() {
+                    Some((last, at)) => {
+                        tracing::warn!(error = %e, "service token file unreadable; sending the last token read");
+                        *at = Instant::now()
+                            .checked_sub(REREAD_AFTER.saturating_sub(Duration::from_secs(1)))
+                            .unwrap_or_else(Instant::now);
+                        return Ok(Some(last.clone()));
+                    }
+                    None => return Err(e),
+                },
+            },
             Source::None | Source::Fixed(_) => unreachable!("answered above"),
         };
         *cached = Some((token.clone(), Instant::now()));
         Ok(Some(token))
+    }
+}
+
+/// The token in `file`, which must hold one.
+fn read_token_file(file: &std::path::Path) -> Result<String, AuthError> {
+    let error =
+        |why: String| AuthError::Config(format!("service_token_file: {}: {why}", file.display()));
+    let text = std::fs::read_to_string(file).map_err(|e| error(e.to_string()))?;
+    match text.trim() {
+        "" => Err(error("is empty".into())),
+        token => Ok(token.to_owned()),
     }
 }
 
@@ -538,5 +559,52 @@ mod tests {
         };
         let err = ServiceToken::from_config("order-svc", &public_only).unwrap_err();
         assert!(err.to_string().contains("service_token_file"), "{err}");
+    }
+
+    /// A token file caught empty or missing mid-rewrite (a rotation that
+    /// truncates, then writes) does not stop the service's calls: the last
+    /// token read goes on being sent until the file has one again. An empty
+    /// read used to be cached, and sent, for a minute.
+    #[test]
+    fn a_token_file_caught_mid_rewrite_keeps_the_last_token() {
+        let dir = std::env::temp_dir().join(format!("token-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        let cfg = AuthConfig {
+            service_token_file: Some(file.clone()),
+            ..AuthConfig::default()
+        };
+        let token = ServiceToken::from_config("order-svc", &cfg).unwrap();
+        let stale = || {
+            let mut cached = token.cached.lock().unwrap();
+            if let Some((_, at)) = cached.as_mut() {
+                *at = Instant::now().checked_sub(REREAD_AFTER * 2).unwrap();
+            }
+        };
+        // Nothing read yet: an empty or missing file is an error naming it.
+        std::fs::write(&file, "").unwrap();
+        let empty = token.current().unwrap_err().to_string();
+        assert!(
+            empty.contains("service_token_file") && empty.contains("empty"),
+            "{empty}"
+        );
+        std::fs::write(&file, "tok-1\n").unwrap();
+        assert_eq!(token.current().unwrap().as_deref(), Some("tok-1"));
+        for mid_rewrite in [Some(""), Some("  \n"), None] {
+            match mid_rewrite {
+                Some(text) => std::fs::write(&file, text).unwrap(),
+                None => std::fs::remove_file(&file).unwrap(),
+            }
+            stale();
+            assert_eq!(
+                token.current().unwrap().as_deref(),
+                Some("tok-1"),
+                "{mid_rewrite:?}"
+            );
+        }
+        std::fs::write(&file, "tok-2").unwrap();
+        stale();
+        assert_eq!(token.current().unwrap().as_deref(), Some("tok-2"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
