@@ -3,7 +3,7 @@
 //! `INVENTORY_SVC_CONFIG`. The sections every service has come from
 //! [`saga_shared::service_config!`].
 
-use saga_shared::config::{RedisConfig, RepairConfig};
+use saga_shared::config::{Bounds, ConfigError, DAY_MS, DAY_SECS, RedisConfig, RepairConfig};
 use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,45 @@ saga_shared::service_config! {
     }
 }
 
-impl Check for InventoryConfig {}
+impl Check for InventoryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let i = &self.inventory;
+        // Redis expiries and the reconciler's clock arithmetic take these.
+        Bounds::new()
+            .check("inventory.max_lines", i.max_lines, 1, 10_000)
+            .check(
+                "inventory.tombstone_ttl_secs",
+                i.tombstone_ttl_secs,
+                1,
+                365 * DAY_SECS,
+            )
+            .check(
+                "inventory.orphan_grace_secs",
+                i.orphan_grace_secs,
+                0,
+                30 * DAY_SECS,
+            )
+            .check(
+                "inventory.closed_window_secs",
+                i.closed_window_secs,
+                0,
+                365 * DAY_SECS,
+            )
+            .check(
+                "inventory.probe_interval_ms",
+                i.probe_interval_ms,
+                0,
+                DAY_MS,
+            )
+            .check(
+                "inventory.reconcile_interval_ms",
+                i.reconcile_interval_ms,
+                0,
+                DAY_MS,
+            )
+            .done()
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -71,5 +109,45 @@ impl Default for InventorySettings {
             probe_interval_ms: 500,
             reconcile_interval_ms: 30_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations the service turns into Redis expiries and clock
+    /// arithmetic are refused at start, by name, beyond what those take.
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        type Set = fn(&mut InventoryConfig);
+        let cases: [(&str, Set); 4] = [
+            ("inventory.tombstone_ttl_secs", |c| {
+                c.inventory.tombstone_ttl_secs = u64::MAX;
+            }),
+            ("inventory.orphan_grace_secs", |c| {
+                c.inventory.orphan_grace_secs = u64::MAX;
+            }),
+            ("inventory.closed_window_secs", |c| {
+                c.inventory.closed_window_secs = u64::MAX;
+            }),
+            ("inventory.max_lines", |c| {
+                c.inventory.max_lines = 0;
+            }),
+        ];
+        for (field, set) in cases {
+            let mut cfg = InventoryConfig::default();
+            set(&mut cfg);
+            match cfg.check() {
+                Err(ConfigError::Invalid {
+                    field: named,
+                    message,
+                }) => {
+                    assert_eq!(named, field, "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(InventoryConfig::default().check().is_ok());
     }
 }

@@ -3,8 +3,13 @@
 //! named by `ORDER_SVC_CONFIG`. The sections every service has come from
 //! [`saga_shared::service_config!`].
 
+use saga_shared::config::{Bounds, ConfigError, DAY_MS, DAY_SECS};
 use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
+
+/// The most SKUs inventory's ListStock answers for at once: the catalog
+/// check asks about an order's SKUs in one call.
+pub const MAX_LINES_BOUND: usize = 500;
 
 saga_shared::service_config! {
     pub struct OrderConfig {
@@ -19,7 +24,31 @@ saga_shared::service_config! {
     }
 }
 
-impl Check for OrderConfig {}
+impl Check for OrderConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let o = &self.order;
+        Bounds::new()
+            .check("order.max_lines", o.max_lines, 1, MAX_LINES_BOUND as i128)
+            .check("order.max_quantity", o.max_quantity, 1, 1_000_000)
+            // A year: the deadline is added to the time of each order.
+            .check("order.deadline_secs", o.deadline_secs, 1, 365 * DAY_SECS)
+            .check("order.sweep_interval_ms", o.sweep_interval_ms, 0, DAY_MS)
+            .check(
+                "order.catalog_cache_secs",
+                o.catalog_cache_secs,
+                0,
+                DAY_SECS,
+            )
+            .check(
+                "order.admission_refresh_ms",
+                o.admission_refresh_ms,
+                0,
+                DAY_MS,
+            )
+            .check("order.watch_poll_ms", o.watch_poll_ms, 0, DAY_MS)
+            .done()
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,5 +102,51 @@ impl Default for OrderSettings {
             max_watchers: 1_000,
             max_watchers_per_customer: 10,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings PlaceOrder would overflow on, or that other services
+    /// cannot serve, are refused at start by name. A deadline of
+    /// u64::MAX / 2 seconds used to be taken, and every PlaceOrder panicked
+    /// adding it to the time; more lines than inventory's ListStock answers
+    /// for at once (500) made every such order's catalog check UNAVAILABLE.
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        type Set = fn(&mut OrderConfig);
+        let cases: [(&str, Set); 5] = [
+            ("order.deadline_secs", |c| {
+                c.order.deadline_secs = u64::MAX / 2;
+            }),
+            ("order.max_lines", |c| {
+                c.order.max_lines = 600;
+            }),
+            ("order.max_lines", |c| {
+                c.order.max_lines = 0;
+            }),
+            ("order.max_quantity", |c| {
+                c.order.max_quantity = 0;
+            }),
+            ("order.watch_poll_ms", |c| {
+                c.order.watch_poll_ms = u64::MAX;
+            }),
+        ];
+        for (field, set) in cases {
+            let mut cfg = OrderConfig::default();
+            set(&mut cfg);
+            match cfg.check() {
+                Err(ConfigError::Invalid {
+                    field: named,
+                    message,
+                }) => {
+                    assert_eq!(named, field, "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(OrderConfig::default().check().is_ok());
     }
 }

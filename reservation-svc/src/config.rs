@@ -3,7 +3,7 @@
 //! optional TOML file is named by `RESERVATION_SVC_CONFIG`. The sections
 //! every service has come from [`saga_shared::service_config!`].
 
-use saga_shared::config::{RedisConfig, RepairConfig};
+use saga_shared::config::{Bounds, ConfigError, DAY_MS, RedisConfig, RepairConfig};
 use saga_shared::service::Check;
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,16 @@ saga_shared::service_config! {
     }
 }
 
-impl Check for ReservationConfig {}
+impl Check for ReservationConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let r = &self.reservation;
+        // The lock's lifetime goes to Redis (PX), its wait to a timer.
+        Bounds::new()
+            .check("reservation.lock_ttl_ms", r.lock_ttl_ms, 1, DAY_MS)
+            .check("reservation.lock_wait_ms", r.lock_wait_ms, 0, DAY_MS)
+            .done()
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,5 +52,42 @@ impl Default for ReservationSettings {
             lock_ttl_ms: 2_000,
             lock_wait_ms: 500,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot lock's times go to Redis (PX) and to a timer: values beyond
+    /// what they take are refused at start, by name.
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        type Set = fn(&mut ReservationConfig);
+        let cases: [(&str, Set); 3] = [
+            ("reservation.lock_ttl_ms", |c| {
+                c.reservation.lock_ttl_ms = u64::MAX;
+            }),
+            ("reservation.lock_ttl_ms", |c| {
+                c.reservation.lock_ttl_ms = 0;
+            }),
+            ("reservation.lock_wait_ms", |c| {
+                c.reservation.lock_wait_ms = u64::MAX;
+            }),
+        ];
+        for (field, set) in cases {
+            let mut cfg = ReservationConfig::default();
+            set(&mut cfg);
+            match cfg.check() {
+                Err(ConfigError::Invalid {
+                    field: named,
+                    message,
+                }) => {
+                    assert_eq!(named, field, "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(ReservationConfig::default().check().is_ok());
     }
 }

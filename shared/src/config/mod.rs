@@ -378,73 +378,70 @@ impl BusConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        const DAY_SECS: u128 = 86_400;
         // Upper bounds keep every product the bus computes (max ack pending,
         // a lease plus its margin, a delay times three) in range, and what
         // it hands Postgres and NATS within what they take: a lease goes to
         // Postgres in milliseconds as an int4.
-        let ranges: [(&str, u128, u128, u128); 10] = [
-            ("bus.batch_size", self.batch_size as u128, 1, 1_000),
-            ("bus.concurrency", self.concurrency as u128, 1, 1_000),
-            ("bus.fetch_size", self.fetch_size as u128, 1, 10_000),
-            (
-                "bus.max_deliver",
-                self.max_deliver.max(0) as u128,
-                1,
-                i64::MAX as u128,
-            ),
-            (
-                "bus.relay_batch_size",
-                self.relay_batch_size.max(0) as u128,
-                1,
-                10_000,
-            ),
-            (
-                "bus.ack_wait_secs",
-                u128::from(self.ack_wait_secs),
-                1,
-                DAY_SECS,
-            ),
-            (
-                "bus.nak_base_delay_ms",
-                u128::from(self.nak_base_delay_ms),
-                0,
-                DAY_SECS * 1_000,
-            ),
-            (
-                "bus.nak_max_delay_ms",
-                u128::from(self.nak_max_delay_ms),
-                0,
-                DAY_SECS * 1_000,
-            ),
-            (
-                "bus.relay_poll_ms",
-                u128::from(self.relay_poll_ms),
-                0,
-                DAY_SECS * 1_000,
-            ),
+        Bounds::new()
+            .check("bus.batch_size", self.batch_size, 1, 1_000)
+            .check("bus.concurrency", self.concurrency, 1, 1_000)
+            .check("bus.fetch_size", self.fetch_size, 1, 10_000)
+            .check("bus.max_deliver", self.max_deliver, 1, i64::MAX)
+            .check("bus.relay_batch_size", self.relay_batch_size, 1, 10_000)
+            .check("bus.ack_wait_secs", self.ack_wait_secs, 1, DAY_SECS)
+            .check("bus.nak_base_delay_ms", self.nak_base_delay_ms, 0, DAY_MS)
+            .check("bus.nak_max_delay_ms", self.nak_max_delay_ms, 0, DAY_MS)
+            .check("bus.relay_poll_ms", self.relay_poll_ms, 0, DAY_MS)
             // 0 counts as 1 (as it always has).
-            (
-                "bus.relay_lease_secs",
-                u128::from(self.relay_lease_secs),
-                0,
-                DAY_SECS,
-            ),
-        ];
-        for (field, value, min, max) in ranges {
-            if !(min..=max).contains(&value) {
-                let shown = match field {
-                    "bus.max_deliver" => self.max_deliver.to_string(),
-                    "bus.relay_batch_size" => self.relay_batch_size.to_string(),
-                    _ => value.to_string(),
-                };
-                return Err(ConfigError::Invalid {
+            .check("bus.relay_lease_secs", self.relay_lease_secs, 0, DAY_SECS)
+            .done()
+    }
+}
+
+/// A day, in seconds and in milliseconds: the usual upper bound of a
+/// duration setting.
+pub const DAY_SECS: u64 = 86_400;
+pub const DAY_MS: u64 = DAY_SECS * 1_000;
+
+/// Range checks of numeric settings, in order; the first setting out of
+/// its range is the error, named, with its range and the value given.
+#[derive(Debug, Default)]
+#[must_use = "call done() for the result"]
+pub struct Bounds {
+    first_error: Option<ConfigError>,
+}
+
+impl Bounds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `field` (as in the configuration, e.g. `bus.batch_size`) must be in
+    /// `min..=max`.
+    pub fn check<T: Into<i128>>(
+        mut self,
+        field: &str,
+        value: impl TryInto<i128>,
+        min: T,
+        max: T,
+    ) -> Self {
+        let (min, max) = (min.into(), max.into());
+        if self.first_error.is_none() {
+            let value = value.try_into().ok();
+            if !value.is_some_and(|v| (min..=max).contains(&v)) {
+                let given =
+                    value.map_or_else(|| "a value beyond any range".to_owned(), |v| v.to_string());
+                self.first_error = Some(ConfigError::Invalid {
                     field: field.into(),
-                    message: format!("must be between {min} and {max}, got {shown}"),
+                    message: format!("must be between {min} and {max}, got {given}"),
                 });
             }
         }
-        Ok(())
+        self
+    }
+
+    pub fn done(self) -> Result<(), ConfigError> {
+        self.first_error.map_or(Ok(()), Err)
     }
 }
 
