@@ -185,6 +185,7 @@ impl Inboxes {
 }
 
 /// What a redrive checks first.
+#[derive(Clone, Copy)]
 pub enum Guard<'a> {
     /// Refuse a letter that some inbox may have forgotten.
     Inboxes(&'a Inboxes),
@@ -193,20 +194,60 @@ pub enum Guard<'a> {
     Force,
 }
 
+/// What became of a letter a redrive was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redriven {
+    /// Sent back to this subject, and removed from the DLQ.
+    SentBack(String),
+    /// Not in the DLQ any more, though it was: redriven already (by another
+    /// run, or an earlier one).
+    AlreadyGone,
+}
+
+/// Redrives each of `seqs` in turn, going on past a letter it cannot send
+/// back (refused, unreadable): each letter's outcome, in order.
+pub async fn redrive_all(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    seqs: &[u64],
+    guard: Guard<'_>,
+) -> Vec<(u64, anyhow::Result<Redriven>)> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        out.push((seq, redrive(js, ns, seq, guard).await));
+    }
+    out
+}
+
 /// Sends a dead letter back to its original subject and removes it from the
 /// DLQ, unless `guard` finds a consumer whose inbox may have forgotten it.
-/// Returns the subject it went to. Safe to run again, or twice at once:
-/// the republication's message id is the letter's own, so JetStream keeps
-/// one copy (within the stream's duplicate window; past it, the consumers'
-/// inboxes know the event by its id), and a letter that another run removed
-/// meanwhile is a redrive done.
+/// Safe to run again, or twice at once: the republication's message id is
+/// the letter's own, so JetStream keeps one copy (within the stream's
+/// duplicate window; past it, the consumers' inboxes know the event by its
+/// id), and a letter that another run removed, meanwhile or before, is a
+/// redrive done ([`Redriven::AlreadyGone`]). A sequence the DLQ never
+/// reached is an error.
 pub async fn redrive(
     js: &jetstream::Context,
     ns: &Namespace,
     seq: u64,
     guard: Guard<'_>,
-) -> anyhow::Result<String> {
-    let letter = get(js, ns, seq).await?;
+) -> anyhow::Result<Redriven> {
+    let mut dlq = dlq_stream(js, ns).await?;
+    let Some(stored) = held(&dlq, seq)
+        .await
+        .with_context(|| format!("reading dead letter {seq} of {}", ns.dlq_stream()))?
+    else {
+        let last = dlq.info().await?.state.last_sequence;
+        if seq == 0 || seq > last {
+            anyhow::bail!(
+                "no dead letter {seq} in {}: its letters are numbered 1 to {last}",
+                ns.dlq_stream()
+            );
+        }
+        return Ok(Redriven::AlreadyGone);
+    };
+    let letter = DeadLetter::from_stored(stored);
     if ns.event_type_of(&letter.subject).is_none() {
         anyhow::bail!(
             "dead letter {seq} came from {:?}, not an event subject of {ns}",
@@ -247,7 +288,6 @@ pub async fn redrive(
     .await?
     .await
     .with_context(|| format!("republishing dead letter {seq} to {}", letter.subject))?;
-    let dlq = dlq_stream(js, ns).await?;
     let removed = dlq.delete_message(seq).await;
     if !matches!(removed, Ok(true)) && held(&dlq, seq).await?.is_some() {
         let why = match removed {
@@ -261,5 +301,5 @@ pub async fn redrive(
             ns.dlq_stream()
         );
     }
-    Ok(letter.subject)
+    Ok(Redriven::SentBack(letter.subject))
 }

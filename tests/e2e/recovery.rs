@@ -129,8 +129,18 @@ async fn a_letter_redriven_twice_at_once_goes_back_once() -> anyhow::Result<()> 
     );
     inboxes.close().await;
     let placed = ns.subject(EventType::OrderPlaced);
-    assert_eq!(first?, placed);
-    assert_eq!(second?, placed);
+    let (first, second) = (first?, second?);
+    for outcome in [&first, &second] {
+        assert!(
+            *outcome == dlq::Redriven::SentBack(placed.clone())
+                || *outcome == dlq::Redriven::AlreadyGone,
+            "{outcome:?}"
+        );
+    }
+    assert!(
+        [&first, &second].contains(&&dlq::Redriven::SentBack(placed.clone())),
+        "{first:?} {second:?}"
+    );
     assert!(
         dead_letters(&sys).await?.is_empty(),
         "the letter left the DLQ"
@@ -151,6 +161,71 @@ async fn a_letter_redriven_twice_at_once_goes_back_once() -> anyhow::Result<()> 
         vec![(placed.clone(), 2)],
         "the order's orders.placed and one redriven copy"
     );
+    // Run again later (a second operator, a retried script): the letter is
+    // gone, which is a redrive done, not an error. It used to fail with
+    // "no dead letter".
+    assert_eq!(
+        dlq::redrive(&sys.js, &ns, seq, dlq::Guard::Force).await?,
+        dlq::Redriven::AlreadyGone
+    );
+    sys.stop().await
+}
+
+/// A batch of letters goes on past one that cannot be sent back: the CLI
+/// used to stop at the first error, leaving every letter after it in the
+/// DLQ (and `--all` lists the oldest, likeliest refused, first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_of_several_letters_goes_on_past_one_it_cannot_send_back() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    let ns = sys.namespace();
+    // A letter that is no event (an operator's drill).
+    sys.js
+        .publish(
+            ns.dlq_subject("drill", "X"),
+            bytes::Bytes::from_static(b"?"),
+        )
+        .await?
+        .await?;
+    sys.seed_product("POISON", 100, 10).await?;
+    sys.top_up("sid", 10_000).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    let stuck = sys
+        .place(order_request("sid", &[("POISON", 1)], None))
+        .await?;
+    eventually("the failing event to reach the DLQ", WAIT, || async {
+        Ok(dead_letters(&sys).await?.len() == 2)
+    })
+    .await?;
+    sqlx::query(UNBLOCK_SKU).execute(&sys.db).await?;
+    let seqs: Vec<u64> = dead_letters(&sys).await?.iter().map(|l| l.seq).collect();
+    let (drill, real) = (seqs[0], seqs[1]);
+    let outcomes =
+        dlq::redrive_all(&sys.js, &ns, &[drill, real, real + 10], dlq::Guard::Force).await;
+    let text: Vec<String> = outcomes
+        .iter()
+        .map(|(seq, o)| format!("{seq}: {o:?}"))
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{text:?}");
+    assert!(
+        matches!(&outcomes[0].1, Err(e) if e.to_string().contains("not an event subject")),
+        "{text:?}"
+    );
+    assert!(
+        matches!(&outcomes[1].1, Ok(dlq::Redriven::SentBack(s)) if *s == ns.subject(EventType::OrderPlaced)),
+        "{text:?}"
+    );
+    assert!(
+        matches!(&outcomes[2].1, Err(e) if e.to_string().contains("no dead letter")),
+        "{text:?}"
+    );
+    let done = sys.wait_terminal(&stuck.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    let left: Vec<u64> = dead_letters(&sys).await?.iter().map(|l| l.seq).collect();
+    assert_eq!(left, vec![drill], "only the drill is left");
     sys.stop().await
 }
 

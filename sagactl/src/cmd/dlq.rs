@@ -69,6 +69,10 @@ pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> any
                 seqs
             };
             if seqs.is_empty() {
+                if all {
+                    println!("0 dead letters in {}", ns.dlq_stream());
+                    return Ok(());
+                }
                 bail!("name the dead letters to redrive (see `sagactl dlq list`), or --all");
             }
             let inboxes = if force {
@@ -81,16 +85,31 @@ pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> any
                         .context("reading the services' inboxes (or pass --force)")?,
                 )
             };
-            for seq in seqs {
-                let guard = match &inboxes {
-                    Some(inboxes) => dlq::Guard::Inboxes(inboxes),
-                    None => dlq::Guard::Force,
-                };
-                let subject = dlq::redrive(&js, &ns, seq, guard).await?;
-                println!("  #{seq} sent back to {subject}");
-            }
+            let guard = match &inboxes {
+                Some(inboxes) => dlq::Guard::Inboxes(inboxes),
+                None => dlq::Guard::Force,
+            };
+            let outcomes = dlq::redrive_all(&js, &ns, &seqs, guard).await;
             if let Some(inboxes) = inboxes {
                 inboxes.close().await;
+            }
+            let mut failed = 0;
+            for (seq, outcome) in outcomes {
+                match outcome {
+                    Ok(dlq::Redriven::SentBack(subject)) => {
+                        println!("  #{seq} sent back to {subject}");
+                    }
+                    Ok(dlq::Redriven::AlreadyGone) => {
+                        println!("  #{seq} already redriven (no longer in the DLQ)");
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("  #{seq} NOT sent back: {e:#}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} dead letters were not sent back", seqs.len());
             }
         }
     }
