@@ -248,6 +248,13 @@ pub async fn redrive(
         return Ok(Redriven::AlreadyGone);
     };
     let letter = DeadLetter::from_stored(stored);
+    if let Some(dropped) = letter.headers.get(dlq_headers::BODY_DROPPED) {
+        anyhow::bail!(
+            "dead letter {seq} cannot be sent back: its body ({}) was too big to keep \
+             with the letter, so only its headers are here",
+            dropped.as_str()
+        );
+    }
     if ns.event_type_of(&letter.subject).is_none() {
         anyhow::bail!(
             "dead letter {seq} came from {:?}, not an event subject of {ns}",

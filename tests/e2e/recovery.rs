@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use saga_shared::bus::{EventMeta, EventType, SagaEvent};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use saga_shared::bus::{EventMeta, EventType, SagaEvent, StreamKind};
 use saga_shared::proto::order::v1::{CancelReason, OrderState};
 use saga_tests::servers::NatsServer;
 use saga_tests::{TestSystem, eventually, order_request, reason, state};
@@ -421,6 +423,83 @@ async fn undecodable_events_and_events_without_an_order_are_dead_lettered_at_onc
             ("reservation-svc".to_owned(), true)
         ]
     );
+    sys.stop().await
+}
+
+/// A message its stream took can always be dead-lettered: one that carries
+/// a publish condition for its own stream (`Nats-Expected-Stream`), which
+/// the DLQ stream refuses, or one so close to the server's max payload that
+/// the letter's added headers take it past. Both used to be put back every
+/// 5 s for ever, the DLQ refusing each copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_dlq_would_refuse_as_it_came_is_still_dead_lettered() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let ns = sys.namespace();
+    let subject = ns.subject(EventType::OrderPlaced);
+    let conditional = EventMeta::new(Uuid::now_v7(), None);
+    let mut headers = conditional.to_headers(EventType::OrderPlaced);
+    headers.insert(
+        "Nats-Expected-Stream",
+        ns.stream(StreamKind::Orders).as_str(),
+    );
+    sys.js
+        .publish_with_headers(subject.clone(), headers, vec![0xff].into())
+        .await?
+        .await?;
+    // The biggest body the stream takes with the event's headers: within
+    // 16 bytes of the max payload.
+    let max_payload = sys.js.client().server_info().max_payload;
+    let big = EventMeta::new(Uuid::now_v7(), None);
+    let mut size = max_payload;
+    loop {
+        let message = PublishMessage::build()
+            .payload(vec![0xff; size].into())
+            .headers(big.to_headers(EventType::OrderPlaced));
+        match sys.js.send_publish(subject.clone(), message).await {
+            Ok(ack) => {
+                ack.await?;
+                break;
+            }
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => size -= 16,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    eventually(
+        "inventory and reservation to dead-letter both",
+        WAIT,
+        || async { Ok(dead_letters(&sys).await?.len() == 4) },
+    )
+    .await?;
+    for letter in dead_letters(&sys).await? {
+        let id = letter
+            .headers
+            .get("Saga-Event-Id")
+            .expect("an event id")
+            .as_str()
+            .to_owned();
+        assert!(
+            letter.headers.get("Nats-Expected-Stream").is_none(),
+            "{:?}",
+            letter.headers
+        );
+        if id == big.event_id.to_string() {
+            assert!(letter.payload.is_empty(), "the body is dropped");
+            assert_eq!(
+                letter
+                    .headers
+                    .get("Saga-Dlq-Body-Dropped")
+                    .map(|v| v.as_str().to_owned()),
+                Some(format!("{size} bytes"))
+            );
+            let refused = dlq::redrive(&sys.js, &ns, letter.seq, dlq::Guard::Force)
+                .await
+                .expect_err("a letter without its body");
+            assert!(refused.to_string().contains("body"), "{refused:#}");
+        } else {
+            assert_eq!(id, conditional.event_id.to_string());
+            assert_eq!(letter.payload.as_ref(), &[0xff]);
+        }
+    }
     sys.stop().await
 }
 

@@ -3,6 +3,7 @@
 //! headers and body, to the namespace's DLQ stream with headers saying where
 //! they came from and why, and only then terminated on their consumer.
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 
 use super::Namespace;
@@ -19,6 +20,9 @@ pub mod headers {
     /// `true` on a letter written by a replay (`sagactl replay`), not by
     /// the durable consumer.
     pub const REPLAY: &str = "Saga-Dlq-Replay";
+    /// `<n> bytes` on a letter whose body was too big to keep with the
+    /// letter's headers (the server's max payload): it was dropped.
+    pub const BODY_DROPPED: &str = "Saga-Dlq-Body-Dropped";
 }
 
 /// Where a dead letter came from.
@@ -40,7 +44,12 @@ fn header_safe(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// Copies `msg` to the DLQ and waits for the stream's ack.
+/// Copies `msg` to the DLQ and waits for the stream's ack. The copy keeps
+/// the message's headers but those addressed to the server (`Nats-*`: a
+/// publish condition such as `Nats-Expected-Stream` would make the DLQ
+/// refuse it), and if the letter's headers take it past the server's max
+/// payload, its body is dropped (and said to be), so that every message can
+/// be dead-lettered.
 pub async fn dead_letter(
     js: &jetstream::Context,
     ns: &Namespace,
@@ -48,7 +57,18 @@ pub async fn dead_letter(
     origin: Origin<'_>,
     error: &str,
 ) -> Result<(), async_nats::Error> {
-    let mut h = msg.headers.clone().unwrap_or_default();
+    let mut h = async_nats::HeaderMap::new();
+    if let Some(original) = &msg.headers {
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+                continue;
+            }
+            for value in values {
+                h.append(name, value.as_str());
+            }
+        }
+    }
     // One letter per message and writer (the durable, or a replay) within
     // the DLQ's duplicate window.
     h.insert(
@@ -72,12 +92,24 @@ pub async fn dead_letter(
     h.insert(headers::DELIVERED, origin.delivered.to_string().as_str());
     h.insert(headers::CONSUMER, origin.consumer);
     h.insert(headers::AT, chrono::Utc::now().to_rfc3339().as_str());
-    let message = PublishMessage::build()
+    let subject = ns.dlq_subject(origin.consumer, origin.stream);
+    let whole = PublishMessage::build()
         .payload(msg.payload.clone())
-        .headers(h);
-    js.send_publish(ns.dlq_subject(origin.consumer, origin.stream), message)
-        .await?
-        .await?;
+        .headers(h.clone());
+    let ack = match js.send_publish(subject.clone(), whole).await {
+        Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+            h.insert(
+                headers::BODY_DROPPED,
+                format!("{} bytes", msg.payload.len()).as_str(),
+            );
+            let headers_only = PublishMessage::build()
+                .payload(bytes::Bytes::new())
+                .headers(h);
+            js.send_publish(subject, headers_only).await?
+        }
+        sent => sent?,
+    };
+    ack.await?;
     Ok(())
 }
 
