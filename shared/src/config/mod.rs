@@ -389,8 +389,8 @@ impl BusConfig {
             .check("bus.max_deliver", self.max_deliver, 1, i64::MAX)
             .check("bus.relay_batch_size", self.relay_batch_size, 1, 10_000)
             .check("bus.ack_wait_secs", self.ack_wait_secs, 1, DAY_SECS)
-            .check("bus.nak_base_delay_ms", self.nak_base_delay_ms, 0, DAY_MS)
-            .check("bus.nak_max_delay_ms", self.nak_max_delay_ms, 0, DAY_MS)
+            .check("bus.nak_base_delay_ms", self.nak_base_delay_ms, 1, DAY_MS)
+            .check("bus.nak_max_delay_ms", self.nak_max_delay_ms, 1, DAY_MS)
             .check("bus.relay_poll_ms", self.relay_poll_ms, 0, DAY_MS)
             // 0 counts as 1 (as it always has).
             .check("bus.relay_lease_secs", self.relay_lease_secs, 0, DAY_SECS)
@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn bus_settings_out_of_range_are_refused_by_name() {
         type Set = fn(&mut BusConfig);
-        let cases: [(&str, Set); 10] = [
+        let cases: [(&str, Set); 11] = [
             ("bus.relay_lease_secs", |b| b.relay_lease_secs = 2_200_000),
             ("bus.relay_lease_secs", |b| b.relay_lease_secs = u64::MAX),
             ("bus.max_deliver", |b| b.max_deliver = -3),
@@ -559,6 +559,8 @@ mod tests {
             }),
             ("bus.batch_size", |b| b.batch_size = usize::MAX / 2),
             ("bus.fetch_size", |b| b.fetch_size = 0),
+            // A failing event put back at once, over and over.
+            ("bus.nak_base_delay_ms", |b| b.nak_base_delay_ms = 0),
         ];
         for (field, set) in cases {
             let mut bus = BusConfig::default();
