@@ -8,6 +8,8 @@
 //! - same key while the first call's transaction is still open: the second
 //!   waits on the key's row lock and then gets the stored response (or, if the
 //!   first rolled back, does the work itself). No caller sees a half-done call.
+//!   A call whose work runs transactions of its own ([`around`]) cannot be
+//!   waited for that way: a retry while it runs is `ABORTED`.
 //!
 //! Keys live in Postgres, so a restart or a Redis flush forgets nothing.
 //!
@@ -218,16 +220,25 @@ pub async fn begin<Q: Message, R: Message + Default>(
     replay(key, &hash, &stored_hash, &response).map(Begin::Replay)
 }
 
+/// How long a claimed key with no response yet counts as its call still
+/// running, for [`around`]: a retry within it is `ABORTED`; after it, the
+/// first attempt is taken to have died, and the retry runs the work.
+pub const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A call whose effect is idempotent by an id of its own and runs its own
 /// transactions (direct reservations and slot holds): the key still binds
 /// one request. The first call claims the key with its request's hash (its
 /// own short transaction); a call under the key with another request is
 /// `INVALID_ARGUMENT`; the work runs and its response is stored with the key,
-/// and a retry after that is answered from the store. A call whose first
-/// attempt died before storing its response runs the work again, which the
-/// effect's own id makes harmless. Work that fails did nothing: its claim is
-/// taken back, so the key may be sent again with the request put right (as
-/// [`once`] rolls its key back with its work).
+/// and a retry after that is answered from the store. A retry while the
+/// first attempt still runs (its claim younger than [`IN_FLIGHT`]) is
+/// `ABORTED`, as the plan says: the work would otherwise run twice at once.
+/// A first attempt that died before storing its response (an older claim)
+/// is taken over by the retry, which runs the work again; the effect's own
+/// id makes that harmless. Work that fails did nothing: its own claim is
+/// taken back (not a claim another attempt made since), so the key may be
+/// sent again with the request put right (as [`once`] rolls its key back
+/// with its work).
 pub async fn around<Q, R, F, Fut>(
     pool: &sqlx::PgPool,
     scope: &'static str,
@@ -246,21 +257,27 @@ where
     };
     let db = |e: sqlx::Error| crate::grpc::database(scope, &e);
     let hash = Sha256::digest(request.encode_to_vec()).to_vec();
-    if !claim(pool, scope, &key, &hash).await.map_err(db)? {
-        let (stored_hash, response) = stored(pool, scope, &key).await.map_err(db)?;
-        if stored_hash != hash {
-            return Err(IdempotencyError::Mismatch(as_sent(&key)).into());
+    let claimed_at = match claim_or_take_over(pool, scope, &key, &hash)
+        .await
+        .map_err(db)?
+    {
+        Claim::Ours(at) => at,
+        Claim::Answered(response) => return Ok(replay(key, &hash, &hash, &response)?),
+        Claim::Mismatch => return Err(IdempotencyError::Mismatch(as_sent(&key)).into()),
+        Claim::InFlight => {
+            return Err(tonic::Status::aborted(format!(
+                "idempotency-key {:?}: a call with it is still running; retry shortly \
+                 to get its answer",
+                as_sent(&key)
+            )));
         }
-        if let Some(response) = response {
-            return Ok(replay(key, &hash, &stored_hash, &response)?);
-        }
-    }
+    };
     let response = match work().await {
         Ok(response) => response,
         Err(status) => {
-            // Best effort: a claim left behind only refuses this key for a
-            // different request, which is what it would say anyway.
-            if let Err(e) = unclaim(pool, scope, &key, &hash).await {
+            // Best effort: a claim left behind is taken over once it is
+            // older than IN_FLIGHT.
+            if let Err(e) = unclaim(pool, scope, &key, claimed_at).await {
                 tracing::warn!(error = %e, scope, "a failed call's idempotency key stays claimed");
             }
             return Err(status);
@@ -270,6 +287,89 @@ where
         .await
         .map_err(db)?;
     Ok(response)
+}
+
+/// Where a key stands for [`around`].
+enum Claim {
+    /// Claimed for this attempt, at this time (which identifies the attempt).
+    Ours(chrono::DateTime<chrono::Utc>),
+    /// Answered before, for this request.
+    Answered(Vec<u8>),
+    /// Claimed for another request.
+    Mismatch,
+    /// Claimed for this request by an attempt still running.
+    InFlight,
+}
+
+/// A key's request hash, response, claim time, and whether that claim is
+/// younger than [`IN_FLIGHT`].
+type KeyRow = (
+    Vec<u8>,
+    Option<Vec<u8>>,
+    chrono::DateTime<chrono::Utc>,
+    bool,
+);
+
+/// Claims `key` for the request of `hash`, or takes over the claim of an
+/// attempt that died; else says why not.
+async fn claim_or_take_over(
+    pool: &sqlx::PgPool,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+) -> sqlx::Result<Claim> {
+    // A claim can vanish between the two reads (its attempt failed and took
+    // it back): then claiming is tried again, a few times.
+    for _ in 0..3 {
+        let claimed: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING created_at",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(at) = claimed {
+            return Ok(Claim::Ours(at));
+        }
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT request_hash, response, created_at, \
+                     created_at > now() - make_interval(secs => $3) \
+                 FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(IN_FLIGHT.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+        let Some((stored_hash, response, at, running)) = row else {
+            continue;
+        };
+        if stored_hash != hash {
+            return Ok(Claim::Mismatch);
+        }
+        if let Some(response) = response {
+            return Ok(Claim::Answered(response));
+        }
+        if running {
+            return Ok(Claim::InFlight);
+        }
+        let taken: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "UPDATE idempotency_keys SET created_at = now() \
+             WHERE scope = $1 AND key = $2 AND created_at = $3 AND response IS NULL \
+             RETURNING created_at",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(at)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(at) = taken {
+            return Ok(Claim::Ours(at));
+        }
+    }
+    Ok(Claim::InFlight)
 }
 
 /// The stored response for `key` and `request`, if a call with them has
@@ -337,16 +437,22 @@ async fn store<'e, R: Message>(
     Ok(())
 }
 
-/// Takes back the claim of a call whose work failed, unless a response has
-/// been stored meanwhile (by a concurrent retry whose work succeeded).
-async fn unclaim(pool: &sqlx::PgPool, scope: &str, key: &str, hash: &[u8]) -> sqlx::Result<()> {
+/// Takes back the claim an attempt made at `claimed_at` when its work
+/// failed, unless a response has been stored meanwhile (by a concurrent
+/// retry whose work succeeded) or another attempt has taken it over.
+async fn unclaim(
+    pool: &sqlx::PgPool,
+    scope: &str,
+    key: &str,
+    claimed_at: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM idempotency_keys \
-         WHERE scope = $1 AND key = $2 AND request_hash = $3 AND response IS NULL",
+         WHERE scope = $1 AND key = $2 AND created_at = $3 AND response IS NULL",
     )
     .bind(scope)
     .bind(key)
-    .bind(hash)
+    .bind(claimed_at)
     .execute(pool)
     .await?;
     Ok(())

@@ -357,3 +357,89 @@ async fn a_retry_is_answered_as_first_after_the_limits_tightened() -> anyhow::Re
     assert_eq!(again, reserved, "the retry gets the first answer");
     sys.stop().await
 }
+
+/// A direct call (its work runs transactions of its own) retried while its
+/// first attempt is still running is answered ABORTED, as the plan says,
+/// rather than running the work a second time beside the first; once the
+/// first has answered, the retry gets its answer. A first attempt that died
+/// without answering (its claim older than the in-flight bound) is taken
+/// over by the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_call_retried_while_its_first_attempt_runs_is_aborted() -> anyhow::Result<()> {
+    use saga_shared::proto::reservation::v1 as rsv;
+    let sys = TestSystem::start().await?;
+    let slot = sys.create_slot("inflight", 5).await?;
+    let hold = rsv::HoldSlotRequest {
+        hold_id: uuid::Uuid::now_v7().to_string(),
+        slot_id: slot.slot_id.clone(),
+    };
+    let claims = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reservation.idempotency_keys WHERE key LIKE '%inflight-1'",
+        )
+        .fetch_one(&sys.db)
+        .await?;
+        anyhow::Ok(n)
+    };
+    // The slot's row is held, so the first attempt's work waits on it.
+    let mut holder = sys.db.begin().await?;
+    sqlx::query("SELECT 1 FROM reservation.slots WHERE id = $1::uuid FOR UPDATE")
+        .bind(&slot.slot_id)
+        .execute(&mut *holder)
+        .await?;
+    let first = {
+        let mut client = sys.clients.reservation.clone();
+        let request = keyed(hold.clone(), "inflight-1")?;
+        tokio::spawn(async move { client.hold_slot(request).await })
+    };
+    saga_tests::eventually(
+        "the first attempt to claim its key",
+        crate::WAIT,
+        || async { Ok(claims().await? == 1) },
+    )
+    .await?;
+    let retry = tokio::time::timeout(
+        crate::WAIT,
+        sys.clients
+            .reservation
+            .clone()
+            .hold_slot(keyed(hold.clone(), "inflight-1")?),
+    )
+    .await?
+    .expect_err("a retry while the first attempt runs");
+    assert_eq!(retry.code(), tonic::Code::Aborted, "{retry:?}");
+    holder.commit().await?;
+    let answered = first.await??.into_inner();
+    let again = sys
+        .clients
+        .reservation
+        .clone()
+        .hold_slot(keyed(hold.clone(), "inflight-1")?)
+        .await?
+        .into_inner();
+    assert_eq!(again, answered, "the retry gets the first answer");
+    assert_eq!(sys.slot(&slot.slot_id).await?.held, 1);
+
+    // A first attempt that died before it answered: its claim has no
+    // response and is old. The retry does the work (the hold's id makes it
+    // one hold) and answers.
+    sqlx::query(
+        "UPDATE reservation.idempotency_keys SET response = NULL, \
+         created_at = created_at - interval '1 hour' WHERE key LIKE '%inflight-1'",
+    )
+    .execute(&sys.db)
+    .await?;
+    let taken_over = sys
+        .clients
+        .reservation
+        .clone()
+        .hold_slot(keyed(hold, "inflight-1")?)
+        .await?
+        .into_inner();
+    assert_eq!(
+        taken_over.hold.map(|h| h.hold_id),
+        answered.hold.map(|h| h.hold_id)
+    );
+    assert_eq!(sys.slot(&slot.slot_id).await?.held, 1, "still one hold");
+    sys.stop().await
+}
