@@ -120,8 +120,7 @@ mod tests {
     /// arithmetic are refused at start, by name, beyond what those take.
     #[test]
     fn settings_out_of_range_are_refused_by_name() {
-        type Set = fn(&mut InventoryConfig);
-        let cases: [(&str, Set); 4] = [
+        let cases: [saga_shared::config::OutOfRange<InventoryConfig>; 4] = [
             ("inventory.tombstone_ttl_secs", |c| {
                 c.inventory.tombstone_ttl_secs = u64::MAX;
             }),
@@ -135,19 +134,6 @@ mod tests {
                 c.inventory.max_lines = 0;
             }),
         ];
-        for (field, set) in cases {
-            let mut cfg = InventoryConfig::default();
-            set(&mut cfg);
-            match cfg.check() {
-                Err(ConfigError::Invalid {
-                    field: named,
-                    message,
-                }) => {
-                    assert_eq!(named, field, "{message}");
-                }
-                other => panic!("{field}: {other:?}"),
-            }
-        }
-        assert!(InventoryConfig::default().check().is_ok());
+        saga_shared::config::assert_refused_by_name(&cases, InventoryConfig::check);
     }
 }

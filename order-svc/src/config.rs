@@ -116,8 +116,7 @@ mod tests {
     /// for at once (500) made every such order's catalog check UNAVAILABLE.
     #[test]
     fn settings_out_of_range_are_refused_by_name() {
-        type Set = fn(&mut OrderConfig);
-        let cases: [(&str, Set); 5] = [
+        let cases: [saga_shared::config::OutOfRange<OrderConfig>; 5] = [
             ("order.deadline_secs", |c| {
                 c.order.deadline_secs = u64::MAX / 2;
             }),
@@ -134,19 +133,6 @@ mod tests {
                 c.order.watch_poll_ms = u64::MAX;
             }),
         ];
-        for (field, set) in cases {
-            let mut cfg = OrderConfig::default();
-            set(&mut cfg);
-            match cfg.check() {
-                Err(ConfigError::Invalid {
-                    field: named,
-                    message,
-                }) => {
-                    assert_eq!(named, field, "{message}");
-                }
-                other => panic!("{field}: {other:?}"),
-            }
-        }
-        assert!(OrderConfig::default().check().is_ok());
+        saga_shared::config::assert_refused_by_name(&cases, OrderConfig::check);
     }
 }

@@ -63,8 +63,7 @@ mod tests {
     /// what they take are refused at start, by name.
     #[test]
     fn settings_out_of_range_are_refused_by_name() {
-        type Set = fn(&mut ReservationConfig);
-        let cases: [(&str, Set); 3] = [
+        let cases: [saga_shared::config::OutOfRange<ReservationConfig>; 3] = [
             ("reservation.lock_ttl_ms", |c| {
                 c.reservation.lock_ttl_ms = u64::MAX;
             }),
@@ -75,19 +74,6 @@ mod tests {
                 c.reservation.lock_wait_ms = u64::MAX;
             }),
         ];
-        for (field, set) in cases {
-            let mut cfg = ReservationConfig::default();
-            set(&mut cfg);
-            match cfg.check() {
-                Err(ConfigError::Invalid {
-                    field: named,
-                    message,
-                }) => {
-                    assert_eq!(named, field, "{message}");
-                }
-                other => panic!("{field}: {other:?}"),
-            }
-        }
-        assert!(ReservationConfig::default().check().is_ok());
+        saga_shared::config::assert_refused_by_name(&cases, ReservationConfig::check);
     }
 }

@@ -445,6 +445,34 @@ impl Bounds {
     }
 }
 
+/// A setting's name, and a change of a configuration that puts it out of
+/// range (for [`assert_refused_by_name`]).
+pub type OutOfRange<C> = (&'static str, fn(&mut C));
+
+/// For a configuration's tests: each of `cases` (a setting's name, and a
+/// change that puts it out of range) makes `check` refuse the defaults so
+/// changed, naming that setting; the defaults themselves pass.
+pub fn assert_refused_by_name<C: Default>(
+    cases: &[OutOfRange<C>],
+    check: impl Fn(&C) -> Result<(), ConfigError>,
+) {
+    for (field, set) in cases {
+        let mut cfg = C::default();
+        set(&mut cfg);
+        match check(&cfg) {
+            Err(ConfigError::Invalid {
+                field: named,
+                message,
+            }) => {
+                assert_eq!(&named, field, "{message}");
+                assert!(message.starts_with("must be"), "{field}: {message}");
+            }
+            other => panic!("{field} out of range: {other:?}"),
+        }
+    }
+    assert!(check(&C::default()).is_ok(), "the defaults pass");
+}
+
 /// The repair loop of a participant (inventory, payment, reservation): it
 /// finds the orders whose records here are still open after a while, asks
 /// order-svc how those sagas ended, and finishes them (see
@@ -545,8 +573,7 @@ mod tests {
     /// was ever published (and past u64::MAX - 5 s the relay panicked).
     #[test]
     fn bus_settings_out_of_range_are_refused_by_name() {
-        type Set = fn(&mut BusConfig);
-        let cases: [(&str, Set); 11] = [
+        let cases: [OutOfRange<BusConfig>; 11] = [
             ("bus.relay_lease_secs", |b| b.relay_lease_secs = 2_200_000),
             ("bus.relay_lease_secs", |b| b.relay_lease_secs = u64::MAX),
             ("bus.max_deliver", |b| b.max_deliver = -3),
@@ -562,21 +589,7 @@ mod tests {
             // A failing event put back at once, over and over.
             ("bus.nak_base_delay_ms", |b| b.nak_base_delay_ms = 0),
         ];
-        for (field, set) in cases {
-            let mut bus = BusConfig::default();
-            set(&mut bus);
-            match bus.validate() {
-                Err(ConfigError::Invalid {
-                    field: named,
-                    message,
-                }) => {
-                    assert_eq!(named, field, "{message}");
-                    assert!(message.starts_with("must be between"), "{message}");
-                }
-                other => panic!("{field} out of range: {other:?}"),
-            }
-        }
-        assert!(BusConfig::default().validate().is_ok());
+        assert_refused_by_name(&cases, BusConfig::validate);
         let widest = BusConfig {
             relay_lease_secs: 86_400,
             ack_wait_secs: 86_400,
