@@ -574,3 +574,65 @@ async fn a_dry_run_that_cannot_read_the_inbox_says_so() -> anyhow::Result<()> {
     assert!(error.contains("processed_events"), "{error}");
     sys.stop().await
 }
+
+/// A reader of a stream (what a replay reads with) reads its whole range
+/// even through a server that stalls for longer than a fetch waits (the
+/// client gives up on a fetch 5 s after its expiry): an empty fetch is not
+/// taken for the end of the range while the stream holds more of it. It
+/// used to be, and a replay then ended early, successfully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_read_through_a_stalled_server_reads_its_whole_range() -> anyhow::Result<()> {
+    use saga_shared::bus::reader::StreamReader;
+    let nats = saga_tests::servers::NatsServer::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "STALL".into(),
+        subjects: vec!["stall.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    for i in 0..20u32 {
+        js.publish(format!("stall.{i}"), i.to_string().into())
+            .await?
+            .await?;
+    }
+    let mut reader = StreamReader::open(&js, "STALL", 1, None).await?;
+    let mut read: Vec<u64> = Vec::new();
+    let seq = |m: &async_nats::jetstream::Message| m.info().map(|i| i.stream_sequence);
+    for m in reader.next_batch(5).await? {
+        read.push(seq(&m).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    assert_eq!(read, (1..=5).collect::<Vec<_>>());
+    // The fault: the server stalls for 7 s, past the 5.5 s the client
+    // waits for a fetch of 0.5 s.
+    nats.pause()?;
+    let stall = tokio::time::sleep(std::time::Duration::from_secs(7));
+    let reading = async {
+        let mut more = Vec::new();
+        loop {
+            let batch = reader.next_batch(5).await?;
+            if batch.is_empty() {
+                return anyhow::Ok(more);
+            }
+            for m in batch {
+                more.push(seq(&m).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+        }
+    };
+    tokio::pin!(reading);
+    let rest = tokio::select! {
+        rest = &mut reading => rest,
+        () = stall => {
+            nats.resume()?;
+            reading.await
+        }
+    }?;
+    nats.resume()?;
+    read.extend(rest);
+    assert_eq!(
+        read,
+        (1..=20).collect::<Vec<_>>(),
+        "the whole range, once, in order"
+    );
+    Ok(())
+}

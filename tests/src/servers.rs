@@ -225,6 +225,27 @@ impl NatsServer {
         self.kill();
         self.spawn().await
     }
+
+    /// Stops it from running (SIGSTOP) until [`NatsServer::resume`]: a
+    /// server that stalls, its connections open.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the server is not running")?;
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} failed: {status}");
+        Ok(())
+    }
 }
 
 /// The nats-server the tests run: `SAGA_TEST_NATS_SERVER` if set (a 2.10+

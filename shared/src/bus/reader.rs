@@ -27,6 +27,11 @@ pub struct StreamReader {
     stream: jetstream::stream::Stream,
     name: String,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
+    /// The stream sequence the next message must be at or after.
+    next: u64,
+    /// The consumer sequence of the last message this consumer delivered
+    /// to the reader (each delivery takes the next one).
+    delivered: u64,
     to: u64,
     /// The stream's first and last sequence when the reader opened.
     pub first: u64,
@@ -62,26 +67,14 @@ impl StreamReader {
         let consumer = if state.messages == 0 || start > to {
             None
         } else {
-            let config = pull::Config {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ack_policy: jetstream::consumer::AckPolicy::All,
-                inactive_threshold: INACTIVE,
-                max_ack_pending: -1,
-                ..Default::default()
-            };
-            Some(
-                handle
-                    .create_consumer(config)
-                    .await
-                    .map_err(|e| error(e.to_string()))?,
-            )
+            Some(consumer_from(&handle, start).await.map_err(error)?)
         };
         Ok(Self {
             stream: handle,
             name: stream.to_owned(),
             consumer,
+            next: start,
+            delivered: 0,
             to,
             first: state.first_sequence,
             last: state.last_sequence,
@@ -124,49 +117,94 @@ impl StreamReader {
     }
 
     /// The next messages, in sequence order, at most `max`; empty once the
-    /// range is read.
+    /// range is read, never before.
+    ///
+    /// A fetch can come back empty, or short, while the range goes on: the
+    /// client gives up on a fetch 5 s after its expiry, and a server that
+    /// stalled longer may then deliver to that fetch, which nobody reads
+    /// any more (the loss shows as a gap in the consumer's sequence). Then
+    /// the reader starts a consumer of its own again just after the last
+    /// message it returned, and fetches again. It ends the range only when
+    /// its consumer has nothing left to deliver (or delivers past the
+    /// range), and fails rather than end early when fetches keep coming back
+    /// empty with messages pending.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<jetstream::Message>, ReaderError> {
-        let Some(consumer) = &self.consumer else {
-            return Ok(Vec::new());
-        };
-        let error = |message: String| ReaderError::Stream {
-            stream: self.name.clone(),
-            message,
-        };
-        let mut batch = consumer
-            .batch()
-            .max_messages(max.max(1))
-            .expires(FETCH_EXPIRES)
-            .messages()
-            .await
-            .map_err(|e| error(e.to_string()))?;
-        let mut out = Vec::with_capacity(max);
-        let mut reached_end = false;
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| error(e.to_string()))?;
-            let seq = msg
-                .info()
-                .map_err(|e| error(e.to_string()))?
-                .stream_sequence;
-            if seq > self.to {
-                reached_end = true;
-                break;
-            }
-            reached_end = seq == self.to;
-            out.push(msg);
-            if reached_end {
-                break;
-            }
-        }
-        if let Some(last) = out.last() {
-            last.ack_with(AckKind::Ack)
+        let mut empty_with_pending = 0;
+        loop {
+            let Some(consumer) = &mut self.consumer else {
+                return Ok(Vec::new());
+            };
+            let fetch = fetch(consumer, max, self.delivered, self.to)
                 .await
-                .map_err(|e| error(e.to_string()))?;
+                .map_err(|m| stream_error(&self.name, m))?;
+            self.delivered = fetch.delivered;
+            if let Some(last) = fetch.messages.last() {
+                self.next = last
+                    .info()
+                    .map_err(|e| stream_error(&self.name, e.to_string()))?
+                    .stream_sequence
+                    + 1;
+                last.ack_with(AckKind::Ack)
+                    .await
+                    .map_err(|e| stream_error(&self.name, e.to_string()))?;
+            }
+            match fetch.end {
+                FetchEnd::RangeRead => {
+                    self.close().await;
+                    return Ok(fetch.messages);
+                }
+                FetchEnd::Lost => {
+                    // What came before the loss is returned; the next fetch
+                    // starts again after it.
+                    self.restart().await?;
+                    if !fetch.messages.is_empty() {
+                        return Ok(fetch.messages);
+                    }
+                }
+                FetchEnd::More if !fetch.messages.is_empty() => return Ok(fetch.messages),
+                FetchEnd::More => {
+                    // Nothing came: the end, unless the consumer still has
+                    // messages to deliver (or delivered some that never
+                    // arrived).
+                    let info = consumer
+                        .info()
+                        .await
+                        .map_err(|e| stream_error(&self.name, e.to_string()))?;
+                    if info.num_pending == 0 && info.num_ack_pending == 0 {
+                        self.close().await;
+                        return Ok(Vec::new());
+                    }
+                    empty_with_pending += 1;
+                    if empty_with_pending >= MAX_EMPTY_FETCHES {
+                        return Err(stream_error(
+                            &self.name,
+                            format!(
+                                "{MAX_EMPTY_FETCHES} fetches in a row came back empty with \
+                             messages pending from seq {}: the server is not delivering them",
+                                self.next
+                            ),
+                        ));
+                    }
+                    self.restart().await?;
+                }
+            }
         }
-        if reached_end || out.is_empty() {
-            self.close().await;
-        }
-        Ok(out)
+    }
+
+    /// Replaces the reader's consumer with a new one that starts just after
+    /// the last message returned.
+    async fn restart(&mut self) -> Result<(), ReaderError> {
+        self.close().await;
+        let consumer = consumer_from(&self.stream, self.next)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.consumer = Some(consumer);
+        self.delivered = 0;
+        Ok(())
+    }
+
+    fn error(&self, message: impl ToString) -> ReaderError {
+        stream_error(&self.name, message)
     }
 
     /// Deletes the reader's consumer (the server would drop it anyway).
@@ -178,4 +216,97 @@ impl StreamReader {
             }
         }
     }
+}
+
+fn stream_error(stream: &str, message: impl ToString) -> ReaderError {
+    ReaderError::Stream {
+        stream: stream.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// Fetches in a row that may come back empty while messages are pending
+/// before a read fails.
+const MAX_EMPTY_FETCHES: u32 = 5;
+
+/// A reader's consumer of `stream`, from stream sequence `start`.
+async fn consumer_from(
+    stream: &jetstream::stream::Stream,
+    start: u64,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, String> {
+    let config = pull::Config {
+        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+        ack_policy: jetstream::consumer::AckPolicy::All,
+        inactive_threshold: INACTIVE,
+        max_ack_pending: -1,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// How a fetch ended.
+enum FetchEnd {
+    /// The range may go on.
+    More,
+    /// It reached the end of the range.
+    RangeRead,
+    /// A message was lost on the way: the consumer sequence jumped.
+    Lost,
+}
+
+/// What one fetch got.
+struct Fetch {
+    /// The messages up to the end of the range or a loss, in order.
+    messages: Vec<jetstream::Message>,
+    /// The consumer sequence of the last message delivered.
+    delivered: u64,
+    end: FetchEnd,
+}
+
+/// One fetch of at most `max` messages from `consumer`, whose last delivery
+/// to the reader was `delivered`, of a range ending at `to`.
+async fn fetch(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    max: usize,
+    mut delivered: u64,
+    to: u64,
+) -> Result<Fetch, String> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(max.max(1))
+        .expires(FETCH_EXPIRES)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = Vec::with_capacity(max);
+    let mut end = FetchEnd::More;
+    while let Some(msg) = batch.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let info = msg.info().map_err(|e| e.to_string())?;
+        if info.consumer_sequence != delivered + 1 {
+            end = FetchEnd::Lost;
+            break;
+        }
+        delivered = info.consumer_sequence;
+        if info.stream_sequence > to {
+            end = FetchEnd::RangeRead;
+            break;
+        }
+        let last = info.stream_sequence == to;
+        messages.push(msg);
+        if last {
+            end = FetchEnd::RangeRead;
+            break;
+        }
+    }
+    Ok(Fetch {
+        messages,
+        delivered,
+        end,
+    })
 }
