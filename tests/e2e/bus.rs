@@ -313,3 +313,53 @@ async fn outbox_rows_of_an_unknown_event_type_do_not_hold_back_the_rest() -> any
     assert_eq!(left, 20, "kept for a build that knows them");
     sys.stop().await
 }
+
+/// The delivery bound counts the unexpected failures of an event, not its
+/// deliveries: an event that failed transiently (a conflict, an outage) for
+/// as many deliveries as the bound, and then unexpectedly once, is retried,
+/// not dead-lettered at once. It used to go to the DLQ on that first
+/// unexpected failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_failed_transiently_still_gets_its_retries_for_unexpected_failures()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        let bus = &mut cfg.inventory.bus;
+        bus.max_deliver = 3;
+        bus.batch_size = 1;
+        bus.nak_base_delay_ms = 20;
+        bus.nak_max_delay_ms = 50;
+    })
+    .await?;
+    sys.seed_product("FLAKY", 100, 10).await?;
+    sys.top_up("fay", 1_000).await?;
+    // Inventory's first three attempts to record the hold collide
+    // (serialization failure: transient), its fourth fails unexpectedly,
+    // and the rest go through.
+    for sql in [
+        "CREATE SEQUENCE inventory.flaky_attempts",
+        "CREATE FUNCTION inventory.flaky() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         DECLARE n bigint := nextval('inventory.flaky_attempts'); BEGIN \
+           IF n <= 3 THEN RAISE EXCEPTION 'collided' USING ERRCODE = '40001'; END IF; \
+           IF n = 4 THEN RAISE EXCEPTION 'a one-off failure'; END IF; \
+           RETURN NEW; END $$",
+        "CREATE TRIGGER flaky BEFORE INSERT ON inventory.holds \
+         FOR EACH ROW WHEN (NEW.sku = 'FLAKY') EXECUTE FUNCTION inventory.flaky()",
+    ] {
+        sqlx::query(sql).execute(&sys.db).await?;
+    }
+    let placed = sys
+        .place(order_request("fay", &[("FLAKY", 1)], None))
+        .await?;
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed, "{done:?}");
+    let attempts: i64 = sqlx::query_scalar("SELECT last_value FROM inventory.flaky_attempts")
+        .fetch_one(&sys.db)
+        .await?;
+    assert!(attempts >= 5, "{attempts} attempts");
+    assert!(
+        dlq::list(&sys.js, &sys.namespace())
+            .await
+            .map_or(true, |l| l.is_empty())
+    );
+    sys.stop().await
+}

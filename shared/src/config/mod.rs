@@ -295,10 +295,11 @@ pub struct BusConfig {
     pub concurrency: usize,
     /// Messages a pull request asks the server for.
     pub fetch_size: usize,
-    /// Deliveries of one message that fails with an unexpected error
-    /// (neither a dependency outage nor invalid content) before it goes to
-    /// the DLQ. A dependency outage is retried however long it lasts, and
-    /// invalid content goes to the DLQ at once. The consumer enforces this
+    /// Unexpected failures (neither a dependency outage or conflict nor
+    /// invalid content) of one message before it goes to the DLQ, counted
+    /// by the instance handling it. A dependency outage or a conflict is
+    /// retried however long it lasts and does not count, and invalid
+    /// content goes to the DLQ at once. The consumer enforces this
     /// bound itself; the server's is unlimited, so a message is never
     /// dropped before its DLQ copy is stored.
     pub max_deliver: i64,

@@ -195,38 +195,38 @@ impl<H: Handler> Consumer<H> {
     }
 
     async fn failed(&self, held: Held, d: &Delivery, e: &HandlerError) {
-        let bound = self.ctx.cfg.max_deliver;
-        match e {
-            HandlerError::Permanent(_) => {
-                d.span
-                    .in_scope(|| tracing::error!(error = %e, "event rejected for good"));
-                self.dead_letter(held, Some(d), d.delivered, &e.to_string())
-                    .await;
-            }
-            HandlerError::Unexpected(_) if d.delivered >= bound => {
-                d.span.in_scope(|| {
-                    tracing::error!(error = %e, deliveries = d.delivered, "event failed on its last allowed delivery");
-                });
-                self.dead_letter(held, Some(d), d.delivered, &e.to_string())
-                    .await;
-            }
-            HandlerError::Unexpected(_) | HandlerError::Transient(_) => {
-                let delay = self.ctx.cfg.nak_delay(d.delivered);
-                let age = self.hands.retrying(d, d.published);
-                d.span.in_scope(|| {
-                    tracing::warn!(
-                        error = %e,
-                        kind = e.kind(),
-                        deliveries = d.delivered,
-                        age_secs = age.as_secs(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "event failed; will retry"
-                    );
-                });
-                self.count(d, "retried");
-                self.settle(held, AckKind::Nak(Some(delay))).await;
-            }
+        if let HandlerError::Permanent(_) = e {
+            d.span
+                .in_scope(|| tracing::error!(error = %e, "event rejected for good"));
+            self.dead_letter(held, Some(d), d.delivered, &e.to_string())
+                .await;
+            return;
         }
+        // The bound counts unexpected failures: deliveries that failed
+        // transiently (an outage, a conflict) do not use it up.
+        let unexpected = matches!(e, HandlerError::Unexpected(_));
+        let (age, failures) = self.hands.retrying(d, d.published, unexpected);
+        if unexpected && i64::from(failures) >= self.ctx.cfg.max_deliver {
+            d.span.in_scope(|| {
+                tracing::error!(error = %e, failures, deliveries = d.delivered, "event failed unexpectedly as often as allowed");
+            });
+            self.dead_letter(held, Some(d), d.delivered, &e.to_string())
+                .await;
+            return;
+        }
+        let delay = self.ctx.cfg.nak_delay(d.delivered);
+        d.span.in_scope(|| {
+            tracing::warn!(
+                error = %e,
+                kind = e.kind(),
+                deliveries = d.delivered,
+                age_secs = age.as_secs(),
+                retry_in_ms = delay.as_millis() as u64,
+                "event failed; will retry"
+            );
+        });
+        self.count(d, "retried");
+        self.settle(held, AckKind::Nak(Some(delay))).await;
     }
 
     /// Copies the message to the DLQ and, once the DLQ has acknowledged the

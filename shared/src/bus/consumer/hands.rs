@@ -25,6 +25,9 @@ pub(super) struct Retrying {
     /// When the event was first stored in its stream.
     pub(super) published: chrono::DateTime<chrono::Utc>,
     pub(super) seen: Instant,
+    /// Its unexpected failures so far, in this process (what the delivery
+    /// bound counts; transient ones do not).
+    pub(super) unexpected: u32,
 }
 
 /// A message in hand, from its arrival until it is settled; dropping it
@@ -91,21 +94,27 @@ impl Hands {
         }
     }
 
+    /// Records a failure of `d` (`unexpected`, or transient): how long the
+    /// event has been failing, and how many unexpected failures it has had.
     pub(super) fn retrying(
         &self,
         d: &Delivery,
         published: chrono::DateTime<chrono::Utc>,
-    ) -> Duration {
+        unexpected: bool,
+    ) -> (Duration, u32) {
         let mut retrying = lock(&self.retrying);
         let entry = retrying.entry(d.meta.event_id).or_insert(Retrying {
             event_type: d.event_type(),
             published,
             seen: Instant::now(),
+            unexpected: 0,
         });
         entry.seen = Instant::now();
-        (chrono::Utc::now() - entry.published)
+        entry.unexpected += u32::from(unexpected);
+        let age = (chrono::Utc::now() - entry.published)
             .to_std()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (age, entry.unexpected)
     }
 
     pub(super) fn settled(&self, event_id: Uuid) {
