@@ -363,3 +363,49 @@ async fn an_event_that_failed_transiently_still_gets_its_retries_for_unexpected_
     );
     sys.stop().await
 }
+
+/// Two messages that a stream stored at the same sequence (the stream was
+/// deleted and made again, so its sequences started over) each get their
+/// dead letter: the letter's message id also names when the message was
+/// stored. It named only the consumer, stream and sequence, so the DLQ's
+/// duplicate window took the second letter for the first, and that
+/// message was terminated with no copy anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_at_a_reused_sequence_each_get_their_dead_letter() -> anyhow::Result<()> {
+    use saga_shared::bus::dlq::{Origin, dead_letter};
+    let sys = TestSystem::start().await?;
+    let ns = sys.namespace();
+    let message = |body: &'static [u8]| async_nats::Message {
+        subject: "drill.subject".into(),
+        reply: None,
+        payload: bytes::Bytes::from_static(body),
+        headers: None,
+        status: None,
+        description: None,
+        length: body.len(),
+    };
+    let stored = chrono::Utc::now();
+    for (body, at) in [
+        (&b"first"[..], stored),
+        (&b"second"[..], stored + chrono::TimeDelta::seconds(3)),
+    ] {
+        let origin = Origin {
+            consumer: "drill",
+            stream: "RECREATED",
+            stream_seq: 1,
+            stored_at: at,
+            delivered: 1,
+            replay: false,
+        };
+        dead_letter(&sys.js, &ns, &message(body), origin, "drill")
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let bodies: Vec<bytes::Bytes> = dlq::list(&sys.js, &ns)
+        .await?
+        .into_iter()
+        .map(|l| l.payload)
+        .collect();
+    assert_eq!(bodies, [&b"first"[..], &b"second"[..]]);
+    sys.stop().await
+}

@@ -31,6 +31,9 @@ pub struct Origin<'a> {
     pub consumer: &'a str,
     pub stream: &'a str,
     pub stream_seq: u64,
+    /// When the stream stored it: with the sequence, it names the message
+    /// even across a stream deleted and made again (sequences start over).
+    pub stored_at: chrono::DateTime<chrono::Utc>,
     pub delivered: i64,
     /// Written by a replay, not by the durable consumer.
     pub replay: bool,
@@ -70,15 +73,17 @@ pub async fn dead_letter(
         }
     }
     // One letter per message and writer (the durable, or a replay) within
-    // the DLQ's duplicate window.
+    // the DLQ's duplicate window; the time it was stored tells two messages
+    // at one sequence of a stream made again apart.
     h.insert(
         async_nats::header::NATS_MESSAGE_ID,
         format!(
-            "dlq{}:{}:{}:{}",
+            "dlq{}:{}:{}:{}:{}",
             if origin.replay { "-replay" } else { "" },
             origin.consumer,
             origin.stream,
-            origin.stream_seq
+            origin.stream_seq,
+            origin.stored_at.timestamp_nanos_opt().unwrap_or_default()
         )
         .as_str(),
     );

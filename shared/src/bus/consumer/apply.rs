@@ -233,14 +233,19 @@ impl<H: Handler> Consumer<H> {
     /// copy, terminates it. If the copy fails the message is handed back to
     /// be delivered again (the server's bound is unlimited): late, not lost.
     async fn dead_letter(&self, held: Held, d: Option<&Delivery>, delivered: i64, error: &str) {
-        let (stream, seq) = match held.msg.info() {
-            Ok(i) => (i.stream.to_owned(), i.stream_sequence),
-            Err(_) => (self.stream_name(), 0),
+        let (stream, seq, stored_at) = match held.msg.info() {
+            Ok(i) => (
+                i.stream.to_owned(),
+                i.stream_sequence,
+                i.published.with_timezone(&chrono::Utc),
+            ),
+            Err(_) => (self.stream_name(), 0, chrono::Utc::now()),
         };
         let origin = Origin {
             consumer: self.durable(),
             stream: &stream,
             stream_seq: seq,
+            stored_at,
             delivered,
             replay: false,
         };

@@ -173,6 +173,7 @@ impl<H: Handler> Consumer<H> {
             consumer: self.durable(),
             stream: &d.stream,
             stream_seq: d.stream_seq,
+            stored_at: d.published.with_timezone(&chrono::Utc),
             delivered: d.delivered,
             replay: true,
         };
