@@ -344,23 +344,37 @@ async fn replay_streams<H: Handler>(
     let handler = Arc::new(handler);
     let mut out = Vec::with_capacity(starts.len());
     for (kind, stream, from) in starts {
-        let mut reader = StreamReader::open(&ctx.js, stream, *from, request.to_seq).await?;
-        // What the stream no longer holds is not read.
-        let from = (*from).max(reader.first);
-        let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
-        let consumer = Consumer::new(ctx.clone(), *kind, handler.clone());
-        let report = consumer
-            .replay(&mut reader, request.dry_run, |r| {
-                progress(stream, from, to, r);
+        let replayed = async {
+            let mut reader = StreamReader::open(&ctx.js, stream, *from, request.to_seq).await?;
+            // What the stream no longer holds is not read.
+            let from = (*from).max(reader.first);
+            let to = request.to_seq.map_or(reader.last, |t| t.min(reader.last));
+            let consumer = Consumer::new(ctx.clone(), *kind, handler.clone());
+            let report = consumer
+                .replay(&mut reader, request.dry_run, |r| {
+                    progress(stream, from, to, r);
+                })
+                .await?;
+            anyhow::Ok(StreamReplay {
+                service: ctx.service,
+                stream: stream.clone(),
+                from,
+                to,
+                report,
             })
-            .await?;
-        out.push(StreamReplay {
-            service: ctx.service,
-            stream: stream.clone(),
-            from,
-            to,
-            report,
-        });
+        }
+        .await;
+        match replayed {
+            Ok(replay) => out.push(replay),
+            // What the streams before it had replayed is done: say so.
+            Err(e) if !out.is_empty() => {
+                return Err(e.context(format!(
+                    "replaying {stream} failed; the streams before it were replayed:\n{}",
+                    render_replay(&out, request.dry_run)
+                )));
+            }
+            Err(e) => return Err(e.context(format!("replaying {stream} failed"))),
+        }
     }
     Ok(out)
 }

@@ -636,3 +636,46 @@ async fn a_stream_read_through_a_stalled_server_reads_its_whole_range() -> anyho
     );
     Ok(())
 }
+
+/// A replay of several streams that fails on a later one still says what it
+/// did on those before (their events are applied: the operator must know).
+/// It used to answer only the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_fails_on_a_later_stream_reports_the_streams_it_replayed()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("R", 100, 10).await?;
+    sys.top_up("rory", 1_000).await?;
+    let placed = sys.place(order_request("rory", &[("R", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    sys.quiesce(WAIT).await?;
+    // order-svc reads inventory's, reservation's and payment's streams, in
+    // that order; the last is gone.
+    let ns = sys.namespace();
+    sys.js
+        .delete_stream(ns.stream(StreamKind::Payments))
+        .await?;
+    let request = replay::Request {
+        service: "order".into(),
+        start: replay::Start::Seq(1),
+        to_seq: None,
+        stream: None,
+        dry_run: false,
+        force: false,
+    };
+    let failed = replay::run(&sys.config, &request, |_, _, _, _| {})
+        .await
+        .expect_err("a stream that is gone");
+    let text = format!("{failed:#}");
+    for done in [StreamKind::Inventory, StreamKind::Payments] {
+        assert!(text.contains(&ns.stream(done)), "{text}");
+    }
+    assert!(
+        text.contains(&ns.stream(StreamKind::Reservations)),
+        "{text}"
+    );
+    sys.stop().await
+}
