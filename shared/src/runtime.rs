@@ -31,6 +31,12 @@ use crate::bus::{Namespace, Outbox, StreamKind};
 use crate::config::{BusConfig, ConfigError, DatabaseConfig, GrpcConfig, ListenConfig, NatsConfig};
 use crate::db::{self, DbError};
 
+/// How long calls in flight get to finish once a service stops, before the
+/// streams still open are closed (a health Watch or a reflection session
+/// never ends by itself). Within the 40 s that deploy/k8s allows a stop,
+/// with the relay's lease and last round after it.
+const GRPC_DRAIN: Duration = Duration::from_secs(10);
+
 /// Why a service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -443,10 +449,20 @@ impl App {
             .await;
         grpc_token.cancel();
         if early.is_none() {
-            match grpc_server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => early = Some(PlatformError::Grpc(e)),
-                Err(e) => tracing::error!(service, error = %e, "gRPC server task failed"),
+            // Calls in flight get GRPC_DRAIN to finish; streams that nothing
+            // ends (a health Watch, a reflection session) are then closed.
+            match tokio::time::timeout(GRPC_DRAIN, &mut grpc_server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => early = Some(PlatformError::Grpc(e)),
+                Ok(Err(e)) => tracing::error!(service, error = %e, "gRPC server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        service,
+                        drain_secs = GRPC_DRAIN.as_secs(),
+                        "gRPC calls still open after the drain (watch or reflection streams); closing them"
+                    );
+                    grpc_server.abort();
+                }
             }
         }
 

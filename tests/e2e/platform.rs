@@ -182,3 +182,34 @@ async fn a_service_started_with_secrets_in_its_urls_never_logs_them() -> anyhow:
     }
     sys.stop().await
 }
+
+/// A service stops even while clients hold streams open that nothing ends
+/// (a health Watch, a reflection session): in-flight calls get a bounded
+/// time to finish, then the rest are closed, and the consumers, the relay
+/// and NATS are shut down in order. Such a stream used to hold the stop
+/// for ever (a pod then only ends by SIGKILL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_stops_while_health_and_reflection_streams_stay_open() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let channel = tonic::transport::Endpoint::from_shared(sys.order.grpc_url())?
+        .connect()
+        .await?;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    let first = watch.message().await?.expect("the current status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let (_keep_open, requests) = futures::channel::mpsc::unbounded::<ServerReflectionRequest>();
+    let _reflection = ServerReflectionClient::new(channel)
+        .server_reflection_info(requests)
+        .await?;
+    // The stop is bounded; a minute is far beyond it.
+    tokio::time::timeout(std::time::Duration::from_secs(60), sys.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("the system did not stop within a minute"))??;
+    drop(watch);
+    Ok(())
+}
