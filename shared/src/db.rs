@@ -29,6 +29,15 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "database {name:?} does not exist and could not be created ({source}); create it, \
+         or give the role the right to"
+    )]
+    Create {
+        name: String,
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// Opens the service's pool and brings its schema up to date.
@@ -136,12 +145,33 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
         // Leave unusual names to the operator; connecting will say if it is missing.
         return Ok(());
     }
-    let mut admin = options.clone().database("postgres").connect().await?;
+    // Only a database that is missing needs the `postgres` database (which
+    // a hardened server may not let the service's role reach). Any other
+    // failure is left to the pool's connect, which retries and says why.
+    match options.connect().await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(_) => return Ok(()),
+    }
+    let cannot = |source: sqlx::Error| DbError::Create {
+        name: name.clone(),
+        source,
+    };
+    let mut admin = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .map_err(cannot)?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
             .fetch_one(&mut admin)
-            .await?;
+            .await
+            .map_err(cannot)?;
     if !exists {
         let create = format!("CREATE DATABASE \"{name}\"");
         match sqlx::query(sqlx::AssertSqlSafe(create))
@@ -152,7 +182,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
             // Another service created it at the same moment.
             Err(sqlx::Error::Database(e))
                 if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(cannot(e)),
         }
     }
     admin.close().await?;

@@ -453,3 +453,47 @@ fn to_status(e: anyhow::Error) -> tonic::Status {
         Err(e) => tonic::Status::unknown(e.to_string()),
     }
 }
+
+/// A service whose database exists starts with a role that may not connect
+/// to the `postgres` database (a common hardening): the check for a missing
+/// database connects to the service's own first. It always connected to
+/// `postgres`, and such a service refused to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_starts_without_access_to_the_postgres_database_when_its_own_exists()
+-> anyhow::Result<()> {
+    let own = PostgresServer::start().await?;
+    let admin = sqlx::PgPool::connect(&own.url("postgres")).await?;
+    for sql in [
+        "CREATE ROLE app LOGIN",
+        "CREATE DATABASE appdb OWNER app",
+        "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC",
+    ] {
+        sqlx::query(sql).execute(&admin).await?;
+    }
+    admin.close().await;
+    let cfg = saga_shared::config::DatabaseConfig {
+        url: own.url("appdb").replace("postgres@", "app@"),
+        schema: "payment".into(),
+        create_database: true,
+        ..Default::default()
+    };
+    let pool = saga_shared::db::connect(&cfg, &payment_svc::MIGRATIONS).await?;
+    let wallets: i64 = sqlx::query_scalar("SELECT count(*) FROM wallets")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(wallets, 0, "migrated");
+    pool.close().await;
+    // A database that is missing is still said to be, naming it.
+    let missing = saga_shared::config::DatabaseConfig {
+        url: own.url("nodb").replace("postgres@", "app@"),
+        ..cfg
+    };
+    let refused = saga_shared::db::connect(&missing, &payment_svc::MIGRATIONS)
+        .await
+        .expect_err("no database, and no right to make one");
+    assert!(
+        refused.to_string().contains("postgres") || refused.to_string().contains("nodb"),
+        "{refused}"
+    );
+    Ok(())
+}
