@@ -39,20 +39,43 @@ pub fn token_path(who: &str) -> PathBuf {
     home().join(format!("{who}.token"))
 }
 
-/// Writes `text` to a file only its owner can read.
+/// Writes `text` to a file only its owner can read, whatever mode a file
+/// already there had, and at once: it is written beside, then renamed over
+/// (so a reader sees the old text or the new, never an empty file).
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    let written = options
+        .open(&temporary)
+        .and_then(|mut file| {
+            // The mode given at creation does not apply to a file left
+            // over from an earlier run: set it.
+            #[cfg(unix)]
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
 }
 
 /// The development secret, created on first use.
@@ -144,5 +167,32 @@ fn token_of(who: &str, role: Role) -> anyhow::Result<Option<String>> {
             Ok(Some(mint(&secret, who, role, Duration::from_secs(3600))?))
         }
         _ => read_trimmed(&token_path(who)),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod private_file_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A token or secret file written over one that others could read ends
+    /// up readable by its owner only, and a reader never sees it half
+    /// written. The mode used to be set only when the file was created.
+    #[test]
+    fn a_private_file_written_over_a_readable_one_is_private() {
+        let dir = std::env::temp_dir().join(format!("saga-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_private(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["admin.token"], "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
