@@ -21,7 +21,7 @@ use saga_shared::bus::dlq::headers as dlq_headers;
 use saga_shared::bus::envelope::headers as event_headers;
 use saga_shared::bus::{Namespace, SagaEvent, retention};
 
-use crate::replay::{SERVICES, service_pool};
+use crate::replay::{Consumes, SERVICES, service_pool};
 use crate::system::SystemConfig;
 
 /// One dead letter.
@@ -118,9 +118,8 @@ async fn held(
 /// One dead letter.
 pub async fn get(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::Result<DeadLetter> {
     let stream = dlq_stream(js, ns).await?;
-    let msg = stream
-        .get_raw_message(seq)
-        .await
+    let msg = held(&stream, seq)
+        .await?
         .with_context(|| format!("no dead letter {seq} in {}", ns.dlq_stream()))?;
     Ok(DeadLetter::from_stored(msg))
 }
@@ -128,7 +127,7 @@ pub async fn get(js: &jetstream::Context, ns: &Namespace, seq: u64) -> anyhow::R
 /// The inboxes of the services, read before a redrive: which of them may
 /// have forgotten a letter's event.
 pub struct Inboxes {
-    pools: Vec<(&'static str, sqlx::PgPool)>,
+    pools: Vec<(&'static Consumes, sqlx::PgPool)>,
 }
 
 impl Inboxes {
@@ -136,7 +135,7 @@ impl Inboxes {
     pub async fn open(cfg: &SystemConfig) -> anyhow::Result<Self> {
         let mut pools = Vec::new();
         for c in &SERVICES {
-            pools.push((c.service, service_pool(cfg, c).await?));
+            pools.push((c, service_pool(cfg, c).await?));
         }
         Ok(Self { pools })
     }
@@ -155,11 +154,13 @@ impl Inboxes {
         let minted = id.as_str().parse().ok().and_then(retention::minted_at);
         let seq = letter.stream_seq.parse().unwrap_or(0);
         let mut out = Vec::new();
-        for (service, pool) in &self.pools {
-            let consumes = SERVICES.iter().find(|c| c.service == *service);
+        for (consumes, pool) in &self.pools {
+            let service = consumes.service;
             let reads = consumes
-                .is_some_and(|c| c.input.iter().any(|kind| ns.stream(*kind) == letter.stream));
-            if !reads || *service == letter.consumer {
+                .input
+                .iter()
+                .any(|kind| ns.stream(*kind) == letter.stream);
+            if !reads || service == letter.consumer {
                 continue;
             }
             let horizon = retention::horizon(pool, service, &letter.stream)

@@ -59,10 +59,9 @@ impl Watchers {
     fn share(&self, customer: &str) -> Result<Share> {
         let mut held = self.per_customer.lock().expect("watch counts");
         let count = held.entry(customer.to_owned()).or_default();
+        // A refusal leaves no entry behind: the bound is at least 1, so a
+        // refused customer already holds watches.
         if self.max_per_customer > 0 && *count >= self.max_per_customer {
-            if *count == 0 {
-                held.remove(customer);
-            }
             return Err(OrderError::Watch(WatchEnd::YoursFull(
                 self.max_per_customer,
             )));

@@ -245,6 +245,23 @@ pub struct Round {
     pub sent: usize,
 }
 
+/// The statement a relay round takes its rows with ($1: how many, $2:
+/// the lease, as `idle_in_transaction_session_timeout`), with `filter`
+/// added to its condition.
+macro_rules! take_rows {
+    ($filter:literal) => {
+        concat!(
+            "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
+                 traceparent, tracestate, created_at \
+             FROM (SELECT set_config('idle_in_transaction_session_timeout', $2, true)) AS lease, \
+                 outbox \
+             WHERE published_at IS NULL ",
+            $filter,
+            " ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED"
+        )
+    };
+}
+
 /// Publishes committed outbox rows.
 pub struct Relay {
     pub(crate) service: &'static str,
@@ -351,32 +368,20 @@ impl Relay {
         // keeps its rows at most this long: then Postgres ends its session.
         // The setting is made by the same statement that takes the rows.
         let lease = (limit + Duration::from_secs(5)).as_millis().to_string();
+        let take = sqlx::query_as::<_, Row>;
         let rows: Vec<Row> = if self.unknown_seen.load(Ordering::Relaxed) {
-            sqlx::query_as(
-                "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
-                     traceparent, tracestate, created_at \
-                 FROM (SELECT set_config('idle_in_transaction_session_timeout', $2, true)) AS lease, \
-                     outbox \
-                 WHERE published_at IS NULL AND event_type = ANY($3) \
-                 ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED",
-            )
-            .bind(self.cfg.relay_batch_size)
-            .bind(lease)
-            .bind(KNOWN_TYPES.as_slice())
-            .fetch_all(&mut *tx)
-            .await?
+            take(take_rows!("AND event_type = ANY($3)"))
+                .bind(self.cfg.relay_batch_size)
+                .bind(lease)
+                .bind(KNOWN_TYPES.as_slice())
+                .fetch_all(&mut *tx)
+                .await?
         } else {
-            sqlx::query_as(
-                "SELECT id, event_id, event_type, payload, correlation_id, causation_id, \
-                     traceparent, tracestate, created_at \
-                 FROM (SELECT set_config('idle_in_transaction_session_timeout', $2, true)) AS lease, \
-                     outbox \
-                 WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE OF outbox SKIP LOCKED",
-            )
-            .bind(self.cfg.relay_batch_size)
-            .bind(lease)
-            .fetch_all(&mut *tx)
-            .await?
+            take(take_rows!(""))
+                .bind(self.cfg.relay_batch_size)
+                .bind(lease)
+                .fetch_all(&mut *tx)
+                .await?
         };
         if rows.is_empty() {
             tx.commit().await?;
