@@ -409,3 +409,60 @@ async fn messages_at_a_reused_sequence_each_get_their_dead_letter() -> anyhow::R
     assert_eq!(bodies, [&b"first"[..], &b"second"[..]]);
     sys.stop().await
 }
+
+/// A graceful stop publishes everything committed before it, not only the
+/// first batch of it. The relay's last round used to take one batch: with a
+/// backlog larger than the batch (after a NATS outage, say), the rest waited
+/// for the next start of the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_publishes_a_backlog_larger_than_one_relay_batch() -> anyhow::Result<()> {
+    use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
+    use saga_shared::proto::events::v1 as ev;
+    use saga_tests::processes::{Ended, Service as Process};
+    use sqlx::Connection;
+
+    const BATCH: i64 = 8;
+    const BACKLOG: usize = 5 * BATCH as usize + 3;
+    let mut sys = TestSystem::start_processes(|cfg| {
+        cfg.order.bus.relay_batch_size = BATCH;
+        // Rows written outside the service do not wake its relay, and
+        // it does not poll for them before the stop.
+        cfg.order.bus.relay_poll_ms = 24 * 3_600 * 1_000;
+    })
+    .await?;
+    // One order through, so the relay has run its rounds and waits.
+    sys.seed_product("A", 10, 10).await?;
+    sys.top_up("bea", 1_000).await?;
+    let placed = sys.place(order_request("bea", &[("A", 1)], None)).await?;
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(state(&done), OrderState::Confirmed);
+    let unpublished = "SELECT count(*) FROM orders.outbox WHERE published_at IS NULL";
+    eventually("the order's events published", WAIT, || async {
+        let left: i64 = sqlx::query_scalar(unpublished).fetch_one(&sys.db).await?;
+        Ok(left == 0)
+    })
+    .await?;
+
+    let db = &sys.config.order.database;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&options.options([("search_path", db.schema.as_str())]))
+            .await?;
+    let mut tx = conn.begin().await?;
+    for _ in 0..BACKLOG {
+        let order = uuid::Uuid::now_v7();
+        let event = SagaEvent::OrderCancelled(ev::OrderCancelled {
+            order_id: order.to_string(),
+            ..Default::default()
+        });
+        Outbox::enqueue(&mut tx, &EventMeta::new(order, None), &event).await?;
+    }
+    tx.commit().await?;
+
+    sys.processes().terminate(Process::Order);
+    let ended = sys.processes().wait_ended(Process::Order, WAIT).await?;
+    assert_eq!(ended, Ended::Code(0), "order-svc stopped cleanly");
+    let left: i64 = sqlx::query_scalar(unpublished).fetch_one(&sys.db).await?;
+    assert_eq!(left, 0, "a backlog of {BACKLOG} rows published by the stop");
+    sys.stop().await
+}

@@ -298,8 +298,8 @@ impl Relay {
         }
     }
 
-    /// Publishes until `shutdown`; then one last round for what was committed
-    /// before it.
+    /// Publishes until `shutdown`; then, for at most `LAST_ROUNDS`, what was
+    /// committed before it.
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.cfg.relay_poll_ms.max(1));
         let mut failures: u32 = 0;
@@ -345,12 +345,32 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
             }
         }
-        match tokio::time::timeout(Duration::from_secs(5), self.publish_pending()).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(LAST_ROUNDS, self.publish_committed()).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(service = self.service, error = %e, "last outbox round failed");
             }
-            Err(_) => tracing::warn!(service = self.service, "last outbox round timed out"),
+            Err(_) => tracing::warn!(
+                service = self.service,
+                limit_secs = LAST_ROUNDS.as_secs(),
+                "last outbox rounds ran out of time; the rest waits for the next start"
+            ),
+        }
+    }
+
+    /// The rounds at a stop: batch after batch until the outbox has no more
+    /// to give (a round short of a batch) or JetStream takes nothing.
+    async fn publish_committed(&self) -> Result<(), RelayError> {
+        loop {
+            let filtered = self.unknown_seen.load(Ordering::Relaxed);
+            let round = self.publish_pending().await?;
+            let full = round.taken as i64 >= self.cfg.relay_batch_size;
+            // A round that met unknown types for the first time sent
+            // nothing, perhaps, yet the next one (filtered) may.
+            let filter_just_set = !filtered && self.unknown_seen.load(Ordering::Relaxed);
+            if !full || (round.sent == 0 && !filter_just_set) {
+                return Ok(());
+            }
         }
     }
 
@@ -507,6 +527,10 @@ pub async fn unpublished(pool: &PgPool) -> sqlx::Result<i64> {
         .fetch_one(pool)
         .await
 }
+
+/// How long a stopping relay may go on publishing what was committed
+/// before the stop.
+const LAST_ROUNDS: Duration = Duration::from_secs(5);
 
 /// The spellings of the event types this build publishes.
 static KNOWN_TYPES: std::sync::LazyLock<Vec<&'static str>> =
