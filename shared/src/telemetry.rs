@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -153,9 +154,27 @@ pub fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             eprintln!("telemetry: another metrics recorder is installed; /metrics will be empty");
         }
+        // The recorder keeps every histogram sample until upkeep drains it
+        // into the buckets; a scrape runs upkeep, but a service nobody
+        // scrapes would otherwise grow by each sample it records.
+        let drained = handle.clone();
+        let upkeep = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    drained.run_upkeep();
+                }
+            });
+        if let Err(e) = upkeep {
+            eprintln!("telemetry: metrics upkeep not started ({e}); only scrapes drain histograms");
+        }
         handle
     })
 }
+
+/// How often histogram samples are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// W3C trace context of a span, as carried in event headers and outbox rows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
