@@ -89,7 +89,8 @@ pub struct Standing {
     pub horizon: Option<Horizon>,
 }
 
-/// The database of service `c` (migrated, so the bus tables exist).
+/// The database of service `c`, as its service made it (nothing created or
+/// migrated: a mistyped schema is refused, not taken for an empty one).
 pub(crate) async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::PgPool> {
     let (database, migrations): (_, &Migrator) = match c.service {
         "order-svc" => (&cfg.order.database, &order_svc::MIGRATIONS),
@@ -97,7 +98,7 @@ pub(crate) async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Re
         "payment-svc" => (&cfg.payment.database, &payment_svc::MIGRATIONS),
         _ => (&cfg.reservation.database, &reservation_svc::MIGRATIONS),
     };
-    saga_shared::db::connect(database, migrations)
+    saga_shared::db::open_existing(database, migrations)
         .await
         .with_context(|| format!("{}'s database", c.service))
 }

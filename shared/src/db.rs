@@ -29,6 +29,8 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("schema {schema:?} is not one this build's service made: {why}")]
+    NotAsBuilt { schema: String, why: String },
     #[error(
         "database {name:?} does not exist and could not be created ({source}); create it, \
          or give the role the right to"
@@ -42,23 +44,86 @@ pub enum DbError {
 
 /// Opens the service's pool and brings its schema up to date.
 pub async fn connect(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool, DbError> {
-    if !valid_identifier(&cfg.schema) {
-        return Err(DbError::Schema(cfg.schema.clone()));
-    }
-    let options = PgConnectOptions::from_str(&cfg.url).map_err(DbError::Url)?;
+    let options = options(cfg)?;
     if cfg.create_database {
         create_database_if_missing(&options).await?;
     }
+    let pool = pool(cfg, options).await?;
+    migrate(&pool, &cfg.schema, service).await?;
+    Ok(pool)
+}
+
+/// Opens the pool of a schema the service has made, as an operator's tool
+/// does: nothing is created or migrated (the service owns its schema), and
+/// a schema that this build's migrations do not describe exactly (never
+/// made, behind, ahead, or a migration that failed) is refused, so that a
+/// wrong schema name is not taken for a service that has seen nothing.
+pub async fn open_existing(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool, DbError> {
+    let pool = pool(cfg, options(cfg)?).await?;
+    for (migrator, table) in [
+        (&BUS_MIGRATIONS, "_sqlx_migrations_bus"),
+        (service, "_sqlx_migrations"),
+    ] {
+        let not_as_built = |why: String| DbError::NotAsBuilt {
+            schema: cfg.schema.clone(),
+            why,
+        };
+        let qualified = format!("\"{}\".{table}", cfg.schema);
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&qualified)
+            .fetch_one(&pool)
+            .await?;
+        if exists.is_none() {
+            return Err(not_as_built(format!(
+                "it has no {table} table: no service has run on it (is the schema or the \
+                 database URL mistyped?)"
+            )));
+        }
+        let applied: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, success FROM {qualified} ORDER BY version"
+        )))
+        .fetch_all(&pool)
+        .await?;
+        let known: Vec<i64> = migrator
+            .migrations
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| m.version)
+            .collect();
+        if let Some((version, _)) = applied.iter().find(|(_, success)| !success) {
+            return Err(not_as_built(format!("migration {version} failed there")));
+        }
+        if let Some(version) = known.iter().find(|v| !applied.iter().any(|(a, _)| a == *v)) {
+            return Err(not_as_built(format!(
+                "migration {version} is not applied: start the service of this version first"
+            )));
+        }
+        if let Some((version, _)) = applied.iter().find(|(a, _)| !known.contains(a)) {
+            return Err(not_as_built(format!(
+                "it has migration {version}, which this build does not know: use the sagactl \
+                 of the services' version"
+            )));
+        }
+    }
+    Ok(pool)
+}
+
+fn options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    if !valid_identifier(&cfg.schema) {
+        return Err(DbError::Schema(cfg.schema.clone()));
+    }
+    PgConnectOptions::from_str(&cfg.url).map_err(DbError::Url)
+}
+
+async fn pool(cfg: &DatabaseConfig, options: PgConnectOptions) -> Result<PgPool, DbError> {
     let options = options
         .options([("search_path", cfg.schema.as_str())])
         .disable_statement_logging();
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
         .connect_with(options)
-        .await?;
-    migrate(&pool, &cfg.schema, service).await?;
-    Ok(pool)
+        .await?)
 }
 
 async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> Result<(), DbError> {

@@ -679,3 +679,46 @@ async fn a_replay_that_fails_on_a_later_stream_reports_the_streams_it_replayed()
     );
     sys.stop().await
 }
+
+/// A replay, its dry run or `replay status` against a schema the service
+/// never ran on (a typo in `PAYMENT_SVC__DATABASE__SCHEMA`, the URL of
+/// another database) is refused, naming the schema, and creates nothing.
+/// It used to create and migrate that schema, find its inbox empty, and
+/// list every event of the stream as to be applied; without `--dry-run`
+/// it applied them all there and reported a recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_schema_the_service_never_ran_on_is_refused_and_creates_nothing()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    sys.top_up("tia", 1_000).await?;
+    let placed = sys.place(order_request("tia", &[("A", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    let mut cfg = sys.config.clone();
+    let typo = format!("{}_typo", cfg.payment.database.schema);
+    cfg.payment.database.schema = typo.clone();
+    let request = replay::Request {
+        service: "payment".into(),
+        start: replay::Start::Seq(1),
+        to_seq: None,
+        stream: None,
+        dry_run: true,
+        force: false,
+    };
+    let refused = replay::run(&cfg, &request, |_, _, _, _| {}).await;
+    let err = format!("{:#}", refused.expect_err("no payment-svc tables there"));
+    assert!(err.contains(&typo), "names the schema: {err}");
+    let status = replay::status(&cfg, Some("payment")).await;
+    assert!(status.is_err(), "status refused too: {status:?}");
+    let created: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
+    )
+    .bind(&typo)
+    .fetch_one(&sys.db)
+    .await?;
+    assert!(!created, "schema {typo} left uncreated");
+    sys.stop().await
+}
