@@ -637,6 +637,63 @@ async fn a_stream_read_through_a_stalled_server_reads_its_whole_range() -> anyho
     Ok(())
 }
 
+/// A reader whose consumer the server dropped mid-range (it counts a pull
+/// consumer with no pull waiting as inactive, and a replay may handle a
+/// batch for longer than the reader's inactivity limit) reads on from where
+/// it was. It used to fail the replay part-way with the server's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reader_whose_consumer_the_server_dropped_reads_on() -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use saga_shared::bus::reader::StreamReader;
+    let nats = saga_tests::servers::NatsServer::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "DROPPED".into(),
+            subjects: vec!["dropped.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    for i in 0..20u32 {
+        js.publish(format!("dropped.{i}"), i.to_string().into())
+            .await?
+            .await?;
+    }
+    let mut reader = StreamReader::open(&js, "DROPPED", 1, None).await?;
+    let seq = |m: &async_nats::jetstream::Message| {
+        m.info()
+            .map(|i| i.stream_sequence)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let mut read: Vec<u64> = Vec::new();
+    for m in reader.next_batch(5).await? {
+        read.push(seq(&m)?);
+    }
+    assert_eq!(read, (1..=5).collect::<Vec<_>>());
+    // The fault: the server drops the reader's consumer, as it does one
+    // that was inactive for too long.
+    let names: Vec<String> = stream.consumer_names().try_collect().await?;
+    assert_eq!(names.len(), 1, "the reader's consumer: {names:?}");
+    for name in &names {
+        stream.delete_consumer(name).await?;
+    }
+    loop {
+        let batch = reader.next_batch(5).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for m in batch {
+            read.push(seq(&m)?);
+        }
+    }
+    assert_eq!(
+        read,
+        (1..=20).collect::<Vec<_>>(),
+        "the whole range, once, in order"
+    );
+    Ok(())
+}
+
 /// A replay of several streams that fails on a later one still says what it
 /// did on those before (their events are applied: the operator must know).
 /// It used to answer only the error.

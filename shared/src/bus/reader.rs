@@ -126,17 +126,27 @@ impl StreamReader {
     /// the reader starts a consumer of its own again just after the last
     /// message it returned, and fetches again. It ends the range only when
     /// its consumer has nothing left to deliver (or delivers past the
-    /// range), and fails rather than end early when fetches keep coming back
-    /// empty with messages pending.
+    /// range), and fails rather than end early when fetches keep failing or
+    /// coming back empty with messages pending. A consumer the server
+    /// dropped is replaced the same way.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<jetstream::Message>, ReaderError> {
-        let mut empty_with_pending = 0;
+        let mut fruitless = 0;
         loop {
             let Some(consumer) = &mut self.consumer else {
                 return Ok(Vec::new());
             };
-            let fetch = fetch(consumer, max, self.delivered, self.to)
-                .await
-                .map_err(|m| stream_error(&self.name, m))?;
+            let fetch = match fetch(consumer, max, self.delivered, self.to).await {
+                Ok(fetch) => fetch,
+                Err(message) => {
+                    // The server may have dropped the consumer (it counts
+                    // one with no pull waiting as inactive, and the caller
+                    // may take longer than INACTIVE over a batch): a new one
+                    // starts after the last message returned.
+                    self.fruitless(&mut fruitless, &message)?;
+                    self.restart().await?;
+                    continue;
+                }
+            };
             self.delivered = fetch.delivered;
             if let Some(last) = fetch.messages.last() {
                 self.next = last
@@ -166,24 +176,17 @@ impl StreamReader {
                     // Nothing came: the end, unless the consumer still has
                     // messages to deliver (or delivered some that never
                     // arrived).
-                    let info = consumer
-                        .info()
-                        .await
-                        .map_err(|e| stream_error(&self.name, e.to_string()))?;
-                    if info.num_pending == 0 && info.num_ack_pending == 0 {
-                        self.close().await;
-                        return Ok(Vec::new());
-                    }
-                    empty_with_pending += 1;
-                    if empty_with_pending >= MAX_EMPTY_FETCHES {
-                        return Err(stream_error(
-                            &self.name,
-                            format!(
-                                "{MAX_EMPTY_FETCHES} fetches in a row came back empty with \
-                             messages pending from seq {}: the server is not delivering them",
-                                self.next
-                            ),
-                        ));
+                    match consumer.info().await {
+                        Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                            self.close().await;
+                            return Ok(Vec::new());
+                        }
+                        Ok(_) => self.fruitless(
+                            &mut fruitless,
+                            "fetches came back empty with messages pending: the server is not \
+                             delivering them",
+                        )?,
+                        Err(e) => self.fruitless(&mut fruitless, &e.to_string())?,
                     }
                     self.restart().await?;
                 }
@@ -200,6 +203,21 @@ impl StreamReader {
             .map_err(|e| self.error(e))?;
         self.consumer = Some(consumer);
         self.delivered = 0;
+        Ok(())
+    }
+
+    /// Counts one more fetch in a row that got nothing (it failed, or came
+    /// back empty short of the range's end); the last of `MAX_FRUITLESS`
+    /// fails the read with why.
+    fn fruitless(&self, count: &mut u32, why: &str) -> Result<(), ReaderError> {
+        *count += 1;
+        tracing::debug!(stream = %self.name, next = self.next, attempt = *count, why, "fetch got nothing; the reader starts again");
+        if *count >= MAX_FRUITLESS {
+            return Err(self.error(format!(
+                "{MAX_FRUITLESS} fetches in a row got nothing from seq {}; the last: {why}",
+                self.next
+            )));
+        }
         Ok(())
     }
 
@@ -225,9 +243,9 @@ fn stream_error(stream: &str, message: impl ToString) -> ReaderError {
     }
 }
 
-/// Fetches in a row that may come back empty while messages are pending
-/// before a read fails.
-const MAX_EMPTY_FETCHES: u32 = 5;
+/// Fetches in a row that may fail, or come back empty while messages are
+/// pending, before a read fails.
+const MAX_FRUITLESS: u32 = 5;
 
 /// A reader's consumer of `stream`, from stream sequence `start`.
 async fn consumer_from(
