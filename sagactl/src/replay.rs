@@ -237,6 +237,22 @@ pub async fn run(
             vec![*kind]
         }
     };
+    // Sequence numbers are each stream's own: past the start of every
+    // stream, a range of them is one stream's.
+    let numbered = matches!(request.start, Start::Seq(n) if n > 1) || request.to_seq.is_some();
+    if numbered && kinds.len() > 1 {
+        let names: Vec<String> = kinds.iter().map(|k| ns.stream(*k)).collect();
+        bail!(
+            "sequence numbers are each stream's own, and {} reads {names:?}: name the stream \
+             of the range with --stream",
+            c.service
+        );
+    }
+    if let (Start::Seq(from), Some(to)) = (request.start, request.to_seq)
+        && to < from.max(1)
+    {
+        bail!("the range ends before it starts: --to-seq {to} is below --from-seq {from}");
+    }
     let outbox = Outbox::new();
     let pool = service_pool(cfg, c).await?;
     let bus = match c.service {
@@ -388,7 +404,7 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
         "stream",
         "range",
         "read",
-        "applied",
+        "already",
         if dry_run {
             "would apply"
         } else {

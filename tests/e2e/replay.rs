@@ -779,3 +779,73 @@ async fn a_replay_into_a_schema_the_service_never_ran_on_is_refused_and_creates_
     assert!(!created, "schema {typo} left uncreated");
     sys.stop().await
 }
+
+/// Sequence numbers are the stream's own: a range of them for a service that
+/// reads several streams must name the stream (order-svc's `--from-seq
+/// 1200` meant for one of its streams replayed the same numbers of the
+/// other two), and a range that ends before it starts is refused rather
+/// than reported as a replay of nothing. From seq 1 (every stream from its
+/// start) stays open to all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_range_in_sequence_numbers_is_refused_where_it_is_ambiguous_or_empty()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("Q", 100, 10).await?;
+    sys.top_up("quin", 1_000).await?;
+    let placed = sys.place(order_request("quin", &[("Q", 1)], None)).await?;
+    assert_eq!(
+        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
+        OrderState::Confirmed
+    );
+    let payments = sys.namespace().stream(StreamKind::Payments);
+    let request = |service: &str, start, to_seq, stream: Option<&str>| replay::Request {
+        service: service.into(),
+        start,
+        to_seq,
+        stream: stream.map(str::to_owned),
+        dry_run: true,
+        force: false,
+    };
+    let refused = |r: replay::Request| {
+        let cfg = &sys.config;
+        async move {
+            match replay::run(cfg, &r, |_, _, _, _| {}).await {
+                Ok(done) => anyhow::bail!("{r:?} replayed {done:?}"),
+                Err(e) => anyhow::Ok(format!("{e:#}")),
+            }
+        }
+    };
+    let ambiguous = [
+        request("order", replay::Start::Seq(2), None, None),
+        request("order", replay::Start::Seq(1), Some(2), None),
+        request("order", replay::Start::Checkpoint, Some(2), None),
+    ];
+    for r in ambiguous {
+        let why = refused(r).await?;
+        assert!(why.contains("--stream"), "asks for the stream: {why}");
+    }
+    for r in [
+        request("order", replay::Start::Seq(3), Some(2), Some(&payments)),
+        request("payment", replay::Start::Seq(2), Some(1), None),
+        request("payment", replay::Start::Seq(1), Some(0), None),
+    ] {
+        let why = refused(r).await?;
+        assert!(why.contains("ends before"), "names the empty range: {why}");
+    }
+    // Still open: one stream named, or every stream from its start.
+    let one = replay::run(
+        &sys.config,
+        &request("order", replay::Start::Seq(1), Some(1), Some(&payments)),
+        |_, _, _, _| {},
+    )
+    .await?;
+    assert_eq!((one.len(), one[0].from, one[0].to), (1, 1, 1));
+    let all = replay::run(
+        &sys.config,
+        &request("order", replay::Start::Seq(1), None, None),
+        |_, _, _, _| {},
+    )
+    .await?;
+    assert_eq!(all.len(), 3, "{all:?}");
+    sys.stop().await
+}
