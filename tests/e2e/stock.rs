@@ -343,3 +343,39 @@ async fn a_counter_rebuilt_in_a_transaction_that_fails_is_never_taken_for_curren
     redis_matches_postgres(&sys, "EP").await?;
     sys.stop().await
 }
+
+/// Units added to a SKU whose counter was not told of them (the caller's
+/// deadline dropped the call after its commit, Redis timed out on the
+/// rebuild, or a retry was answered from the idempotency record, which does
+/// not rebuild) are sold, not refused. The counter used to keep its epoch
+/// across an addition, so its refusal passed for current: every order over
+/// the old count was rejected out of stock while Postgres had the units,
+/// until the next reconciliation (never, with reconciliation off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_added_while_the_counter_was_not_told_are_sold_not_refused() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.inventory.reconcile_interval_ms = 0;
+    })
+    .await?;
+    sys.seed_product("RS", 100, 1).await?;
+    let first = reserve(&sys, &Uuid::now_v7().to_string(), &[("RS", 1)]).await?;
+    assert_eq!(reservation_state(&first), inv::ReservationState::Reserved);
+    // The restock commits; what follows its commit never runs.
+    let inventory = sys.inventory_with(|_| {}).await?;
+    let version = sys.stock("RS").await?.version;
+    let mut tx = inventory.store().pool.begin().await?;
+    inventory.adjust_in(&mut tx, "RS", 5, version).await?;
+    tx.commit().await?;
+    assert_eq!(sys.stock("RS").await?.available, 5);
+
+    let second = reserve(&sys, &Uuid::now_v7().to_string(), &[("RS", 1)]).await?;
+    assert_eq!(
+        reservation_state(&second),
+        inv::ReservationState::Reserved,
+        "a unit Postgres has is sold"
+    );
+    let rs = sys.stock("RS").await?;
+    assert_eq!((rs.reserved, rs.available), (2, 4));
+    redis_matches_postgres(&sys, "RS").await?;
+    sys.stop().await
+}

@@ -52,10 +52,11 @@ impl Inventory {
 
     /// Adds or removes units on hand if `expected_version` is current, in
     /// the caller's transaction (which must commit soon: it holds the SKU's
-    /// row lock). Removing units moves the counter's epoch on, so that Redis
-    /// cannot grant them before it is rebuilt; call [`Inventory::after_adjust`]
-    /// once the transaction has committed. If it rolls back, Redis is as it
-    /// was.
+    /// row lock). It moves the counter's epoch on: Redis cannot grant units
+    /// removed before it is rebuilt, and its refusal of units added is not
+    /// taken for current (if the rebuild after the commit never runs, the
+    /// next use rebuilds it). Call [`Inventory::after_adjust`] once the
+    /// transaction has committed. If it rolls back, Redis is as it was.
     pub async fn adjust_in(
         &self,
         tx: &mut PgConnection,
@@ -71,17 +72,15 @@ impl Inventory {
         };
         let on_hand = domain::adjust(&product, delta, expected_version)?;
         let updated = store::set_on_hand(tx, sku, on_hand).await?;
-        if delta < 0 {
-            let epoch = store::next_epoch(tx).await?;
-            store::set_epoch(tx, sku, epoch).await?;
-        }
+        let epoch = store::next_epoch(tx).await?;
+        store::set_epoch(tx, sku, epoch).await?;
         metrics::counter!("inventory_stock_adjustments_total").increment(1);
         Ok(updated)
     }
 
     /// Brings the Redis counter of `sku` up to an adjustment that committed.
-    /// Best effort: a counter left behind undercounts (units added) or is
-    /// fenced (units removed) until its next use or reconciliation.
+    /// Best effort: a counter left behind is under an old epoch, so its next
+    /// use finds it stale and rebuilds it.
     pub async fn after_adjust(&self, sku: &str) {
         if self.breaker.path() == Path::Postgres {
             return;
