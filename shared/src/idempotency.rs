@@ -127,13 +127,16 @@ where
         }
         Begin::Proceed(ticket) => ticket,
     };
-    let response = work(&mut tx, &request).await?;
-    ticket.complete(&mut tx, &response).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(Answer {
-        response,
-        replayed: false,
+    crate::telemetry::recording_on_commit(async {
+        let response = work(&mut tx, &request).await?;
+        ticket.complete(&mut tx, &response).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Answer {
+            response,
+            replayed: false,
+        })
     })
+    .await
 }
 
 /// [`once`] for `work` that changes the database with one statement, and
@@ -161,7 +164,8 @@ where
         .acquire()
         .await
         .map_err(|e| crate::grpc::database(scope, &e))?;
-    let response = work(&mut conn, &request).await?;
+    // One statement: it committed if it succeeded.
+    let response = crate::telemetry::recording_on_commit(work(&mut conn, &request)).await?;
     Ok(Answer {
         response,
         replayed: false,

@@ -173,6 +173,53 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+tokio::task_local! {
+    /// Metrics recorded inside [`recording_on_commit`]'s work, held until
+    /// it succeeds.
+    static UNCOMMITTED: std::cell::RefCell<Vec<Box<dyn FnOnce() + Send>>>;
+}
+
+/// Records a metric of a change once the transaction that makes it commits:
+/// inside [`recording_on_commit`], when its work succeeds (never if it
+/// fails: rolled back, and perhaps redone, which records it again);
+/// elsewhere at once.
+pub fn record_on_commit(record: impl FnOnce() + Send + 'static) {
+    let mut record = Some(record);
+    let held = UNCOMMITTED.try_with(|held| {
+        if let Some(r) = record.take() {
+            held.borrow_mut().push(Box::new(r));
+        }
+    });
+    if held.is_err()
+        && let Some(r) = record.take()
+    {
+        r();
+    }
+}
+
+/// Runs `work`, a transaction up to and including its commit, holding the
+/// metrics it records with [`record_on_commit`] until it succeeds; if it
+/// fails, they are dropped. Inside another such scope, `work` joins it.
+pub async fn recording_on_commit<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    if UNCOMMITTED.try_with(|_| ()).is_ok() {
+        return work.await;
+    }
+    UNCOMMITTED
+        .scope(std::cell::RefCell::default(), async {
+            let out = work.await;
+            let held = UNCOMMITTED.with(|held| std::mem::take(&mut *held.borrow_mut()));
+            if out.is_ok() {
+                for record in held {
+                    record();
+                }
+            }
+            out
+        })
+        .await
+}
+
 /// How often histogram samples are drained into their buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 

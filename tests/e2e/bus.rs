@@ -466,3 +466,53 @@ async fn a_graceful_stop_publishes_a_backlog_larger_than_one_relay_batch() -> an
     assert_eq!(left, 0, "a backlog of {BACKLOG} rows published by the stop");
     sys.stop().await
 }
+
+/// A batch redone one event at a time (one of its events failed for good)
+/// counts each event's business metrics once: what the rolled-back batch
+/// counted does not stand. `payment_captured_cents_total` used to count the
+/// charge of the batch that rolled back and again the charge that stood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_redone_one_event_at_a_time_counts_each_charge_once() -> anyhow::Result<()> {
+    use saga_shared::bus::SagaEvent;
+    use saga_shared::proto::events::v1 as ev;
+    use saga_tests::metric_sum;
+    use saga_tests::processes::{Ended, Service as Process};
+
+    let mut sys = TestSystem::start_processes(|_| {}).await?;
+    sys.top_up("mia", 1_000).await?;
+    // Both events wait in the stream while payment is stopped, so that its
+    // first fetch takes them as one batch.
+    sys.processes().terminate(Process::Payment);
+    let ended = sys.processes().wait_ended(Process::Payment, WAIT).await?;
+    assert_eq!(ended, Ended::Code(0));
+    let reserved = |amount_cents| {
+        let order = uuid::Uuid::now_v7();
+        let event = SagaEvent::OrderReserved(ev::OrderReserved {
+            order_id: order.to_string(),
+            customer_id: "mia".into(),
+            amount_cents,
+        });
+        (order, event)
+    };
+    for amount in [100, -1] {
+        let (order, event) = reserved(amount);
+        sys.publish_event(order, event).await?;
+    }
+    sys.processes().start(Process::Payment, &[]).await?;
+    let admin = sys.processes().instances[&Process::Payment.into()].admin;
+    eventually(
+        "the batch redone one event at a time",
+        WAIT,
+        || async move {
+            Ok(
+                metric_sum(admin, "saga_batches_redone_total", &[("kind", "permanent")]).await?
+                    >= 1.0,
+            )
+        },
+    )
+    .await?;
+    assert_eq!(sys.wallet("mia").await?.balance_cents, 900, "charged once");
+    let captured = metric_sum(admin, "payment_captured_cents_total", &[]).await?;
+    assert_eq!(captured, 100.0, "the charge counted once");
+    sys.stop().await
+}

@@ -1,5 +1,6 @@
 //! Products and their stock: the catalog entries and AdjustStock.
 
+use saga_shared::telemetry::record_on_commit;
 use sqlx::PgConnection;
 
 use super::{Inventory, InventoryError, Result};
@@ -74,7 +75,7 @@ impl Inventory {
         let updated = store::set_on_hand(tx, sku, on_hand).await?;
         let epoch = store::next_epoch(tx).await?;
         store::set_epoch(tx, sku, epoch).await?;
-        metrics::counter!("inventory_stock_adjustments_total").increment(1);
+        record_on_commit(|| metrics::counter!("inventory_stock_adjustments_total").increment(1));
         Ok(updated)
     }
 

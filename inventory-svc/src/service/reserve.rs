@@ -2,6 +2,7 @@
 //! the transaction, then the record in the caller's transaction.
 
 use saga_shared::faults::{CrashPoint, crash_point};
+use saga_shared::telemetry::record_on_commit;
 use sqlx::PgConnection;
 
 use super::{AfterCommit, Inventory, InventoryError, Result};
@@ -234,8 +235,10 @@ impl Inventory {
             Reserved::Rejected { .. } => "rejected",
             Reserved::Unchanged(_) => "unchanged",
         };
-        metrics::counter!("inventory_reservations_total", "path" => path, "outcome" => outcome)
-            .increment(1);
+        record_on_commit(move || {
+            metrics::counter!("inventory_reservations_total", "path" => path, "outcome" => outcome)
+                .increment(1);
+        });
         Ok((reserved, after))
     }
 }

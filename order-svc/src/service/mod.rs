@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use saga_shared::bus::{EventMeta, Outbox, OutboxRows, SagaEvent};
 use saga_shared::proto::events::v1 as pb;
+use saga_shared::telemetry::record_on_commit;
 use saga_shared::validate::FieldError;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -161,7 +162,7 @@ impl Orders {
         });
         let events = OutboxRows::of(&EventMeta::new(order.id, None), &event);
         store::insert(conn, &order, events).await?;
-        metrics::counter!("orders_placed_total").increment(1);
+        record_on_commit(|| metrics::counter!("orders_placed_total").increment(1));
         Ok(order)
     }
 
@@ -270,12 +271,15 @@ impl Orders {
                     Some(r) => r.as_str(),
                     None => "confirmed",
                 };
-                metrics::counter!("orders_finished_total", "outcome" => outcome).increment(1);
                 let took = (order.updated_at - order.created_at)
                     .to_std()
                     .unwrap_or_default();
-                metrics::histogram!("saga_order_duration_seconds", "state" => order.state.as_str())
-                    .record(took.as_secs_f64());
+                let state = order.state.as_str();
+                record_on_commit(move || {
+                    metrics::counter!("orders_finished_total", "outcome" => outcome).increment(1);
+                    metrics::histogram!("saga_order_duration_seconds", "state" => state)
+                        .record(took.as_secs_f64());
+                });
             }
         }
         Ok(Some(order))
@@ -286,23 +290,27 @@ impl Orders {
     /// skipped. Returns how many were cancelled.
     pub async fn cancel_overdue(&self) -> Result<usize> {
         const BATCH: i64 = 100;
-        let mut tx = self.store.pool.begin().await?;
-        let ids = store::overdue(&mut tx, BATCH).await?;
-        // Locked already, by `overdue`: this reads them all at once.
-        let mut locked = self.lock_orders(&mut tx, &ids).await?;
-        for id in &ids {
-            let span = tracing::info_span!("deadline", order_id = %id);
-            self.advance(
-                &mut tx,
-                *id,
-                locked.remove(id),
-                Input::Cancel(CancelReason::Timeout),
-                EventMeta::new(*id, None),
-            )
-            .instrument(span)
-            .await?;
-        }
-        tx.commit().await?;
+        let ids = saga_shared::telemetry::recording_on_commit(async {
+            let mut tx = self.store.pool.begin().await?;
+            let ids = store::overdue(&mut tx, BATCH).await?;
+            // Locked already, by `overdue`: this reads them all at once.
+            let mut locked = self.lock_orders(&mut tx, &ids).await?;
+            for id in &ids {
+                let span = tracing::info_span!("deadline", order_id = %id);
+                self.advance(
+                    &mut tx,
+                    *id,
+                    locked.remove(id),
+                    Input::Cancel(CancelReason::Timeout),
+                    EventMeta::new(*id, None),
+                )
+                .instrument(span)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, OrderError>(ids)
+        })
+        .await?;
         if !ids.is_empty() {
             self.outbox.wake();
             metrics::counter!("orders_deadline_cancelled_total").increment(ids.len() as u64);

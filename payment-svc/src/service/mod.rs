@@ -9,6 +9,7 @@ pub mod repair;
 use saga_shared::bus::{EventMeta, Outbox, SagaEvent};
 use saga_shared::faults::{CrashPoint, crash_point};
 use saga_shared::proto::events::v1 as pb;
+use saga_shared::telemetry::record_on_commit;
 use saga_shared::validate::FieldError;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -154,7 +155,9 @@ impl Payments {
         }
         let event = match failure {
             None => {
-                metrics::counter!("payment_captured_cents_total").increment(amount as u64);
+                record_on_commit(move || {
+                    metrics::counter!("payment_captured_cents_total").increment(amount as u64);
+                });
                 SagaEvent::PaymentSucceeded(pb::PaymentSucceeded {
                     order_id: order.to_string(),
                     payment_id: payment_id.to_string(),
@@ -163,8 +166,10 @@ impl Payments {
                 })
             }
             Some(reason) => {
-                metrics::counter!("payment_failures_total", "reason" => reason.as_str())
-                    .increment(1);
+                record_on_commit(move || {
+                    metrics::counter!("payment_failures_total", "reason" => reason.as_str())
+                        .increment(1);
+                });
                 SagaEvent::PaymentFailed(pb::PaymentFailed {
                     order_id: order.to_string(),
                     customer_id: customer.to_owned(),
@@ -213,7 +218,10 @@ impl Payments {
             return Ok(false);
         }
         store::refund(tx, &payment).await?;
-        metrics::counter!("payment_refunded_cents_total").increment(payment.amount_cents as u64);
+        let refunded = payment.amount_cents as u64;
+        record_on_commit(move || {
+            metrics::counter!("payment_refunded_cents_total").increment(refunded);
+        });
         let event = SagaEvent::PaymentRefunded(pb::PaymentRefunded {
             order_id: order.to_string(),
             payment_id: payment.payment_id.to_string(),

@@ -72,10 +72,12 @@ impl<H: Handler> Consumer<H> {
 
     async fn apply_ready(&self, ready: Vec<(Held, Delivery, H::Prepared)>) {
         if ready.len() > 1 {
-            let batch = AssertUnwindSafe(self.apply_batch(&ready))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Err(panicked("apply", p)));
+            let batch = AssertUnwindSafe(crate::telemetry::recording_on_commit(
+                self.apply_batch(&ready),
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(panicked("apply", p)));
             match batch {
                 Ok(committed) => {
                     for c in committed {
@@ -100,10 +102,13 @@ impl<H: Handler> Consumer<H> {
             }
         }
         for (held, d, p) in ready {
-            let one = AssertUnwindSafe(self.apply_one(&d, p).instrument(d.span.clone()))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Err(panicked("apply", p)));
+            let one = AssertUnwindSafe(
+                crate::telemetry::recording_on_commit(self.apply_one(&d, p))
+                    .instrument(d.span.clone()),
+            )
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(panicked("apply", p)));
             match one {
                 Ok(fresh) => {
                     let outcome = match fresh {
