@@ -647,7 +647,7 @@ async fn a_stream_reader_whose_consumer_the_server_dropped_reads_on() -> anyhow:
     use saga_shared::bus::reader::StreamReader;
     let nats = saga_tests::servers::NatsServer::start().await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    let mut stream = js
+    let stream = js
         .create_stream(async_nats::jetstream::stream::Config {
             name: "DROPPED".into(),
             subjects: vec!["dropped.>".into()],
