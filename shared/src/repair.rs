@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::BoxError;
@@ -184,7 +185,10 @@ pub async fn pass<P: Participant>(
             let mut finished = 0;
             for (order, outcome) in ended {
                 tracing::info!(service, order_id = %order, outcome = outcome.as_str(), "finishing a saga's records left open");
-                match participant.finish(order, outcome).await {
+                // In a span of its own: what the repair publishes (a
+                // refund) carries a trace to what it starts downstream.
+                let span = tracing::info_span!("repair", service, order_id = %order, outcome = outcome.as_str());
+                match participant.finish(order, outcome).instrument(span).await {
                     Ok(true) => finished += 1,
                     Ok(false) => {}
                     Err(e) => {

@@ -151,6 +151,67 @@ async fn the_trace_of_a_placed_order_runs_through_every_event_of_its_saga() -> a
     sys.stop().await
 }
 
+/// An order cancelled by its deadline carries a trace context on its
+/// `orders.cancelled`, so the compensations it starts downstream (stock
+/// released, payment voided, slot freed) share one trace. The event's
+/// context used to be read outside the sweep's span: the event went
+/// without one, and each compensation started a trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cancelled_by_its_deadline_carries_a_trace_to_its_compensations()
+-> anyhow::Result<()> {
+    use saga_shared::bus::envelope::headers;
+    use saga_shared::proto::order::v1::CancelReason;
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.order.order.deadline_secs = 1;
+        cfg.order.order.sweep_interval_ms = 100;
+        // The charge is still at the card gateway when the deadline passes.
+        cfg.payment.gateway.latency_ms = 5_000;
+        cfg.payment.gateway.jitter_ms = 0;
+    })
+    .await?;
+    sys.seed_product("A", 100, 5).await?;
+    sys.top_up("dee", 1_000).await?;
+    let placed = sys.place(order_request("dee", &[("A", 1)], None)).await?;
+    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
+    assert_eq!(
+        (state(&done), saga_tests::reason(&done)),
+        (OrderState::Cancelled, CancelReason::Timeout)
+    );
+    let ns = sys.namespace();
+    let subject = ns.subject(saga_shared::bus::EventType::OrderCancelled);
+    let cancelled = saga_tests::poll_until("orders.cancelled in the stream", WAIT, || {
+        let (js, name) = (sys.js.clone(), ns.stream(StreamKind::Orders));
+        let (subject, order) = (subject.clone(), placed.order_id.clone());
+        async move {
+            let mut stream = js.get_stream(name).await?;
+            let last = stream.info().await?.state.last_sequence;
+            for seq in 1..=last {
+                let msg = stream.get_raw_message(seq).await?;
+                let ours = msg
+                    .headers
+                    .get(headers::CORRELATION_ID)
+                    .is_some_and(|v| v.as_str() == order);
+                if ours && msg.subject.as_str() == subject {
+                    return anyhow::Ok(Some(msg));
+                }
+            }
+            Ok(None)
+        }
+    })
+    .await?;
+    let traceparent = cancelled
+        .headers
+        .get("traceparent")
+        .map(|v| v.as_str().to_owned());
+    assert!(
+        traceparent
+            .as_deref()
+            .is_some_and(|t| t.starts_with("00-") && t.len() == 55),
+        "orders.cancelled carries a trace context: {traceparent:?}"
+    );
+    sys.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_with_secrets_in_its_urls_never_logs_them() -> anyhow::Result<()> {
     use saga_tests::processes::{Processes, Service};

@@ -297,12 +297,15 @@ impl Orders {
             let mut locked = self.lock_orders(&mut tx, &ids).await?;
             for id in &ids {
                 let span = tracing::info_span!("deadline", order_id = %id);
+                // Made in the span, so that the cancellation's event carries
+                // its trace to the compensations downstream.
+                let meta = span.in_scope(|| EventMeta::new(*id, None));
                 self.advance(
                     &mut tx,
                     *id,
                     locked.remove(id),
                     Input::Cancel(CancelReason::Timeout),
-                    EventMeta::new(*id, None),
+                    meta,
                 )
                 .instrument(span)
                 .await?;
