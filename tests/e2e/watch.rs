@@ -201,6 +201,33 @@ async fn a_watch_sends_the_end_even_when_a_clock_went_back() -> anyhow::Result<(
     sys.stop().await
 }
 
+/// A watch with an `after` later than any change of the order (a client's
+/// own clock, ahead, taken for a message's time) still gets the terminal
+/// state: it cannot have received it. The watch used to end cleanly with no
+/// message at all, as if the client had it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_after_a_time_no_change_has_still_gets_the_end() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| cfg.payment.gateway.latency_ms = 300).await?;
+    sys.seed_product("F", 100, 10).await?;
+    sys.top_up("fast", 1_000).await?;
+    let placed = sys.place(order_request("fast", &[("F", 1)], None)).await?;
+    let ahead = prost_types::Timestamp {
+        seconds: placed.created_at.map_or(0, |t| t.seconds) + 86_400,
+        nanos: 0,
+    };
+    let seen = all(watch(&sys, &placed.order_id, Some(ahead)).await?).await?;
+    let states: Vec<i32> = seen.iter().map(|o| o.state).collect();
+    assert_eq!(
+        states,
+        vec![ord::OrderState::Confirmed as i32],
+        "only the end, once: {seen:?}"
+    );
+    // Once ended, the same: its state, once.
+    let again = all(watch(&sys, &placed.order_id, Some(ahead)).await?).await?;
+    assert_eq!(again, seen);
+    sys.stop().await
+}
+
 /// One customer cannot take every watch an instance serves: watching its
 /// own order again and again (each watch lasts until the order ends, up to
 /// its deadline) used to leave other customers RESOURCE_EXHAUSTED.

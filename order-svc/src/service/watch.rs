@@ -165,7 +165,11 @@ async fn next(mut f: Follow) -> Option<(Result<Order>, Follow)> {
             }
             Ok(order) => {
                 let terminal = order.state.is_terminal();
-                if f.last.is_none_or(|last| order.updated_at > last) {
+                // The end is sent unless the client has it: then `last` is
+                // its time exactly (an order's times only grow). A `last`
+                // beyond it was never one of this order's times.
+                let new = f.last.is_none_or(|last| order.updated_at > last);
+                if new || (terminal && f.last != Some(order.updated_at)) {
                     f.last = Some(order.updated_at);
                     f.done = terminal;
                     return Some((Ok(order), f));
