@@ -66,9 +66,7 @@ impl Inventory {
         expected_version: i64,
     ) -> Result<Product> {
         domain::validate_adjust(sku, delta, expected_version)?;
-        let (products, _) =
-            store::snapshots(tx, &[sku.to_owned()], self.closed_window(), true).await?;
-        let Some(product) = products.into_iter().next() else {
+        let Some(product) = store::lock_product(tx, sku).await? else {
             return Err(InventoryError::UnknownSku(sku.to_owned()));
         };
         let on_hand = domain::adjust(&product, delta, expected_version)?;

@@ -61,14 +61,7 @@ pub struct PriceAndEpoch {
 impl Store {
     #[tracing::instrument(skip_all, fields(sku = %sku), err(level = "debug"))]
     pub async fn product(&self, sku: &str) -> sqlx::Result<Option<Product>> {
-        let row: Option<ProductRow> = sqlx::query_as(
-            "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
-             FROM products WHERE sku = $1",
-        )
-        .bind(sku)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Into::into))
+        product_row(&self.pool, product_by_sku!(), sku).await
     }
 
     /// The given SKUs that exist, ordered by SKU.
@@ -324,6 +317,30 @@ pub async fn set_on_hand(
         .fetch_one(conn)
         .await?;
     Ok(row.into())
+}
+
+/// The product `sku`, its row locked until the transaction ends.
+#[tracing::instrument(skip_all, err(level = "debug"))]
+pub async fn lock_product(conn: &mut PgConnection, sku: &str) -> sqlx::Result<Option<Product>> {
+    product_row(conn, concat!(product_by_sku!(), " FOR UPDATE"), sku).await
+}
+
+/// The statement that reads one product by SKU (`$1`).
+macro_rules! product_by_sku {
+    () => {
+        "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version \
+         FROM products WHERE sku = $1"
+    };
+}
+use product_by_sku;
+
+async fn product_row<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    sql: &'static str,
+    sku: &str,
+) -> sqlx::Result<Option<Product>> {
+    let row: Option<ProductRow> = sqlx::query_as(sql).bind(sku).fetch_optional(conn).await?;
+    Ok(row.map(Into::into))
 }
 
 /// Locks the products rows of `keys` in one order (a batch's first step).
