@@ -463,8 +463,8 @@ pub enum SagaCmd {
         /// Unchanged for at least this long (90s, 15m, 2h, 3d).
         #[arg(long, default_value = "30s", value_parser = crate::replay::parse_ago)]
         older_than: std::time::Duration,
-        /// At most this many orders, oldest first.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many orders, oldest first (1..=10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         /// Namespace of the streams (default: the configured one).
         #[arg(long, env = "SAGA_NAMESPACE")]
@@ -540,4 +540,37 @@ pub struct SagaBenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("sagactl").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// `saga stuck`'s bounds are refused by the parser, naming the flag,
+    /// before anything is asked of Postgres. `--limit 0` used to print that
+    /// no order waits, `--limit -1` Postgres's own error, and a huge
+    /// `--older-than` Postgres's "interval out of range".
+    #[test]
+    fn saga_stuck_refuses_bounds_that_mean_nothing() {
+        for args in [
+            ["saga", "stuck", "--limit", "0"],
+            ["saga", "stuck", "--limit=-1", ""],
+            ["saga", "stuck", "--older-than", "9999999999d"],
+        ] {
+            let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+            let err = parse(&args).err().unwrap_or_default();
+            assert!(
+                err.contains("--limit") || err.contains("--older-than"),
+                "{args:?} refused by name: {err:?}"
+            );
+        }
+        assert!(parse(&["saga", "stuck", "--limit", "1", "--older-than", "3650d"]).is_ok());
+    }
 }

@@ -452,36 +452,64 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
 
 /// A time ago as a whole number and a unit: `90s`, `15m`, `2h`, `3d`.
 pub fn parse_ago(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a time ago (90s, 15m, 2h, 3d)");
-    let digits = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    ago(text).map_err(|e| match e {
+        Ago::Malformed => format!("{text:?} is not a time ago (90s, 15m, 2h, 3d)"),
+        Ago::TooLong => too_long(text),
+    })
+}
+
+/// Why a text is not a time ago.
+enum Ago {
+    Malformed,
+    TooLong,
+}
+
+fn ago(text: &str) -> Result<Duration, Ago> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(Ago::Malformed)?;
     let (number, unit) = text.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| bad())?;
     let unit_secs = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
-        _ => return Err(bad()),
+        _ => return Err(Ago::Malformed),
     };
+    if number.is_empty() {
+        return Err(Ago::Malformed);
+    }
+    // All digits: a number too large for u64 is too long ago too.
+    let n: u64 = number.parse().map_err(|_| Ago::TooLong)?;
     n.checked_mul(unit_secs)
+        .filter(|secs| *secs <= MAX_AGO_SECS)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long ago"))
+        .ok_or(Ago::TooLong)
 }
+
+fn too_long(text: &str) -> String {
+    format!("{text:?} is too long ago (at most 36500d)")
+}
+
+/// The longest time ago [`parse_ago`] takes: a hundred years, well inside
+/// what Postgres intervals and timestamps hold.
+const MAX_AGO_SECS: u64 = 36_500 * 86_400;
 
 /// `--since`: an RFC 3339 timestamp, or a time ago ([`parse_ago`]).
 pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let ago = parse_ago(text).map_err(|_| {
-        format!(
+    let ago = ago(text).map_err(|e| match e {
+        Ago::Malformed => format!(
             "{text:?} is neither an RFC 3339 time (2026-11-24T09:30:00Z) nor a time ago (90s, 15m, 2h, 3d)"
-        )
+        ),
+        Ago::TooLong => too_long(text),
     })?;
     chrono::TimeDelta::from_std(ago)
         .ok()
         .and_then(|ago| Utc::now().checked_sub_signed(ago))
-        .ok_or_else(|| format!("{text:?} is too long ago"))
+        .ok_or_else(|| too_long(text))
 }
 
 #[cfg(test)]
