@@ -88,12 +88,7 @@ fn install(service: &str, cfg: &TelemetryConfig, test: bool) -> TelemetryGuard {
         );
     let mut exporter_error = None;
     if !endpoint.is_empty() {
-        use opentelemetry_otlp::WithExportConfig;
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build()
-        {
+        match otlp_exporter(&endpoint) {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => exporter_error = Some(e.to_string()),
         }
@@ -136,6 +131,32 @@ fn install(service: &str, cfg: &TelemetryConfig, test: bool) -> TelemetryGuard {
         None => {}
     }
     TelemetryGuard { owner }
+}
+
+/// The OTLP/gRPC span exporter for `endpoint`. An `https://` endpoint (or
+/// one without a scheme, which OTLP takes for HTTPS unless
+/// `OTEL_EXPORTER_OTLP_INSECURE` is true) is reached over TLS, trusting the
+/// web PKI's roots. It connects when it first exports: a collector that is
+/// down delays no start.
+pub fn otlp_exporter(
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    let insecure = [
+        "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+        "OTEL_EXPORTER_OTLP_INSECURE",
+    ]
+    .iter()
+    .any(|var| std::env::var(var).is_ok_and(|v| v.eq_ignore_ascii_case("true")));
+    let tls = endpoint.starts_with("https://") || (!endpoint.contains("://") && !insecure);
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.to_owned());
+    if tls {
+        builder =
+            builder.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+    }
+    builder.build()
 }
 
 /// The process's Prometheus recorder (installed on first use).
