@@ -75,8 +75,9 @@ pub struct InventorySettings {
     /// A hold that Redis granted but Postgres never recorded is an orphan
     /// once older than this, in seconds; a counter rebuild drops it.
     pub orphan_grace_secs: u64,
-    /// How far back a counter rebuild looks for holds that Postgres released
-    /// or committed, in seconds.
+    /// No longer used: a counter rebuild asks Postgres about exactly the
+    /// holds Redis has, however long ago they closed. Still accepted (and
+    /// range-checked) so that settings naming it load.
     pub closed_window_secs: u64,
     /// `auto`: Redis, falling back to Postgres when it fails (circuit
     /// breaker); `postgres`: always Postgres (e.g. during Redis maintenance).

@@ -404,6 +404,67 @@ async fn an_orphan_hold_in_redis_is_released_only_after_the_grace_period() -> an
     sys.stop().await
 }
 
+/// A hold that Postgres closed long ago and Redis still keeps (the release
+/// never reached Redis: it was down then, and came back with its data) is
+/// dropped by a reconciliation as closed, however long ago it closed, and
+/// nothing in flight is voided. A rebuild used to look only at holds closed
+/// within `closed_window_secs` (and so read and sent every hold of the SKU
+/// closed within it: on a hot SKU, every order of the last hour); one
+/// closed before passed for a reservation in flight, its units lost to
+/// sale until the grace period made it an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_closed_long_ago_that_redis_still_keeps_is_dropped_by_reconciliation()
+-> anyhow::Result<()> {
+    use fred::prelude::HashesInterface;
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.inventory.reconcile_interval_ms = 0;
+    })
+    .await?;
+    sys.seed_product("L", 100, 10).await?;
+    let id = Uuid::now_v7();
+    let held = reserve(&sys, &id.to_string(), &[("L", 4)]).await?;
+    assert_eq!(reservation_state(&held), inv::ReservationState::Reserved);
+    let ledger = inventory_svc::domain::Holder::Direct(id)
+        .ledger_id()
+        .to_string();
+    let hold = sys.redis_counter("L").await?.holds[&ledger];
+    sys.clients
+        .inventory
+        .clone()
+        .release_stock(inv::ReleaseStockRequest {
+            reservation_id: id.to_string(),
+        })
+        .await?;
+    // Redis as if it never heard of the release; the release two days ago.
+    let key = format!("inv:{{{}:L}}", sys.ns);
+    let fields = vec![
+        (ledger.clone(), format!("{}:{}", hold.qty, hold.granted_ms)),
+        ("~avail".to_owned(), "6".to_owned()),
+    ];
+    let _: i64 = sys.redis.next().hset(&key, fields).await?;
+    sqlx::query(
+        "UPDATE inventory.holds SET updated_at = now() - interval '2 days' \
+         WHERE order_id = $1::uuid",
+    )
+    .bind(&ledger)
+    .execute(&sys.db)
+    .await?;
+
+    // A grace period long enough that the hold cannot pass for an orphan.
+    let patient = sys.inventory_with(|s| s.orphan_grace_secs = 86_400).await?;
+    let report = patient.reconcile(None).await?;
+    let fix = report.fixed.iter().find(|f| f.sku == "L");
+    assert!(
+        fix.is_some_and(|f| f.closed_dropped == 1 && f.orphans_released == 0 && !f.epoch_moved),
+        "the closed hold dropped as closed: {report:?}"
+    );
+    let counter = sys.redis_counter("L").await?;
+    assert_eq!(counter.avail, Some(10));
+    assert!(!counter.holds.contains_key(&ledger));
+    crate::stock::redis_matches_postgres(&sys, "L").await?;
+    sys.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adjust_stock_with_a_stale_version_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     let sys = TestSystem::start().await?;

@@ -39,7 +39,7 @@ async fn commit(sys: &TestSystem, id: &str) -> Result<inv::StockReservation, ton
 /// Redis and Postgres tell the same story for `sku` right now: the counter
 /// is Postgres's available units and Redis holds exactly what Postgres has
 /// RESERVED, quantity for quantity.
-async fn redis_matches_postgres(sys: &TestSystem, sku: &str) -> anyhow::Result<()> {
+pub(crate) async fn redis_matches_postgres(sys: &TestSystem, sku: &str) -> anyhow::Result<()> {
     let stock = sys.stock(sku).await?;
     let counter = sys.redis_counter(sku).await?;
     let mut pg: Vec<(String, i64)> = sqlx::query_as::<_, (Uuid, i64)>(

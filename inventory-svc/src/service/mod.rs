@@ -100,10 +100,6 @@ impl Inventory {
         Duration::from_secs(self.settings.orphan_grace_secs)
     }
 
-    fn closed_window(&self) -> Duration {
-        Duration::from_secs(self.settings.closed_window_secs)
-    }
-
     /// Runs a Redis call through the breaker: `None` when Redis is not in
     /// use or did not answer (the caller falls back to Postgres).
     async fn via_redis<T>(

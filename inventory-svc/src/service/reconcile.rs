@@ -43,9 +43,22 @@ impl Inventory {
     /// transaction fails after Redis took it, Postgres never has it.
     pub async fn rebuild(&self, skus: &[String]) -> Result<Vec<(String, Rebuilt)>> {
         let mut tx = self.store.pool.begin().await?;
-        let (_, snapshots) = store::snapshots(&mut tx, skus, self.closed_window(), true).await?;
+        let snapshots = store::snapshots(&mut tx, skus, true).await?;
         let mut out = Vec::with_capacity(snapshots.len());
-        for snapshot in snapshots {
+        for mut snapshot in snapshots {
+            // Under the row lock no hold of the SKU is recorded or closed:
+            // what Redis holds now that Postgres closed stays closed, and a
+            // hold Redis grants from now on is one in flight.
+            let held = self.cache.hold_ids(&snapshot.sku).await?;
+            let held: Vec<(String, uuid::Uuid)> = held
+                .into_iter()
+                .map(|o| (snapshot.sku.clone(), o))
+                .collect();
+            snapshot.closed = store::closed_among(&mut *tx, &held)
+                .await?
+                .into_iter()
+                .map(|(_, order)| order)
+                .collect();
             let next = store::next_epoch(&mut tx).await?;
             let rebuilt = self
                 .cache
@@ -75,14 +88,32 @@ impl Inventory {
         let mut report = ReconcileReport::default();
         for chunk in skus.chunks(64) {
             let mut conn = self.store.pool.acquire().await?;
-            let (_, snapshots) =
-                store::snapshots(&mut conn, chunk, self.closed_window(), false).await?;
+            let mut snapshots = store::snapshots(&mut conn, chunk, false).await?;
             drop(conn);
+            let mut views = Vec::with_capacity(snapshots.len());
+            for snapshot in &snapshots {
+                views.push(self.cache.read(&snapshot.sku).await?);
+            }
+            // Which of the holds Redis has Postgres closed.
+            let held: Vec<(String, uuid::Uuid)> = snapshots
+                .iter()
+                .zip(&views)
+                .flat_map(|(snapshot, view)| {
+                    view.holds
+                        .keys()
+                        .filter_map(|o| uuid::Uuid::parse_str(o).ok())
+                        .map(|o| (snapshot.sku.clone(), o))
+                })
+                .collect();
+            for (sku, order) in store::closed_among(&self.store.pool, &held).await? {
+                if let Some(snapshot) = snapshots.iter_mut().find(|s| s.sku == sku) {
+                    snapshot.closed.push(order);
+                }
+            }
             let now = chrono::Utc::now().timestamp_millis();
             let mut suspects = Vec::new();
-            for snapshot in &snapshots {
-                let view = self.cache.read(&snapshot.sku).await?;
-                if !agrees(snapshot, &view, self.grace(), now) {
+            for (snapshot, view) in snapshots.iter().zip(&views) {
+                if !agrees(snapshot, view, self.grace(), now) {
                     suspects.push(snapshot.sku.clone());
                 }
             }

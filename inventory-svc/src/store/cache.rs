@@ -107,7 +107,7 @@ pub struct SkuSnapshot {
     pub epoch: i64,
     /// Holds Postgres has as RESERVED.
     pub reserved: Vec<(Uuid, i64)>,
-    /// Holds Postgres released or committed recently.
+    /// Holds Postgres released or committed, of those Redis has.
     pub closed: Vec<Uuid>,
 }
 
@@ -344,6 +344,15 @@ impl StockCache {
             }),
             _ => Err(bad()),
         }
+    }
+
+    /// The orders a SKU's counter holds units for.
+    pub async fn hold_ids(&self, sku: &str) -> Result<Vec<Uuid>, CacheError> {
+        let fields: Vec<String> = self.redis.next().hkeys(self.sku_key(sku)).await?;
+        Ok(fields
+            .iter()
+            .filter_map(|f| Uuid::parse_str(f).ok())
+            .collect())
     }
 
     /// Reads a SKU's counter and holds.

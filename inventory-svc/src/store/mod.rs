@@ -8,7 +8,6 @@ mod holds;
 pub use holds::*;
 
 use saga_shared::repair::Page;
-use std::time::Duration;
 
 use saga_shared::db::Spelled;
 use sqlx::{PgConnection, PgPool};
@@ -218,65 +217,79 @@ pub async fn upsert_product(
 
 /// Reads what a rebuild needs for `skus`: the products (locked, in SKU
 /// order so concurrent callers cannot deadlock, when `lock`) and a snapshot
-/// per SKU of its holds: those RESERVED, and those closed within
-/// `closed_window`.
+/// per SKU of its RESERVED holds. The holds it closed are not read here:
+/// only those Redis still has matter ([`closed_among`]), and a hot SKU
+/// closes thousands an hour.
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn snapshots(
     conn: &mut PgConnection,
     skus: &[String],
-    closed_window: Duration,
     lock: bool,
-) -> sqlx::Result<(Vec<Product>, Vec<SkuSnapshot>)> {
+) -> sqlx::Result<Vec<SkuSnapshot>> {
     #[derive(sqlx::FromRow)]
     struct Row {
-        #[sqlx(flatten)]
-        product: ProductRow,
+        sku: String,
+        on_hand: i64,
+        sold: i64,
         redis_epoch: i64,
     }
     let query = if lock {
-        "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version, redis_epoch \
-         FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE"
+        "SELECT sku, on_hand, sold, redis_epoch FROM products WHERE sku = ANY($1) \
+         ORDER BY sku FOR UPDATE"
     } else {
-        "SELECT sku, name, unit_price_cents, on_hand, reserved, sold, version, redis_epoch \
-         FROM products WHERE sku = ANY($1) ORDER BY sku"
+        "SELECT sku, on_hand, sold, redis_epoch FROM products WHERE sku = ANY($1) ORDER BY sku"
     };
     let rows: Vec<Row> = sqlx::query_as(query)
         .bind(skus)
         .fetch_all(&mut *conn)
         .await?;
-    let holds: Vec<(Uuid, String, i64, String)> = sqlx::query_as(
-        "SELECT order_id, sku, quantity, state FROM holds WHERE sku = ANY($1) \
-         AND (state = 'RESERVED' OR updated_at > now() - make_interval(secs => $2))",
+    let holds: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT order_id, sku, quantity FROM holds WHERE sku = ANY($1) AND state = 'RESERVED'",
     )
     .bind(skus)
-    .bind(closed_window.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
-    let mut products = Vec::with_capacity(rows.len());
-    let mut snapshots = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut snap = SkuSnapshot {
-            sku: row.product.sku.clone(),
-            on_hand: row.product.on_hand,
-            sold: row.product.sold,
+    Ok(rows
+        .into_iter()
+        .map(|row| SkuSnapshot {
+            reserved: holds
+                .iter()
+                .filter(|(_, sku, _)| *sku == row.sku)
+                .map(|(order, _, qty)| (*order, *qty))
+                .collect(),
+            sku: row.sku,
+            on_hand: row.on_hand,
+            sold: row.sold,
             epoch: row.redis_epoch,
-            reserved: Vec::new(),
             closed: Vec::new(),
-        };
-        for (order, sku, qty, state) in &holds {
-            if *sku != snap.sku {
-                continue;
-            }
-            if state == "RESERVED" {
-                snap.reserved.push((*order, *qty));
-            } else {
-                snap.closed.push(*order);
-            }
-        }
-        snapshots.push(snap);
-        products.push(row.product.into());
+        })
+        .collect())
+}
+
+/// Of the holds `(sku, order)` given (those a Redis counter has), the ones
+/// Postgres has released or committed, however long ago.
+#[tracing::instrument(skip_all, err(level = "debug"))]
+pub async fn closed_among<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    holds: &[(String, Uuid)],
+) -> sqlx::Result<Vec<(String, Uuid)>> {
+    if holds.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok((products, snapshots))
+    let (skus, orders): (Vec<&str>, Vec<Uuid>) = holds
+        .iter()
+        .map(|(sku, order)| (sku.as_str(), *order))
+        .unzip();
+    sqlx::query_as(
+        "SELECT h.sku, h.order_id FROM holds AS h \
+         JOIN UNNEST($1::text[], $2::uuid[]) AS w(sku, order_id) \
+           ON h.order_id = w.order_id AND h.sku = w.sku \
+         WHERE h.state <> 'RESERVED'",
+    )
+    .bind(skus)
+    .bind(orders)
+    .fetch_all(conn)
+    .await
 }
 
 /// A fresh counter epoch: a value of the `redis_epochs` sequence, never
