@@ -530,3 +530,39 @@ async fn a_customer_past_its_rate_is_told_to_wait_while_others_are_served() -> a
     assert!(refused > 0, "a service past its rate was served");
     sys.stop().await
 }
+
+/// A catalog check that inventory refuses for good (order-svc's service
+/// token is missing or wrong: UNAUTHENTICATED, PERMISSION_DENIED) is an
+/// INTERNAL error, its cause logged, not UNAVAILABLE: a client retried
+/// every PlaceOrder forever, and nothing pointed the operator at the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_check_refused_for_good_is_internal_not_unavailable() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("A", 100, 10).await?;
+    let pool =
+        saga_shared::db::open_existing(&sys.config.order.database, &order_svc::MIGRATIONS).await?;
+    // order-svc's use-cases with no service token for their calls.
+    let mut cfg = sys.config.order.clone();
+    cfg.order.inventory_url = sys.inventory.grpc_url();
+    let orders = order_svc::orders(
+        &cfg,
+        pool,
+        saga_shared::bus::Outbox::new(),
+        saga_shared::auth::WithToken::none(),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )?;
+    let new = order_svc::domain::validate_new_order(
+        "cat",
+        &[("A".to_owned(), 1)],
+        None,
+        orders.limits(),
+    )?;
+    let refused = orders
+        .check_references(&new)
+        .await
+        .expect_err("inventory refuses a call without a token");
+    let status = tonic::Status::from(refused);
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    sys.stop().await
+}

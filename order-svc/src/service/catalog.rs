@@ -29,6 +29,17 @@ pub enum CatalogError {
         code: Code,
         message: String,
     },
+    /// Refused for a reason a retry does not change: order-svc's service
+    /// token or settings are wrong.
+    #[error(
+        "{service} refused order-svc's check ({code:?}: {message}); check order-svc's \
+         service token and settings"
+    )]
+    Refused {
+        service: &'static str,
+        code: Code,
+        message: String,
+    },
     #[error("{0} URL is invalid: {1}")]
     Url(&'static str, String),
 }
@@ -82,11 +93,28 @@ fn channel(
         .connect_lazy())
 }
 
-fn unavailable(service: &'static str, s: &Status) -> CatalogError {
-    CatalogError::Unavailable {
-        service,
-        code: s.code(),
-        message: s.message().to_owned(),
+/// Why `service` did not answer a check: unavailable for now (a retry may
+/// be answered), or refused for good.
+fn failed_check(service: &'static str, s: &Status) -> CatalogError {
+    let (code, message) = (s.code(), s.message().to_owned());
+    match code {
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::FailedPrecondition
+        | Code::Unimplemented
+        | Code::NotFound
+        | Code::AlreadyExists => CatalogError::Refused {
+            service,
+            code,
+            message,
+        },
+        _ => CatalogError::Unavailable {
+            service,
+            code,
+            message,
+        },
     }
 }
 
@@ -130,7 +158,7 @@ impl Catalog {
                 ..Default::default()
             })
             .await
-            .map_err(|s| unavailable("inventory", &s))?
+            .map_err(|s| failed_check("inventory", &s))?
             .into_inner()
             .stocks;
         let found: HashSet<String> = found.into_iter().map(|s| s.sku).collect();
@@ -156,7 +184,7 @@ impl Catalog {
                 Ok(true)
             }
             Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(unavailable("reservation", &s)),
+            Err(s) => Err(failed_check("reservation", &s)),
         }
     }
 }
