@@ -153,22 +153,37 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// Checks that Postgres answers.
+/// Checks that Postgres answers, on a connection of the check's own (made
+/// with the pool's settings): a pool whose every connection is busy is a
+/// service under load, not a Postgres that is down.
 pub fn postgres_check(pool: sqlx::PgPool) -> CheckFn {
+    use sqlx::{ConnectOptions, PgConnection};
+    let own: Arc<tokio::sync::Mutex<Option<PgConnection>>> = Arc::default();
     Arc::new(move || {
-        let pool = pool.clone();
+        let (pool, own) = (pool.clone(), own.clone());
         Box::pin(async move {
+            let mut own = own.lock().await;
+            // Taken out while in use: a check cut off by its time limit
+            // drops the connection with it (it may be mid-statement), and
+            // the next check opens another.
+            let mut conn = match own.take() {
+                Some(conn) => conn,
+                None => pool
+                    .connect_options()
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
             sqlx::query_scalar::<_, i32>("SELECT 1")
-                .fetch_one(&pool)
+                .fetch_one(&mut conn)
                 .await
-                .map(|_| {
-                    format!(
-                        "pool: {} connections, {} idle",
-                        pool.size(),
-                        pool.num_idle()
-                    )
-                })
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            *own = Some(conn);
+            Ok(format!(
+                "pool: {} connections, {} idle",
+                pool.size(),
+                pool.num_idle()
+            ))
         })
     })
 }

@@ -212,6 +212,56 @@ async fn an_order_cancelled_by_its_deadline_carries_a_trace_to_its_compensations
     sys.stop().await
 }
 
+/// A service whose every pooled connection is busy (each in a transaction
+/// waiting on a row lock) is still ready: Postgres answers. `/readyz` asked
+/// Postgres through the same pool, so it waited for a connection past its
+/// 2 s limit and answered 503: under load every instance could leave the
+/// load balancer at once although nothing was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_pool_is_all_busy_is_still_ready() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let sys = TestSystem::start_with(|cfg| cfg.payment.database.max_connections = 2).await?;
+    sys.top_up("lock", 100).await?;
+    // The test holds the wallet's row; top-ups of it wait, each holding one
+    // of payment-svc's two connections.
+    let options: sqlx::postgres::PgConnectOptions = sys.config.payment.database.url.parse()?;
+    let mut holder = sqlx::PgConnection::connect_with(&options).await?;
+    let mut tx = holder.begin().await?;
+    sqlx::query("SELECT 1 FROM payment.wallets WHERE customer_id = 'lock' FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let clients = sys.clients.clone();
+            tokio::spawn(async move {
+                let request = saga_shared::proto::payment::v1::TopUpRequest {
+                    customer_id: "lock".into(),
+                    amount_cents: 1,
+                };
+                clients.top_up(request).await
+            })
+        })
+        .collect();
+    saga_tests::eventually("both connections waiting on the row", WAIT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&sys.db)
+        .await?;
+        Ok(n >= 2)
+    })
+    .await?;
+    let (code, body) = http_get(sys.payment.admin, "/readyz").await?;
+    assert_eq!(code, 200, "ready while its pool is busy: {body}");
+    tx.rollback().await?;
+    for top_up in waiting {
+        top_up.await??;
+    }
+    assert_eq!(sys.wallet("lock").await?.balance_cents, 104);
+    sys.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_with_secrets_in_its_urls_never_logs_them() -> anyhow::Result<()> {
     use saga_tests::processes::{Processes, Service};
