@@ -422,9 +422,9 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
             format!("{}..={}", r.from, r.to),
             p.read,
             p.already_applied,
-            p.missing.len(),
+            p.missing_count,
             p.not_for_us,
-            p.failed.len()
+            p.failed_count
         ));
     }
     for r in replays {
@@ -437,6 +437,15 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
                 m.order_id
             ));
         }
+        let unlisted = r.report.missing_count - r.report.missing.len() as u64;
+        if unlisted > 0 {
+            out.push_str(&format!(
+                "  ... and {unlisted} more events {} on {} (only the first {} are listed)\n",
+                if dry_run { "to apply" } else { "applied" },
+                r.stream,
+                saga_shared::bus::consumer::LISTED
+            ));
+        }
         for f in &r.report.failed {
             let fate = match f.kind {
                 FailureKind::Poison => "poison, dead-lettered by the live consumer",
@@ -445,6 +454,14 @@ pub fn render_replay(replays: &[StreamReplay], dry_run: bool) -> String {
                 FailureKind::Failed => "NOT dead-lettered: the DLQ did not take it",
             };
             out.push_str(&format!("  failed seq {:<8} {fate}: {}\n", f.seq, f.error));
+        }
+        let unlisted = r.report.failed_count - r.report.failed.len() as u64;
+        if unlisted > 0 {
+            out.push_str(&format!(
+                "  ... and {unlisted} more failures on {} (only the first {} are listed)\n",
+                r.stream,
+                saga_shared::bus::consumer::LISTED
+            ));
         }
     }
     out
@@ -526,6 +543,38 @@ mod tests {
         assert!((7_199..=7_201).contains(&ago.num_seconds()), "{ago}");
         let ago = Utc::now() - parse_since("3d").unwrap();
         assert!((259_199..=259_201).contains(&ago.num_seconds()), "{ago}");
+    }
+
+    /// The closing table of a replay that applied more events than its
+    /// report lists says how many it does not list.
+    #[test]
+    fn the_closing_table_says_how_many_events_it_does_not_list() {
+        let report = ReplayReport {
+            read: 5_000,
+            applied: 5_000,
+            missing_count: 5_000,
+            missing: (1..=saga_shared::bus::consumer::LISTED as u64)
+                .map(|seq| saga_shared::bus::consumer::Missing {
+                    seq,
+                    event_type: saga_shared::bus::EventType::OrderPlaced,
+                    order_id: uuid::Uuid::nil(),
+                })
+                .collect(),
+            ..ReplayReport::default()
+        };
+        let replays = [StreamReplay {
+            service: "inventory-svc",
+            stream: "SAGA_ORDERS".into(),
+            from: 1,
+            to: 5_000,
+            report,
+        }];
+        let table = render_replay(&replays, false);
+        assert_eq!(table.lines().count(), 2 + 1_000 + 1, "{table}");
+        assert!(
+            table.contains("... and 4000 more events applied on SAGA_ORDERS"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub(super) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let replays = replays?;
     print!("{}", replay::render_replay(&replays, request.dry_run));
-    if replays.iter().any(|r| !r.report.failed.is_empty()) {
+    if replays.iter().any(|r| r.report.failed_count > 0) {
         std::process::exit(1);
     }
     Ok(())

@@ -64,7 +64,7 @@ use crate::config::BusConfig;
 
 pub use handler::{Batch, Delivery, Handler, HandlerError, event_uuid, every_event};
 use hands::{Hands, Held};
-pub use replay::{FailureKind, Missing, ReplayError, ReplayFailure, ReplayReport};
+pub use replay::{FailureKind, LISTED, Missing, ReplayError, ReplayFailure, ReplayReport};
 
 /// What a consumer needs from its service.
 #[derive(Clone)]

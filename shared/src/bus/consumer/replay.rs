@@ -66,12 +66,38 @@ pub struct ReplayReport {
     pub already_applied: u64,
     /// Events applied now (with `dry_run`: none, see `missing`).
     pub applied: u64,
-    /// The events not in the inbox, in stream order: applied now, or with
+    /// How many events were not in the inbox: applied now, or with
     /// `dry_run` what a replay would apply.
+    pub missing_count: u64,
+    /// The first [`LISTED`] of them, in stream order.
     pub missing: Vec<Missing>,
+    /// How many events failed.
+    pub failed_count: u64,
+    /// The first [`LISTED`] of them, in stream order.
     pub failed: Vec<ReplayFailure>,
     /// The last sequence read (0: none).
     pub last_seq: u64,
+}
+
+/// How many events a report lists of those missing and of those failed (a
+/// replay of a whole stream into a restored database may apply millions):
+/// the counts go on.
+pub const LISTED: usize = 1_000;
+
+impl ReplayReport {
+    fn note_missing(&mut self, missing: Missing) {
+        self.missing_count += 1;
+        if self.missing.len() < LISTED {
+            self.missing.push(missing);
+        }
+    }
+
+    fn note_failed(&mut self, failure: ReplayFailure) {
+        self.failed_count += 1;
+        if self.failed.len() < LISTED {
+            self.failed.push(failure);
+        }
+    }
 }
 
 impl<H: Handler> Consumer<H> {
@@ -99,7 +125,7 @@ impl<H: Handler> Consumer<H> {
                 match self.open(msg) {
                     Opened::Event(d) => live.push((*d, msg)),
                     Opened::NotForUs => report.not_for_us += 1,
-                    Opened::Poison(error) => report.failed.push(ReplayFailure {
+                    Opened::Poison(error) => report.note_failed(ReplayFailure {
                         seq,
                         kind: FailureKind::Poison,
                         error,
@@ -131,19 +157,19 @@ impl<H: Handler> Consumer<H> {
                     order_id: d.order_id,
                 };
                 if dry_run {
-                    report.missing.push(missing);
+                    report.note_missing(missing);
                     continue;
                 }
                 match self.replay_one(&d).await {
                     Ok(true) => {
                         report.applied += 1;
-                        report.missing.push(missing);
+                        report.note_missing(missing);
                     }
                     // Applied meanwhile by the live consumer.
                     Ok(false) => report.already_applied += 1,
                     Err(e) => {
                         let failure = self.replay_failed(&d, msg, e).await;
-                        report.failed.push(failure);
+                        report.note_failed(failure);
                     }
                 }
             }
@@ -212,5 +238,37 @@ impl<H: Handler> Consumer<H> {
         };
         self.handler.finish(prepared).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay of millions of events keeps counting them all and lists the
+    /// first `LISTED` of each kind, so that its report (and the table
+    /// sagactl prints from it) stays small.
+    #[test]
+    fn a_report_counts_every_event_and_lists_the_first_thousand() {
+        let mut report = ReplayReport::default();
+        for seq in 1..=2_500u64 {
+            report.note_missing(Missing {
+                seq,
+                event_type: EventType::OrderPlaced,
+                order_id: Uuid::nil(),
+            });
+            report.note_failed(ReplayFailure {
+                seq,
+                kind: FailureKind::Transient,
+                error: "down".into(),
+                dead_lettered: false,
+            });
+        }
+        assert_eq!((report.missing_count, report.failed_count), (2_500, 2_500));
+        assert_eq!(
+            (report.missing.len(), report.failed.len()),
+            (LISTED, LISTED)
+        );
+        assert_eq!(report.missing.last().map(|m| m.seq), Some(LISTED as u64));
     }
 }
