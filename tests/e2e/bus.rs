@@ -233,11 +233,7 @@ async fn outbox_rows_held_back_in_a_batch_are_written_at_the_flush_in_enqueue_or
     use sqlx::Connection;
 
     let sys = TestSystem::start().await?;
-    let db = &sys.config.order.database;
-    let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
-    let mut conn =
-        sqlx::PgConnection::connect_with(&options.options([("search_path", db.schema.as_str())]))
-            .await?;
+    let mut conn = saga_tests::connect_to_schema(&sys.config.order.database).await?;
     let mut tx = conn.begin().await?;
     let order = uuid::Uuid::now_v7();
     let events: Vec<(EventMeta, SagaEvent)> = (0..5)
@@ -431,11 +427,7 @@ async fn a_graceful_stop_publishes_a_backlog_larger_than_one_relay_batch() -> an
     })
     .await?;
     // One order through, so the relay has run its rounds and waits.
-    sys.seed_product("A", 10, 10).await?;
-    sys.top_up("bea", 1_000).await?;
-    let placed = sys.place(order_request("bea", &[("A", 1)], None)).await?;
-    let done = sys.wait_terminal(&placed.order_id, WAIT).await?;
-    assert_eq!(state(&done), OrderState::Confirmed);
+    sys.one_confirmed_order("A", "bea", WAIT).await?;
     let unpublished = "SELECT count(*) FROM orders.outbox WHERE published_at IS NULL";
     eventually("the order's events published", WAIT, || async {
         let left: i64 = sqlx::query_scalar(unpublished).fetch_one(&sys.db).await?;
@@ -443,11 +435,7 @@ async fn a_graceful_stop_publishes_a_backlog_larger_than_one_relay_batch() -> an
     })
     .await?;
 
-    let db = &sys.config.order.database;
-    let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
-    let mut conn =
-        sqlx::PgConnection::connect_with(&options.options([("search_path", db.schema.as_str())]))
-            .await?;
+    let mut conn = saga_tests::connect_to_schema(&sys.config.order.database).await?;
     let mut tx = conn.begin().await?;
     for _ in 0..BACKLOG {
         let order = uuid::Uuid::now_v7();

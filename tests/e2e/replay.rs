@@ -747,13 +747,7 @@ async fn a_replay_that_fails_on_a_later_stream_reports_the_streams_it_replayed()
 async fn a_replay_into_a_schema_the_service_never_ran_on_is_refused_and_creates_nothing()
 -> anyhow::Result<()> {
     let sys = TestSystem::start().await?;
-    sys.seed_product("A", 100, 10).await?;
-    sys.top_up("tia", 1_000).await?;
-    let placed = sys.place(order_request("tia", &[("A", 1)], None)).await?;
-    assert_eq!(
-        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
-        OrderState::Confirmed
-    );
+    sys.one_confirmed_order("A", "tia", WAIT).await?;
     let mut cfg = sys.config.clone();
     let typo = format!("{}_typo", cfg.payment.database.schema);
     cfg.payment.database.schema = typo.clone();
@@ -790,13 +784,7 @@ async fn a_replay_into_a_schema_the_service_never_ran_on_is_refused_and_creates_
 async fn a_replay_range_in_sequence_numbers_is_refused_where_it_is_ambiguous_or_empty()
 -> anyhow::Result<()> {
     let sys = TestSystem::start().await?;
-    sys.seed_product("Q", 100, 10).await?;
-    sys.top_up("quin", 1_000).await?;
-    let placed = sys.place(order_request("quin", &[("Q", 1)], None)).await?;
-    assert_eq!(
-        state(&sys.wait_terminal(&placed.order_id, WAIT).await?),
-        OrderState::Confirmed
-    );
+    sys.one_confirmed_order("Q", "quin", WAIT).await?;
     let payments = sys.namespace().stream(StreamKind::Payments);
     let request = |service: &str, start, to_seq, stream: Option<&str>| replay::Request {
         service: service.into(),

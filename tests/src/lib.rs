@@ -41,5 +41,5 @@ pub use http::{http_get, metric_sum};
 pub use inspect::CONSUMERS;
 pub use sagactl::client::is_terminal;
 pub use snapshot::Snapshot;
-pub use system::{TestSystem, pg_base};
+pub use system::{TestSystem, connect_to_schema, pg_base};
 pub use wait::{Poll, eventually, poll_until};

@@ -25,6 +25,19 @@ pub fn pg_base() -> String {
     std::env::var("SAGA_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
+/// A connection of its own to a service's database, its schema first on
+/// the search path (for a test that writes as the service does).
+pub async fn connect_to_schema(
+    db: &saga_shared::config::DatabaseConfig,
+) -> anyhow::Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse()?;
+    Ok(
+        sqlx::PgConnection::connect_with(&options.options([("search_path", db.schema.as_str())]))
+            .await?,
+    )
+}
+
 pub fn redis_url() -> String {
     std::env::var("SAGA_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

@@ -31,6 +31,29 @@ impl TestSystem {
         self.clients.wait_for_end(id, timeout).await
     }
 
+    /// A one-line order of one unit of a new SKU for a funded customer,
+    /// placed and CONFIRMED (the events a test then works on).
+    pub async fn one_confirmed_order(
+        &self,
+        sku: &str,
+        customer: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<ord::Order> {
+        self.seed_product(sku, 100, 10).await?;
+        self.top_up(customer, 1_000).await?;
+        let placed = self
+            .place(crate::order_request(customer, &[(sku, 1)], None))
+            .await?;
+        let done = self.wait_terminal(&placed.order_id, timeout).await?;
+        anyhow::ensure!(
+            crate::state(&done) == ord::OrderState::Confirmed,
+            "order {} ended {:?}",
+            done.order_id,
+            crate::state(&done)
+        );
+        Ok(done)
+    }
+
     /// Waits until every order ends; returns them in the same order.
     pub async fn wait_all_terminal(
         &self,
