@@ -154,10 +154,11 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// Checks that Postgres answers, on a connection of the check's own (made
-/// with the pool's settings): a pool whose every connection is busy is a
-/// service under load, not a Postgres that is down.
-pub fn postgres_check(pool: sqlx::PgPool) -> CheckFn {
-    use sqlx::{ConnectOptions, PgConnection};
+/// with the pool's settings, named `<service> readyz` in
+/// `pg_stat_activity`): a pool whose every connection is busy is a service
+/// under load, not a Postgres that is down.
+pub fn postgres_check(service: &'static str, pool: sqlx::PgPool) -> CheckFn {
+    use sqlx::PgConnection;
     let own: Arc<tokio::sync::Mutex<Option<PgConnection>>> = Arc::default();
     Arc::new(move || {
         let (pool, own) = (pool.clone(), own.clone());
@@ -166,18 +167,19 @@ pub fn postgres_check(pool: sqlx::PgPool) -> CheckFn {
             // Taken out while in use: a check cut off by its time limit
             // drops the connection with it (it may be mid-statement), and
             // the next check opens another.
-            let mut conn = match own.take() {
-                Some(conn) => conn,
-                None => pool
-                    .connect_options()
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?,
+            let kept = own.take();
+            let reused = kept.is_some();
+            let answer = match kept {
+                Some(conn) => select_one(conn).await,
+                None => select_one(connect(service, &pool).await?).await,
             };
-            sqlx::query_scalar::<_, i32>("SELECT 1")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn = match answer {
+                Ok(conn) => conn,
+                // A kept connection may have died in between (Postgres
+                // restarted, an idle timeout): one more try on a new one.
+                Err(_) if reused => select_one(connect(service, &pool).await?).await?,
+                Err(e) => return Err(e),
+            };
             *own = Some(conn);
             Ok(format!(
                 "pool: {} connections, {} idle",
@@ -186,6 +188,22 @@ pub fn postgres_check(pool: sqlx::PgPool) -> CheckFn {
             ))
         })
     })
+}
+
+async fn connect(service: &str, pool: &sqlx::PgPool) -> Result<sqlx::PgConnection, String> {
+    use sqlx::ConnectOptions;
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(&format!("{service} readyz"));
+    options.connect().await.map_err(|e| e.to_string())
+}
+
+async fn select_one(mut conn: sqlx::PgConnection) -> Result<sqlx::PgConnection, String> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
 }
 
 /// Checks that the NATS connection is up and JetStream answers for `stream`

@@ -156,7 +156,7 @@ impl Platform {
         let grpc_listener = bind("gRPC", cfg.grpc.listen).await?;
         let admin_listener = bind("admin HTTP", cfg.admin.listen).await?;
         let mut readiness = Readiness::default();
-        readiness.add("postgres", admin::postgres_check(pool.clone()));
+        readiness.add("postgres", admin::postgres_check(cfg.service, pool.clone()));
         readiness.add(
             "nats",
             admin::nats_check(js.clone(), ns.stream(cfg.own_stream)),

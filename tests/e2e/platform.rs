@@ -262,6 +262,26 @@ async fn a_service_whose_pool_is_all_busy_is_still_ready() -> anyhow::Result<()>
     sys.stop().await
 }
 
+/// The readiness check's own connection ended by the server (Postgres
+/// restarted, an idle timeout, an operator's pg_terminate_backend) costs no
+/// 503: the check tries once more on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readiness_connection_the_server_ended_is_replaced_at_once() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (code, body) = http_get(sys.payment.admin, "/readyz").await?;
+    assert_eq!(code, 200, "{body}");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'payment-svc readyz'",
+    )
+    .fetch_all(&sys.db)
+    .await?;
+    assert_eq!(ended, vec![true], "the check's one connection ended");
+    let (code, body) = http_get(sys.payment.admin, "/readyz").await?;
+    assert_eq!(code, 200, "ready at the next check: {body}");
+    sys.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_with_secrets_in_its_urls_never_logs_them() -> anyhow::Result<()> {
     use saga_tests::processes::{Processes, Service};
