@@ -142,12 +142,14 @@ pub fn otlp_exporter(
     endpoint: &str,
 ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    // As the exporter reads them: the traces' own setting first.
     let insecure = [
         "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
         "OTEL_EXPORTER_OTLP_INSECURE",
     ]
     .iter()
-    .any(|var| std::env::var(var).is_ok_and(|v| v.eq_ignore_ascii_case("true")));
+    .find_map(|var| std::env::var(var).ok())
+    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let tls = endpoint.starts_with("https://") || (!endpoint.contains("://") && !insecure);
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()

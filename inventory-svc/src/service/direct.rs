@@ -33,17 +33,20 @@ impl Inventory {
         if let Some(unknown) = lines.iter().find(|l| !known.iter().any(|p| p.sku == l.sku)) {
             return Err(InventoryError::UnknownSku(unknown.sku.clone()));
         }
-        let after = saga_shared::db::retry("ReserveStock", || async {
-            let step = self.reserve_step(holder, lines.clone()).await?;
-            let mut tx = self.store.pool.begin().await?;
-            // What an event's transaction does first (`lock_batch`); one
-            // line takes its one lock in the statement that records it.
-            if lines.len() > 1 {
-                self.lock_products(&mut tx, &skus).await?;
-            }
-            let (_, after) = self.apply_reserve(&mut tx, holder, step).await?;
-            tx.commit().await?;
-            Ok::<_, InventoryError>(after)
+        let after = saga_shared::db::retry("ReserveStock", || {
+            // Each attempt's metrics count only if it commits.
+            saga_shared::telemetry::recording_on_commit(async {
+                let step = self.reserve_step(holder, lines.clone()).await?;
+                let mut tx = self.store.pool.begin().await?;
+                // What an event's transaction does first (`lock_batch`); one
+                // line takes its one lock in the statement that records it.
+                if lines.len() > 1 {
+                    self.lock_products(&mut tx, &skus).await?;
+                }
+                let (_, after) = self.apply_reserve(&mut tx, holder, step).await?;
+                tx.commit().await?;
+                Ok::<_, InventoryError>(after)
+            })
         })
         .await?;
         self.after_commit(after).await;

@@ -22,14 +22,20 @@ impl CaptureRepair {
     }
 
     async fn refund(&self, order: Uuid) -> Result<bool, BoxError> {
-        let mut tx = self.payments.store().pool.begin().await?;
-        store::lock_wallet_of(&mut tx, order).await?;
-        let refunded = self
-            .payments
-            .refund_captured(&mut tx, order, &EventMeta::new(order, None))
-            .await?;
-        store::mark_checked(&mut *tx, &[order]).await?;
-        tx.commit().await?;
+        // The refund's metric counts only if it commits (a pass that fails
+        // refunds again on the next).
+        let refunded = saga_shared::telemetry::recording_on_commit(async {
+            let mut tx = self.payments.store().pool.begin().await?;
+            store::lock_wallet_of(&mut tx, order).await?;
+            let refunded = self
+                .payments
+                .refund_captured(&mut tx, order, &EventMeta::new(order, None))
+                .await?;
+            store::mark_checked(&mut *tx, &[order]).await?;
+            tx.commit().await?;
+            Ok::<_, BoxError>(refunded)
+        })
+        .await?;
         self.payments.wake_outbox();
         Ok(refunded)
     }
