@@ -275,7 +275,18 @@ pub async fn run(
         let stream = ns.stream(kind);
         let from = match request.start {
             Start::Seq(n) => n.max(1),
-            Start::Since(time) => StreamReader::seq_at(&js, &stream, time).await?,
+            Start::Since(time) => {
+                let from = StreamReader::seq_at(&js, &stream, time).await?;
+                if let Some(to) = request.to_seq
+                    && to < from
+                {
+                    bail!(
+                        "the range ends before it starts: --to-seq {to} is below seq {from}, \
+                         where --since starts on {stream}"
+                    );
+                }
+                from
+            }
             Start::Checkpoint => {
                 checkpoint::advance(&pool, &js, &ns, c.service, kind, interest(c))
                     .await?

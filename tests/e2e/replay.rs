@@ -816,6 +816,12 @@ async fn a_replay_range_in_sequence_numbers_is_refused_where_it_is_ambiguous_or_
         request("order", replay::Start::Seq(3), Some(2), Some(&payments)),
         request("payment", replay::Start::Seq(2), Some(1), None),
         request("payment", replay::Start::Seq(1), Some(0), None),
+        request(
+            "payment",
+            replay::Start::Since(replay::parse_since("1d").map_err(anyhow::Error::msg)?),
+            Some(0),
+            None,
+        ),
     ] {
         let why = refused(r).await?;
         assert!(why.contains("ends before"), "names the empty range: {why}");
