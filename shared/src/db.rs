@@ -79,26 +79,41 @@ pub async fn open_existing(cfg: &DatabaseConfig, service: &Migrator) -> Result<P
                  database URL mistyped?)"
             )));
         }
-        let applied: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT version, success FROM {qualified} ORDER BY version"
+        let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT version, success, checksum FROM {qualified} ORDER BY version"
         )))
         .fetch_all(&pool)
         .await?;
-        let known: Vec<i64> = migrator
+        let known: Vec<(i64, &[u8])> = migrator
             .migrations
             .iter()
             .filter(|m| !m.migration_type.is_down_migration())
-            .map(|m| m.version)
+            .map(|m| (m.version, m.checksum.as_ref()))
             .collect();
-        if let Some((version, _)) = applied.iter().find(|(_, success)| !success) {
+        if let Some((version, ..)) = applied.iter().find(|(_, success, _)| !success) {
             return Err(not_as_built(format!("migration {version} failed there")));
         }
-        if let Some(version) = known.iter().find(|v| !applied.iter().any(|(a, _)| a == *v)) {
-            return Err(not_as_built(format!(
-                "migration {version} is not applied: start the service of this version first"
-            )));
+        for (version, checksum) in &known {
+            match applied.iter().find(|(a, ..)| a == version) {
+                None => {
+                    return Err(not_as_built(format!(
+                        "migration {version} is not applied: start the service of this version \
+                         first"
+                    )));
+                }
+                Some((.., applied)) if applied.as_slice() != *checksum => {
+                    return Err(not_as_built(format!(
+                        "migration {version} there differs from this build's (changed since it \
+                         was applied)"
+                    )));
+                }
+                Some(_) => {}
+            }
         }
-        if let Some((version, _)) = applied.iter().find(|(a, _)| !known.contains(a)) {
+        if let Some((version, ..)) = applied
+            .iter()
+            .find(|(a, ..)| !known.iter().any(|(v, _)| v == a))
+        {
             return Err(not_as_built(format!(
                 "it has migration {version}, which this build does not know: use the sagactl \
                  of the services' version"

@@ -771,6 +771,18 @@ async fn a_replay_into_a_schema_the_service_never_ran_on_is_refused_and_creates_
     .fetch_one(&sys.db)
     .await?;
     assert!(!created, "schema {typo} left uncreated");
+
+    // The right schema, but a migration that differs from this build's.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {}._sqlx_migrations SET checksum = '\\x00' \
+         WHERE version = (SELECT min(version) FROM {0}._sqlx_migrations)",
+        sys.config.payment.database.schema
+    )))
+    .execute(&sys.db)
+    .await?;
+    let status = replay::status(&sys.config, Some("payment")).await;
+    let err = format!("{:#}", status.expect_err("a migration that differs"));
+    assert!(err.contains("differs"), "{err}");
     sys.stop().await
 }
 
