@@ -121,7 +121,13 @@ impl Inventory {
             if suspects.is_empty() {
                 continue;
             }
-            for (sku, r) in self.rebuild(&suspects).await? {
+            // One SKU per transaction: a product row stays locked for its
+            // own Redis call only, not for every suspect's in turn.
+            let mut rebuilt = Vec::with_capacity(suspects.len());
+            for sku in &suspects {
+                rebuilt.extend(self.rebuild(std::slice::from_ref(sku)).await?);
+            }
+            for (sku, r) in rebuilt {
                 let fix = SkuFix {
                     sku,
                     before: r.previous,
