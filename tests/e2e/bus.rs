@@ -499,6 +499,14 @@ async fn a_batch_redone_one_event_at_a_time_counts_each_charge_once() -> anyhow:
         },
     )
     .await?;
+    // The redo applies the charge after the batch's failure is counted:
+    // wait for it, and for its metric, recorded after its commit.
+    eventually("the charge applied and counted", WAIT, || async {
+        let balance = sys.wallet("mia").await?.balance_cents;
+        let captured = metric_sum(admin, "payment_captured_cents_total", &[]).await?;
+        Ok(balance == 900 && captured >= 100.0)
+    })
+    .await?;
     assert_eq!(sys.wallet("mia").await?.balance_cents, 900, "charged once");
     let captured = metric_sum(admin, "payment_captured_cents_total", &[]).await?;
     assert_eq!(captured, 100.0, "the charge counted once");
