@@ -122,3 +122,30 @@ async fn the_race_lab_reserves_through_the_service_and_never_oversells() -> anyh
     );
     Ok(())
 }
+
+/// `bench replay` makes payment's schema itself, on a database that has
+/// never held it, and runs again after a run of its own (which drops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_replay_runs_on_a_fresh_database_and_again_after_itself() -> anyhow::Result<()> {
+    let db = format!("saga_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let url = format!("{}/{db}", saga_tests::pg_base());
+    let twice = async {
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let cfg = sagactl::system::SystemConfig::from_env()?;
+            runs.push(sagactl::bench::replay::run(cfg, &url, 20).await?);
+        }
+        anyhow::Ok(runs)
+    }
+    .await;
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", saga_tests::pg_base())).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        admin.close().await;
+    }
+    for f in twice? {
+        assert_eq!(f.events, 20);
+        assert!(f.publish_per_sec > 0.0 && f.apply_per_sec > 0.0 && f.skip_per_sec > 0.0);
+    }
+    Ok(())
+}

@@ -20,6 +20,9 @@ use uuid::Uuid;
 use crate::replay::{self, Request, Start};
 use crate::system::SystemConfig;
 
+/// Publishes in flight at once for the raw baseline.
+const IN_FLIGHT: usize = 256;
+
 /// The figures of one run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Figures {
@@ -63,17 +66,43 @@ pub async fn run(cfg: SystemConfig, database_url: &str, events: u64) -> anyhow::
     let ns_name = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
     let cfg = cfg.with_namespace(&ns_name).with_database_url(database_url);
     let ns = Namespace::new(&ns_name)?;
+    // Payment's schema as the service makes it (the database too, if
+    // missing), without an earlier run's rows: replay opens the schema it
+    // finds and makes nothing itself.
+    let connect = || async {
+        saga_shared::db::connect(&cfg.payment.database, &payment_svc::MIGRATIONS)
+            .await
+            .context("payment-svc's database")
+    };
+    let stale = connect().await?;
+    drop_schema(&stale, &cfg.payment.database.schema).await?;
+    stale.close().await;
+    let pool = connect().await?;
     let nats = saga_shared::nats::connect(&cfg.payment.nats, "sagactl bench")
         .await
         .context("NATS")?;
     let js = async_nats::jetstream::new(nats);
     saga_shared::bus::streams::ensure_streams(&js, &ns, &cfg.payment.nats).await?;
     let outcome = measure(&cfg, &js, &ns, events).await;
+    let dropped = drop_schema(&pool, &cfg.payment.database.schema).await;
+    pool.close().await;
     for kind in saga_shared::bus::StreamKind::ALL {
         let _ = js.delete_stream(ns.stream(kind)).await;
     }
     let _ = js.delete_stream(ns.dlq_stream()).await;
-    outcome
+    let figures = outcome?;
+    dropped?;
+    Ok(figures)
+}
+
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .with_context(|| format!("dropping the schema {schema}"))?;
+    Ok(())
 }
 
 async fn measure(
@@ -84,7 +113,8 @@ async fn measure(
 ) -> anyhow::Result<Figures> {
     let subject = ns.subject(EventType::OrderReserved);
     let started = Instant::now();
-    let mut acks = Vec::with_capacity(256);
+    // A sliding window: a new publish as soon as the oldest is acked.
+    let mut acks = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     for _ in 0..events {
         let order = Uuid::now_v7();
         let event = SagaEvent::OrderReserved(pb::OrderReserved {
@@ -93,7 +123,12 @@ async fn measure(
             amount_cents: 100,
         });
         let meta = EventMeta::new(order, None);
-        acks.push(
+        if acks.len() == IN_FLIGHT
+            && let Some(oldest) = acks.pop_front()
+        {
+            oldest.await?;
+        }
+        acks.push_back(
             js.publish_with_headers(
                 subject.clone(),
                 meta.to_headers(EventType::OrderReserved),
@@ -101,11 +136,6 @@ async fn measure(
             )
             .await?,
         );
-        if acks.len() == 256 {
-            for ack in acks.drain(..) {
-                ack.await?;
-            }
-        }
     }
     for ack in acks.drain(..) {
         ack.await?;
@@ -132,14 +162,6 @@ async fn measure(
     let n = skipped.first().map_or(0, |r| r.report.already_applied);
     anyhow::ensure!(n == events, "the second replay skipped {n} of {events}");
 
-    let pool = saga_shared::db::connect(&cfg.payment.database, &payment_svc::MIGRATIONS).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        cfg.payment.database.schema
-    )))
-    .execute(&pool)
-    .await?;
-    pool.close().await;
     Ok(Figures {
         events,
         publish_per_sec,
