@@ -53,8 +53,15 @@ async fn bench_saga_learns_every_orders_end_and_counts_its_costs() -> anyhow::Re
     assert!(f.place_errors.is_empty(), "{:?}", f.place_errors);
     let ended: u64 = f.confirmed + f.cancelled.values().sum::<u64>();
     assert!((f.ended_per_sec * f.window_secs - ended as f64).abs() < 0.5);
-    assert!(f.latency_ms.p50 > 0.0 && f.latency_ms.p50 <= f.latency_ms.max);
-    assert!(f.postgres_transactions_per_confirmed >= 1.0, "{f:?}");
+    let (p50, max) = (f.latency_ms.p50, f.latency_ms.max);
+    assert!(p50.is_some_and(|p50| p50 > 0.0) && p50 <= max, "{f:?}");
+    assert_eq!(f.latency_ms.unfinished, 0);
+    assert!(
+        f.postgres_transactions_per_confirmed
+            .is_some_and(|tx| tx >= 1.0),
+        "{f:?}"
+    );
+    assert!(f.placed > 0, "{f:?}");
     for component in ["services", "postgres", "load generator"] {
         assert!(f.cpu_seconds.contains_key(component), "{:?}", f.cpu_seconds);
     }

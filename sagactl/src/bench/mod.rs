@@ -13,13 +13,20 @@ pub mod saga;
 
 use std::time::Duration;
 
-/// Latency percentiles of a sample, in milliseconds.
-pub fn percentile_ms(sorted_micros: &[u32], p: f64) -> f64 {
-    if sorted_micros.is_empty() {
-        return 0.0;
+/// The `p`th percentile (nearest rank) of a sorted sample of microseconds,
+/// in milliseconds; `None` for an empty sample.
+pub fn percentile_ms(sorted_micros: &[u32], p: f64) -> Option<f64> {
+    let n = sorted_micros.len();
+    if n == 0 {
+        return None;
     }
-    let rank = ((p / 100.0) * (sorted_micros.len() - 1) as f64).round() as usize;
-    f64::from(sorted_micros[rank.min(sorted_micros.len() - 1)]) / 1000.0
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * n as f64).ceil() as usize;
+    Some(f64::from(sorted_micros[rank.clamp(1, n) - 1]) / 1000.0)
+}
+
+/// A figure in milliseconds, two decimals, or "n/a".
+pub fn ms(figure: Option<f64>) -> String {
+    figure.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}"))
 }
 
 /// Deletes the Redis keys matching `pattern` (a benchmark's own), on a
@@ -37,8 +44,15 @@ mod tests {
     #[test]
     fn percentiles_pick_the_ranked_sample() {
         let sample: Vec<u32> = (1..=100).map(|i| i * 1000).collect();
-        assert_eq!(super::percentile_ms(&sample, 50.0), 51.0);
-        assert_eq!(super::percentile_ms(&sample, 99.0), 99.0);
-        assert_eq!(super::percentile_ms(&[], 99.0), 0.0);
+        assert_eq!(super::percentile_ms(&sample, 50.0), Some(50.0));
+        assert_eq!(super::percentile_ms(&sample, 99.0), Some(99.0));
+        assert_eq!(super::percentile_ms(&sample, 100.0), Some(100.0));
+        assert_eq!(super::percentile_ms(&sample, 0.0), Some(1.0));
+        assert_eq!(super::percentile_ms(&[7000], 50.0), Some(7.0));
+        assert_eq!(
+            super::percentile_ms(&[], 99.0),
+            None,
+            "no sample, no figure"
+        );
     }
 }

@@ -107,10 +107,11 @@ pub struct Row {
     pub requests: usize,
     pub units: i64,
     pub elapsed_s: f64,
-    /// Requests decided (granted or refused) per second.
+    /// Requests decided (granted or refused) per second; requests that
+    /// failed (`errors`) count neither here nor in the latencies.
     pub per_sec: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
     pub granted: u64,
     pub rejected: u64,
     pub retries: u64,
@@ -468,10 +469,16 @@ async fn run_one(
                     let outcome = lab
                         .attempt(strategy, &sku, &mut retries, clients.as_ref())
                         .await;
-                    latencies.push(micros(t.elapsed()));
+                    let took = micros(t.elapsed());
                     match outcome {
-                        Ok(Outcome::Granted) => *granted.entry(sku).or_default() += 1,
-                        Ok(Outcome::Rejected) => rejected += 1,
+                        Ok(Outcome::Granted) => {
+                            latencies.push(took);
+                            *granted.entry(sku).or_default() += 1;
+                        }
+                        Ok(Outcome::Rejected) => {
+                            latencies.push(took);
+                            rejected += 1;
+                        }
                         Err(e) => {
                             if errors == 0 {
                                 eprintln!("{}: {e:#}", strategy.label());
@@ -512,7 +519,7 @@ async fn run_one(
         requests: opts.requests,
         units: units.values().sum(),
         elapsed_s: elapsed,
-        per_sec: opts.requests as f64 / elapsed,
+        per_sec: latencies.len() as f64 / elapsed,
         p50_ms: percentile_ms(&latencies, 50.0),
         p99_ms: percentile_ms(&latencies, 99.0),
         granted: granted.values().sum::<i64>() as u64,
@@ -599,7 +606,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
                 .filter(|r| r.scenario == *scenario && r.strategy == *strategy)
                 .collect();
             mine.sort_by(|a, b| a.per_sec.total_cmp(&b.per_sec));
-            if let Some(median) = mine.get(mine.len() / 2) {
+            // Of an even count, the slower of the two middle runs.
+            if let Some(median) = mine.get(mine.len().saturating_sub(1) / 2) {
                 medians.push((*median).clone());
             }
         }
@@ -684,15 +692,15 @@ pub fn header() -> String {
 
 pub fn line(r: &Row) -> String {
     format!(
-        "{:<7} {:<28} {:>11.0} {:>8.2} {:>8.2} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "{:<7} {:<28} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
         match r.scenario {
             Scenario::Hot => "hot",
             Scenario::Spread => "spread",
         },
         r.strategy.label(),
         r.per_sec,
-        r.p50_ms,
-        r.p99_ms,
+        super::ms(r.p50_ms),
+        super::ms(r.p99_ms),
         r.granted,
         r.rejected,
         r.retries,

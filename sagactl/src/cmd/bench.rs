@@ -121,22 +121,6 @@ pub(super) async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 }
 
 async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
-    let share = |name: &str, x: f64| {
-        if (0.0..=1.0).contains(&x) {
-            Ok(x)
-        } else {
-            Err(anyhow::anyhow!("--{name} must be within 0..=1, got {x}"))
-        }
-    };
-    if a.duration.is_zero() || a.skus == 0 || a.lines == 0 || a.customers == 0 || a.instances == 0 {
-        bail!("--duration, --skus, --lines, --customers and --instances must be more than 0");
-    }
-    if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        bail!("--rate must be a positive number of orders per second");
-    }
-    if a.skew < 0.0 || !a.skew.is_finite() {
-        bail!("--skew must be 0 or more, got {}", a.skew);
-    }
     let opts = crate::bench::saga::Options {
         concurrency: a.concurrency,
         rate: a.rate,
@@ -146,13 +130,13 @@ async fn saga(a: SagaBenchArgs) -> anyhow::Result<()> {
             skus: a.skus,
             skew: a.skew,
             lines: a.lines,
-            slot_share: share("slot-share", a.slot_share)?,
-            out_of_stock_share: share("out-of-stock-share", a.out_of_stock_share)?,
-            unfunded_share: share("unfunded-share", a.unfunded_share)?,
+            slot_share: a.slot_share,
+            out_of_stock_share: a.out_of_stock_share,
+            unfunded_share: a.unfunded_share,
             customers: a.customers,
             slots: a.slots,
         },
-        decline_rate: share("decline-rate", a.decline_rate)?,
+        decline_rate: a.decline_rate,
         batch_size: a.batch_size,
         instances: a.instances,
         max_open_orders: a.max_open_orders,

@@ -60,8 +60,10 @@ impl Ends {
                 else {
                     continue;
                 };
-                let end = match SagaEvent::decode(end_type, &msg.payload) {
-                    Ok(SagaEvent::OrderCancelled(c)) => End::Cancelled(c.reason()),
+                let end = match (end_type, SagaEvent::decode(end_type, &msg.payload)) {
+                    (_, Ok(SagaEvent::OrderCancelled(c))) => End::Cancelled(c.reason()),
+                    // A cancellation it cannot read is still no confirmation.
+                    (EventType::OrderCancelled, _) => End::Cancelled(ev::CancelReason::Unspecified),
                     _ => End::Confirmed,
                 };
                 feed.ended(order, end);

@@ -65,6 +65,58 @@ pub struct Options {
     pub baseline: Duration,
 }
 
+/// The most orders per second an open loop may be asked to offer.
+const MAX_RATE: f64 = 100_000.0;
+
+impl Options {
+    /// Refuses options that cannot make a run, naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let m = &self.mix;
+        if self.duration.is_zero()
+            || m.skus == 0
+            || m.lines == 0
+            || m.customers == 0
+            || self.instances == 0
+        {
+            anyhow::bail!(
+                "--duration, --skus, --lines, --customers and --instances must be more than 0"
+            );
+        }
+        match self.rate {
+            None if self.concurrency == 0 => anyhow::bail!("--concurrency must be at least 1"),
+            None => {}
+            Some(r) if !(r > 0.0 && r <= MAX_RATE) => anyhow::bail!(
+                "--rate must be a number of orders per second above 0 and at most {MAX_RATE}, got {r}"
+            ),
+            Some(r) if r * self.duration.as_secs_f64() < 1.0 => anyhow::bail!(
+                "--rate {r} places no order within --duration {:?}",
+                self.duration
+            ),
+            Some(_) => {}
+        }
+        if !(m.skew >= 0.0 && m.skew.is_finite()) {
+            anyhow::bail!("--skew must be 0 or more, got {}", m.skew);
+        }
+        for (name, x) in [
+            ("slot-share", m.slot_share),
+            ("out-of-stock-share", m.out_of_stock_share),
+            ("unfunded-share", m.unfunded_share),
+            ("decline-rate", self.decline_rate),
+        ] {
+            if !(0.0..=1.0).contains(&x) {
+                anyhow::bail!("--{name} must be within 0..=1, got {x}");
+            }
+        }
+        if m.slots == 0 && m.slot_share > 0.0 {
+            anyhow::bail!("--slot-share {} needs --slots of at least 1", m.slot_share);
+        }
+        if self.batch_size == Some(0) {
+            anyhow::bail!("--batch-size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 mod secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
@@ -74,13 +126,17 @@ mod secs {
     }
 }
 
-/// Place-to-terminal latency, in milliseconds.
+/// Place-to-terminal latency of the orders placed in the window, in
+/// milliseconds (`None`: no order was placed). An order that did not end
+/// within [`END_TIMEOUT`] counts as having taken that long, so when
+/// `unfinished` is not 0 the figures are lower bounds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Latency {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-    pub max: f64,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    pub unfinished: u64,
 }
 
 /// A run's figures (the JSON output).
@@ -91,6 +147,8 @@ pub struct Figures {
     pub cpus: usize,
     pub options: Options,
     pub window_secs: f64,
+    /// Orders placed in the window (as are `place_errors` and `shed`);
+    /// `confirmed` and `cancelled` count orders that ended in it.
     pub placed: u64,
     pub confirmed: u64,
     pub cancelled: BTreeMap<String, u64>,
@@ -103,9 +161,11 @@ pub struct Figures {
     pub ended_per_sec: f64,
     pub latency_ms: Latency,
     pub postgres_transactions_per_sec: f64,
-    pub postgres_transactions_per_confirmed: f64,
+    /// `None` when no order was confirmed in the window.
+    pub postgres_transactions_per_confirmed: Option<f64>,
     /// CPU seconds per component over the window.
     pub cpu_seconds: BTreeMap<&'static str, f64>,
+    /// Empty when no order was confirmed in the window.
     pub cpu_ms_per_confirmed: BTreeMap<&'static str, f64>,
     pub baselines: Baselines,
     /// confirmed/s over each baseline, and Postgres tx/s over its baseline.
@@ -123,12 +183,30 @@ struct Sample {
 /// What the load generator counts while it runs.
 #[derive(Default)]
 struct Tally {
+    /// The measured window, in time since the run started.
+    window: std::ops::Range<Duration>,
     samples: Mutex<Vec<Sample>>,
+    /// Of orders placed in the window, as `placed` and `shed`.
     place_errors: Mutex<BTreeMap<String, u64>>,
     placed: AtomicU64,
     unfinished_at: Mutex<Vec<Duration>>,
     shed: AtomicU64,
-    confirmed: AtomicU64,
+    /// Placed and confirmed since the start, warm-up included (progress).
+    placed_so_far: AtomicU64,
+    confirmed_so_far: AtomicU64,
+}
+
+impl Tally {
+    fn in_window(&self, t: Duration) -> bool {
+        self.window.contains(&t)
+    }
+
+    /// Counts one more of `counter` if `at` is in the window.
+    fn count(&self, counter: &AtomicU64, at: Duration) {
+        if self.in_window(at) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The services, on a runtime of their own whose threads are named
@@ -190,6 +268,7 @@ impl Services {
 
 /// Runs the benchmark; `progress` shows on a terminal.
 pub async fn run(opts: Options) -> anyhow::Result<Figures> {
+    opts.check()?;
     let ns_name = format!("bsaga{}", &Uuid::new_v4().simple().to_string()[..8]);
     let ns = Namespace::new(&ns_name)?;
     let mut cfg = SystemConfig::from_env()?
@@ -231,7 +310,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Figures> {
     let mut sets = Vec::new();
     let mut clients = Vec::new();
     let started: anyhow::Result<()> = async {
-        for i in 0..opts.instances.max(1) {
+        for i in 0..opts.instances {
             let ports = if i == 0 {
                 cfg.clone()
             } else {
@@ -329,10 +408,13 @@ async fn drive(
     let slots = seed(&clients.clients[0], &mix).await?;
     let ends = Ends::listen(nats, ns).await?;
 
-    let tally = Arc::new(Tally::default());
     let t0 = Instant::now();
     let window_start = opts.warmup;
     let window_end = opts.warmup + opts.duration;
+    let tally = Arc::new(Tally {
+        window: window_start..window_end,
+        ..Tally::default()
+    });
     let total = window_end.as_secs().max(1);
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} s  {msg}")
@@ -359,13 +441,13 @@ async fn drive(
             let mut last = (0u64, Instant::now());
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let confirmed = tally.confirmed.load(Ordering::Relaxed);
+                let confirmed = tally.confirmed_so_far.load(Ordering::Relaxed);
                 let rate = (confirmed - last.0) as f64 / last.1.elapsed().as_secs_f64();
                 last = (confirmed, Instant::now());
                 bar.set_position(t0.elapsed().as_secs());
                 bar.set_message(format!(
                     "{} placed, {confirmed} confirmed, {rate:.0} confirmed/s now{}",
-                    tally.placed.load(Ordering::Relaxed),
+                    tally.placed_so_far.load(Ordering::Relaxed),
                     if t0.elapsed() < window_start {
                         " (warm-up)"
                     } else {
@@ -380,19 +462,26 @@ async fn drive(
     let slots = Arc::new(slots);
     let one = {
         let (clients, ends, tally, mix) = (clients.clone(), ends.clone(), tally.clone(), mix);
-        move || {
+        move |placed: Duration| {
             let request = mix.order(&mut rand::rng(), &weights, &slots);
-            one_order(clients.clone(), ends.clone(), tally.clone(), t0, request)
+            one_order(
+                clients.clone(),
+                ends.clone(),
+                tally.clone(),
+                t0,
+                placed,
+                request,
+            )
         }
     };
     match opts.rate {
         None => {
             let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..opts.concurrency.max(1) {
+            for _ in 0..opts.concurrency {
                 let one = one.clone();
                 workers.spawn(async move {
                     while t0.elapsed() < window_end {
-                        one().await;
+                        one(t0.elapsed()).await;
                     }
                 });
             }
@@ -400,16 +489,22 @@ async fn drive(
         }
         Some(rate) => {
             let room = Arc::new(Semaphore::new(OPEN_LOOP_CAP));
-            let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut orders = tokio::task::JoinSet::new();
-            while t0.elapsed() < window_end {
-                every.tick().await;
+            // Each order is due at its own time, k / rate, and its latency
+            // counts from then: when the generator falls behind, the orders
+            // it owes go out at once and their wait is not hidden
+            // (coordinated omission).
+            for k in 0u64.. {
+                let due = Duration::from_secs_f64(k as f64 / rate);
+                if due >= window_end {
+                    break;
+                }
+                tokio::time::sleep_until((t0 + due).into()).await;
                 let Ok(permit) = room.clone().try_acquire_owned() else {
-                    tally.shed.fetch_add(1, Ordering::Relaxed);
+                    tally.count(&tally.shed, due);
                     continue;
                 };
-                let order = one();
+                let order = one(due);
                 orders.spawn(async move {
                     order.await;
                     drop(permit);
@@ -424,7 +519,7 @@ async fn drive(
     let (cpu, transactions) = probes.await??;
 
     let samples = tally.samples.lock().await.clone();
-    let in_window = |t: Duration| t >= window_start && t < window_end;
+    let in_window = |t: Duration| tally.in_window(t);
     let window = opts.duration.as_secs_f64();
     let confirmed = samples
         .iter()
@@ -443,7 +538,6 @@ async fn drive(
         .filter(|s| in_window(s.placed))
         .map(|s| super::micros(s.ended.saturating_sub(s.placed)))
         .collect();
-    latencies.sort_unstable();
     let unfinished = tally
         .unfinished_at
         .lock()
@@ -451,7 +545,10 @@ async fn drive(
         .iter()
         .filter(|t| in_window(**t))
         .count() as u64;
-    let per_confirmed = |x: f64| x / (confirmed.max(1) as f64);
+    // What is known of an unfinished order: it took at least this long.
+    latencies.extend((0..unfinished).map(|_| super::micros(END_TIMEOUT)));
+    latencies.sort_unstable();
+    let per_confirmed = |x: f64| (confirmed > 0).then(|| x / confirmed as f64);
     let figures = Figures {
         benchmark: "saga",
         run_at: chrono::Utc::now().to_rfc3339(),
@@ -471,12 +568,13 @@ async fn drive(
             p95: percentile_ms(&latencies, 95.0),
             p99: percentile_ms(&latencies, 99.0),
             max: percentile_ms(&latencies, 100.0),
+            unfinished,
         },
         postgres_transactions_per_sec: transactions as f64 / window,
         postgres_transactions_per_confirmed: per_confirmed(transactions as f64),
         cpu_ms_per_confirmed: cpu
             .iter()
-            .map(|(who, s)| (*who, per_confirmed(s * 1000.0)))
+            .filter_map(|(who, s)| Some((*who, per_confirmed(s * 1000.0)?)))
             .collect(),
         cpu_seconds: cpu,
         baselines: Baselines::default(),
@@ -504,19 +602,22 @@ async fn one_order(
     ends: Arc<Ends>,
     tally: Arc<Tally>,
     t0: Instant,
+    placed: Duration,
     request: saga_shared::proto::order::v1::PlaceOrderRequest,
 ) {
-    let placed = t0.elapsed();
-    tally.placed.fetch_add(1, Ordering::Relaxed);
+    tally.placed_so_far.fetch_add(1, Ordering::Relaxed);
+    tally.count(&tally.placed, placed);
     let order = match clients.next().place_order(request).await {
         Ok(o) => o,
         Err(status) => {
-            *tally
-                .place_errors
-                .lock()
-                .await
-                .entry(format!("{:?}", status.code()))
-                .or_default() += 1;
+            if tally.in_window(placed) {
+                *tally
+                    .place_errors
+                    .lock()
+                    .await
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
+            }
             return;
         }
     };
@@ -526,7 +627,7 @@ async fn one_order(
     match tokio::time::timeout(END_TIMEOUT, ends.wait(id)).await {
         Ok(Ok(end)) => {
             if end == End::Confirmed {
-                tally.confirmed.fetch_add(1, Ordering::Relaxed);
+                tally.confirmed_so_far.fetch_add(1, Ordering::Relaxed);
             }
             tally.samples.lock().await.push(Sample {
                 placed,
@@ -625,26 +726,44 @@ pub fn render(f: &Figures) -> String {
         "confirmed orders/s", f.confirmed_per_sec, "ended orders/s", f.ended_per_sec
     ));
     let l = &f.latency_ms;
+    let ms = super::ms;
     out.push_str(&format!(
-        "place -> terminal, ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n",
-        l.p50, l.p95, l.p99, l.max
+        "place -> terminal, ms: p50 {}  p95 {}  p99 {}  max {}{}\n",
+        ms(l.p50),
+        ms(l.p95),
+        ms(l.p99),
+        ms(l.max),
+        if l.unfinished > 0 {
+            format!(
+                "  (lower bounds: {} orders had not ended after {} s)",
+                l.unfinished,
+                END_TIMEOUT.as_secs()
+            )
+        } else {
+            String::new()
+        }
     ));
     out.push_str(&format!(
-        "{:<40} {:>10.1}  ({:.0} tx/s)\n",
+        "{:<40} {:>10}  ({:.0} tx/s)\n",
         "Postgres transactions / confirmed order",
-        f.postgres_transactions_per_confirmed,
+        f.postgres_transactions_per_confirmed
+            .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.1}")),
         f.postgres_transactions_per_sec
     ));
-    let total: f64 = f.cpu_ms_per_confirmed.values().sum();
-    let parts: Vec<String> = f
-        .cpu_ms_per_confirmed
-        .iter()
-        .map(|(who, ms)| format!("{who} {ms:.2}"))
-        .collect();
-    out.push_str(&format!(
-        "CPU ms / confirmed order: {}  (total {total:.2})\n",
-        parts.join(", ")
-    ));
+    if f.cpu_ms_per_confirmed.is_empty() {
+        out.push_str("CPU ms / confirmed order: n/a (no order confirmed)\n");
+    } else {
+        let total: f64 = f.cpu_ms_per_confirmed.values().sum();
+        let parts: Vec<String> = f
+            .cpu_ms_per_confirmed
+            .iter()
+            .map(|(who, ms)| format!("{who} {ms:.2}"))
+            .collect();
+        out.push_str(&format!(
+            "CPU ms / confirmed order: {}  (total {total:.2})\n",
+            parts.join(", ")
+        ));
+    }
     let b = &f.baselines;
     if b.postgres_commits_per_sec > 0.0 {
         out.push_str(&format!(
@@ -671,4 +790,70 @@ pub fn render(f: &Figures) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            concurrency: 8,
+            rate: None,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            mix: Mix {
+                skus: 5,
+                skew: 1.0,
+                lines: 1,
+                slot_share: 0.5,
+                out_of_stock_share: 0.0,
+                unfunded_share: 0.0,
+                customers: 4,
+                slots: 2,
+            },
+            decline_rate: 0.0,
+            batch_size: None,
+            instances: 1,
+            max_open_orders: None,
+            database_url: String::new(),
+            baseline: Duration::ZERO,
+        }
+    }
+
+    fn refused(change: impl FnOnce(&mut Options)) -> String {
+        let mut o = options();
+        change(&mut o);
+        match o.check() {
+            Ok(()) => panic!("accepted: {o:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn options_that_cannot_make_a_run_are_refused_naming_the_flag() {
+        assert!(options().check().is_ok());
+        for (flag, text) in [
+            ("--concurrency", refused(|o| o.concurrency = 0)),
+            // 1/rate would round to a zero period.
+            ("--rate", refused(|o| o.rate = Some(3e9))),
+            ("--rate", refused(|o| o.rate = Some(0.0))),
+            ("--rate", refused(|o| o.rate = Some(f64::NAN))),
+            // Not one order due within the window.
+            ("--rate", refused(|o| o.rate = Some(0.05))),
+            ("--slots", refused(|o| o.mix.slots = 0)),
+            ("--batch-size", refused(|o| o.batch_size = Some(0))),
+            ("--skew", refused(|o| o.mix.skew = -1.0)),
+            ("--decline-rate", refused(|o| o.decline_rate = 1.5)),
+            ("--duration", refused(|o| o.duration = Duration::ZERO)),
+        ] {
+            assert!(text.contains(flag), "{flag}: {text}");
+        }
+        let mut open = options();
+        (open.rate, open.concurrency) = (Some(500.0), 0);
+        assert!(open.check().is_ok(), "an open loop needs no concurrency");
+        let mut no_slots = options();
+        (no_slots.mix.slots, no_slots.mix.slot_share) = (0, 0.0);
+        assert!(no_slots.check().is_ok());
+    }
 }
