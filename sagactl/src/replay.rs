@@ -92,13 +92,29 @@ pub struct Standing {
 /// The database of service `c`, as its service made it (nothing created or
 /// migrated: a mistyped schema is refused, not taken for an empty one).
 pub(crate) async fn service_pool(cfg: &SystemConfig, c: &Consumes) -> anyhow::Result<sqlx::PgPool> {
-    let (database, migrations): (_, &Migrator) = match c.service {
-        "order-svc" => (&cfg.order.database, &order_svc::MIGRATIONS),
-        "inventory-svc" => (&cfg.inventory.database, &inventory_svc::MIGRATIONS),
-        "payment-svc" => (&cfg.payment.database, &payment_svc::MIGRATIONS),
-        _ => (&cfg.reservation.database, &reservation_svc::MIGRATIONS),
+    let (database, migrations, namespace): (_, &Migrator, _) = match c.service {
+        "order-svc" => (
+            &cfg.order.database,
+            &order_svc::MIGRATIONS,
+            &cfg.order.namespace,
+        ),
+        "inventory-svc" => (
+            &cfg.inventory.database,
+            &inventory_svc::MIGRATIONS,
+            &cfg.inventory.namespace,
+        ),
+        "payment-svc" => (
+            &cfg.payment.database,
+            &payment_svc::MIGRATIONS,
+            &cfg.payment.namespace,
+        ),
+        _ => (
+            &cfg.reservation.database,
+            &reservation_svc::MIGRATIONS,
+            &cfg.reservation.namespace,
+        ),
     };
-    saga_shared::db::open_existing(database, migrations)
+    saga_shared::db::open_existing(database, migrations, namespace)
         .await
         .with_context(|| format!("{}'s database", c.service))
 }

@@ -32,6 +32,17 @@ pub enum DbError {
     #[error("schema {schema:?} is not one this build's service made: {why}")]
     NotAsBuilt { schema: String, why: String },
     #[error(
+        "schema {schema:?} holds the state of namespace {recorded:?}, not {configured:?}: two \
+         namespaces must not share a schema (give this one its own database or \
+         database.schema; to move the state to {configured:?} on purpose, stop every instance \
+         and DELETE FROM \"{schema}\".namespace_claim)"
+    )]
+    OtherNamespace {
+        schema: String,
+        recorded: String,
+        configured: String,
+    },
+    #[error(
         "database {name:?} does not exist and could not be created ({source}); create it, \
          or give the role the right to"
     )]
@@ -53,12 +64,43 @@ pub async fn connect(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool,
     Ok(pool)
 }
 
+/// Records `namespace` as the one whose state the schema holds, if none is
+/// yet, and refuses a schema that holds another namespace's state.
+pub async fn claim_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO namespace_claim (namespace) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(namespace)
+        .execute(pool)
+        .await?;
+    check_namespace(pool, schema, namespace).await
+}
+
+/// Refuses a schema that holds another namespace's state (one that holds
+/// none recorded is accepted: nothing has claimed it).
+pub async fn check_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Result<(), DbError> {
+    let recorded: Option<String> = sqlx::query_scalar("SELECT namespace FROM namespace_claim")
+        .fetch_optional(pool)
+        .await?;
+    match recorded {
+        Some(recorded) if recorded != namespace => Err(DbError::OtherNamespace {
+            schema: schema.to_owned(),
+            recorded,
+            configured: namespace.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the pool of a schema the service has made, as an operator's tool
 /// does: nothing is created or migrated (the service owns its schema), and
 /// a schema that this build's migrations do not describe exactly (never
 /// made, behind, ahead, or a migration that failed) is refused, so that a
-/// wrong schema name is not taken for a service that has seen nothing.
-pub async fn open_existing(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool, DbError> {
+/// wrong schema name is not taken for a service that has seen nothing; so is
+/// a schema that holds another namespace's state than `namespace`.
+pub async fn open_existing(
+    cfg: &DatabaseConfig,
+    service: &Migrator,
+    namespace: &str,
+) -> Result<PgPool, DbError> {
     let pool = pool(cfg, options(cfg)?).await?;
     for (migrator, table) in [
         (&BUS_MIGRATIONS, "_sqlx_migrations_bus"),
@@ -120,6 +162,7 @@ pub async fn open_existing(cfg: &DatabaseConfig, service: &Migrator) -> Result<P
             )));
         }
     }
+    check_namespace(&pool, &cfg.schema, namespace).await?;
     Ok(pool)
 }
 
@@ -152,7 +195,30 @@ async fn migrate(pool: &PgPool, schema: &str, service: &Migrator) -> Result<(), 
         };
         migrator.create_schema(format!("\"{schema}\""));
         migrator.dangerous_set_table_name(format!("\"{schema}\".{table}"));
+        // Migrations a newer build applied are left alone, so that this
+        // build still starts on the schema: a rolling deploy runs both
+        // builds at once, and rolling it back starts the older one on the
+        // newer schema. Migrations are written for that (add first, take
+        // away in a later release). A migration this build knows whose
+        // text changed is still refused.
+        migrator.set_ignore_missing(true);
         migrator.run(pool).await?;
+        let known: Vec<i64> = migrator.migrations.iter().map(|m| m.version).collect();
+        let newer: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT version FROM \"{schema}\".{table} WHERE version <> ALL($1) ORDER BY version"
+        )))
+        .bind(&known)
+        .fetch_all(pool)
+        .await?;
+        if !newer.is_empty() {
+            tracing::warn!(
+                schema,
+                table,
+                ?newer,
+                "the schema has migrations this build does not know (applied by a newer build); \
+                 starting on it"
+            );
+        }
     }
     Ok(())
 }

@@ -149,6 +149,7 @@ impl Platform {
         )?;
         cfg.nats.server_addrs()?;
         let pool = db::connect(cfg.database, migrations).await?;
+        db::claim_namespace(&pool, &cfg.database.schema, cfg.namespace).await?;
         let nats = crate::nats::connect(cfg.nats, cfg.service).await?;
         let js = jetstream::new(nats.clone());
         ensure_streams(&js, &ns, cfg.nats).await?;

@@ -539,8 +539,12 @@ async fn a_customer_past_its_rate_is_told_to_wait_while_others_are_served() -> a
 async fn a_catalog_check_refused_for_good_is_internal_not_unavailable() -> anyhow::Result<()> {
     let sys = TestSystem::start().await?;
     sys.seed_product("A", 100, 10).await?;
-    let pool =
-        saga_shared::db::open_existing(&sys.config.order.database, &order_svc::MIGRATIONS).await?;
+    let pool = saga_shared::db::open_existing(
+        &sys.config.order.database,
+        &order_svc::MIGRATIONS,
+        &sys.config.order.namespace,
+    )
+    .await?;
     // order-svc's use-cases with no service token for their calls.
     let mut cfg = sys.config.order.clone();
     cfg.order.inventory_url = sys.inventory.grpc_url();

@@ -344,3 +344,62 @@ async fn a_service_stops_while_health_and_reflection_streams_stay_open() -> anyh
     drop(watch);
     Ok(())
 }
+
+/// A namespace keeps environments apart in Postgres as it does in NATS and
+/// Redis: a service refuses to start on a schema that holds another
+/// namespace's state. Its relay would otherwise publish the other system's
+/// outbox into its own streams, and its deadline sweep would cancel the
+/// other system's orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_refuses_a_schema_that_holds_another_namespaces_state() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.one_confirmed_order("N1", "c1", WAIT).await?;
+    let other = format!("{}x", sys.ns);
+    let cfg = sys.config.clone().with_namespace(&other).with_free_ports();
+    let started = tokio::time::timeout(WAIT, sagactl::system::System::start(cfg)).await?;
+    let refused = match started {
+        Ok(system) => {
+            system.stop().await?;
+            anyhow::bail!(
+                "a system in namespace {other} started on {}'s schemas",
+                sys.ns
+            );
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains(&sys.ns) && refused.contains(&other),
+        "the refusal names both namespaces: {refused}"
+    );
+    // The first system goes on as before.
+    sys.one_confirmed_order("N2", "c2", WAIT).await?;
+    for kind in StreamKind::ALL {
+        let name = saga_shared::bus::Namespace::new(&other)?.stream(kind);
+        let _ = sys.js.delete_stream(name).await;
+    }
+    sys.stop().await
+}
+
+/// A rollback: a newer build has applied a migration this build does not
+/// know (expand first, contract later). This build's services still start
+/// on that schema, as a rolling deploy and its undo need; they used to
+/// refuse (sqlx: "migration ... was previously applied but is missing").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_starts_on_a_schema_a_newer_build_has_migrated() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let db = &sys.config.payment.database;
+    for table in ["_sqlx_migrations", "_sqlx_migrations_bus"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{}\".{table} (version, description, success, checksum, execution_time) \
+             VALUES (99991231000000, 'from a newer build', true, '\\x00', 1)",
+            db.schema
+        )))
+        .execute(&sys.db)
+        .await?;
+    }
+    let pool = saga_shared::db::connect(db, &payment_svc::MIGRATIONS).await;
+    let pool = pool.map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+    pool.close().await;
+    sys.one_confirmed_order("R1", "c1", WAIT).await?;
+    sys.stop().await
+}

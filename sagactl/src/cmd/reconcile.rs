@@ -8,9 +8,10 @@ pub(super) async fn run(skus: Vec<String>, namespace: Option<String>) -> anyhow:
     if let Some(ns) = namespace {
         cfg.namespace = ns;
     }
-    let pool = saga_shared::db::open_existing(&cfg.database, &inventory_svc::MIGRATIONS)
-        .await
-        .context("inventory-svc's database")?;
+    let pool =
+        saga_shared::db::open_existing(&cfg.database, &inventory_svc::MIGRATIONS, &cfg.namespace)
+            .await
+            .context("inventory-svc's database")?;
     let redis = saga_shared::redis::connect(&cfg.redis)
         .await
         .context("Redis must answer to reconcile its counters")?;
