@@ -72,6 +72,8 @@ async fn a_durable_restarted_with_other_settings_takes_them_and_refuses_what_can
         })
         .await?;
     cfg.namespace = other.as_str().to_owned();
+    // Another namespace keeps its state in a schema of its own.
+    cfg.database.schema = "payment_other".into();
     let refused = payment_svc::PaymentSvc::build(cfg).await;
     saga_shared::bus::streams::delete_streams(&sys.js, &other).await;
     let error = match refused {

@@ -245,6 +245,8 @@ async fn a_service_refuses_a_retention_shorter_than_its_streams_keep_events() ->
     nats.max_age_hours = 24;
     cfg.nats = nats;
     cfg.namespace = other.as_str().to_owned();
+    // Another namespace keeps its state in a schema of its own.
+    cfg.database.schema = "payment_other".into();
     let refused = started(cfg.clone()).await;
     cfg.bus.retention_hours = 0;
     let forever = started(cfg).await;
