@@ -435,6 +435,86 @@ async fn a_direct_release_locks_the_slot_before_the_booking() -> anyhow::Result<
     sys.stop().await
 }
 
+/// A ReleaseSlot that met a HoldSlot of the same hold_id in flight (its
+/// tombstone waited for the hold's booking to commit) then releases that
+/// hold: it too locks the slot before the booking. It used to lock the
+/// booking first and then wait for the slot, and deadlocked with a second
+/// ReleaseSlot of the hold that held the slot and wanted the booking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_release_that_waited_for_its_hold_locks_the_slot_first() -> anyhow::Result<()> {
+    let (sys, db) = started(
+        |cfg| cfg.reservation.repair.interval_ms = 0,
+        |c| &c.reservation.database,
+    )
+    .await?;
+    let slot = sys.create_slot("one", 3).await?.slot_id;
+    let slot_id: Uuid = slot.parse()?;
+    let hold = Uuid::now_v7();
+    let booking = reservation_svc::domain::direct_booking_id(hold);
+    // A HoldSlot in flight: its place counted, its booking written and not
+    // yet committed.
+    sqlx::query("UPDATE slots SET held = held + 1 WHERE id = $1")
+        .bind(slot_id)
+        .execute(&db)
+        .await?;
+    let mut holding = db.begin().await?;
+    let holding_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holding)
+        .await?;
+    sqlx::query(
+        "INSERT INTO bookings (order_id, slot_id, state, kind, hold_id) \
+         VALUES ($1, $2, 'HELD', 'direct', $3)",
+    )
+    .bind(booking)
+    .bind(slot_id)
+    .bind(hold)
+    .execute(&mut *holding)
+    .await?;
+    let slot_lock = Held::take(
+        &db,
+        format!("SELECT 1 FROM slots WHERE id = '{slot}' FOR UPDATE"),
+    )
+    .await?;
+
+    let mut reservation = sys.clients.reservation.clone();
+    let release = reservation.release_slot(rsv::ReleaseSlotRequest {
+        hold_id: hold.to_string(),
+    });
+    let control = async {
+        // The release's tombstone waits for the hold's booking...
+        saga_tests::eventually("the release to wait for the hold", WAIT, || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(holding_pid)
+            .fetch_one(&db)
+            .await?;
+            Ok(waiting > 0)
+        })
+        .await?;
+        // ...which commits; the release now finds the hold and must take
+        // the slot (held by the test) before the booking.
+        holding.commit().await?;
+        slot_lock
+            .probe_then_release(
+                &db,
+                format!("SELECT 1 FROM bookings WHERE order_id = '{booking}' FOR UPDATE"),
+            )
+            .await
+    };
+    let (released, met) = tokio::join!(release, control);
+    let met = met?;
+    assert!(
+        met.is_ok(),
+        "the release waiting for the slot already holds the booking: {met:?}"
+    );
+    let released = released?.into_inner().hold.expect("a hold");
+    assert_eq!(released.state(), rsv::HoldState::Released, "{released:?}");
+    assert_eq!(sys.slot(&slot).await?.held, 0);
+    db.close().await;
+    sys.stop().await
+}
+
 /// The repair loop's release of a cancelled order's booking locks the
 /// slot before the booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,12 +44,18 @@ impl Reservations {
             }
         };
         if store::insert_direct(&mut tx, hold_id, Some(slot), state, reason).await? {
+            // Read before the commit: once the place is taken, nothing may
+            // fail, or the caller would take the call (and its idempotency
+            // key) for one that did nothing.
+            let hold = store::direct_hold(&mut tx, hold_id, false)
+                .await?
+                .ok_or_else(|| ReservationError::Concurrent(direct_booking_id(hold_id)))?;
             tx.commit().await?;
-        } else {
-            // A call with the same hold_id committed first: ours takes
-            // nothing (the rollback gives the place back), theirs answers.
-            tx.rollback().await?;
+            return for_slot(hold, slot);
         }
+        // A call with the same hold_id committed first: ours takes nothing
+        // (the rollback gives the place back), theirs answers.
+        tx.rollback().await?;
         let mut conn = pool.acquire().await?;
         let hold = store::direct_hold(&mut conn, hold_id, false)
             .await?
@@ -81,7 +87,10 @@ impl Reservations {
                 )
                 .await?;
                 if !tombstone {
-                    // A hold committed meanwhile: release it.
+                    // A hold committed meanwhile (the insert waited for it,
+                    // holding nothing): release it, its slot locked first,
+                    // as everywhere (docs/adr/0015).
+                    store::lock_slot_of(&mut tx, booking).await?;
                     store::finish_held(&mut tx, booking, BookingState::Released).await?;
                 }
             }
