@@ -36,6 +36,8 @@ use crate::db::{self, DbError};
 /// never ends by itself). Within the 40 s that deploy/k8s allows a stop,
 /// with the relay's lease and last round after it.
 const GRPC_DRAIN: Duration = Duration::from_secs(10);
+/// How long a stopping service waits for its queued NATS writes.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
 
 /// Why a service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -476,6 +478,15 @@ impl App {
         relay_token.cancel();
         if let Err(e) = relay.await {
             tracing::error!(service, error = %e, "outbox relay failed");
+        }
+        // Acks, naks and the relay's last publishes are queued writes:
+        // flushed before the connection closes, or a process that exits
+        // next drops them (the messages are then redelivered only after
+        // ack_wait). `drain` only asks for the close.
+        match tokio::time::timeout(FLUSH_AT_STOP, nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(service, error = %e, "flushing NATS failed"),
+            Err(_) => tracing::warn!(service, "flushing NATS took too long"),
         }
         if let Err(e) = nats.drain().await {
             tracing::warn!(service, error = %e, "draining NATS failed");

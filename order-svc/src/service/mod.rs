@@ -332,7 +332,9 @@ impl Orders {
             }
             loop {
                 match self.cancel_overdue().await {
-                    Ok(n) if n >= 100 => continue,
+                    // A full round: more may be due, unless stopping (a
+                    // backlog after an outage must not hold the stop).
+                    Ok(n) if n >= 100 && !stop.is_cancelled() => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "deadline sweep failed");

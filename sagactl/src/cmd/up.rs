@@ -61,11 +61,18 @@ pub(super) async fn run(namespace: Option<String>, log_format: &str) -> anyhow::
             system.stop().await
         }
         exited = system.exited() => {
-            match exited {
-                Some((name, Err(e))) => bail!("{name} failed: {e}"),
-                Some((name, Ok(()))) => bail!("{name} stopped"),
-                None => Ok(()),
+            let why = match exited {
+                Some((name, Err(e))) => anyhow::anyhow!("{name} failed: {e}"),
+                Some((name, Ok(()))) => anyhow::anyhow!("{name} stopped"),
+                None => return Ok(()),
+            };
+            // The others stop as on Ctrl-C (their messages handed back,
+            // their outboxes published), not cut off by the exit.
+            eprintln!("{why}; stopping the others...");
+            if let Err(e) = system.stop().await {
+                eprintln!("stopping the others: {e:#}");
             }
+            Err(why)
         }
     }
 }
