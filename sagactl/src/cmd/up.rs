@@ -41,10 +41,12 @@ pub(super) async fn run(namespace: Option<String>, log_format: &str) -> anyhow::
     }
     match tokens {
         Some([admin, customer]) => {
-            println!(
-                "development tokens (the secret is in {}):",
-                crate::dev::home().display()
-            );
+            let secret_from = if std::env::var("SAGA_AUTH_SECRET").is_ok_and(|s| !s.is_empty()) {
+                "SAGA_AUTH_SECRET".to_owned()
+            } else {
+                crate::dev::home().display().to_string()
+            };
+            println!("development tokens (the secret is in {secret_from}):");
             println!(
                 "  admin          {}  (what sagactl sends by default)",
                 admin.display()
