@@ -64,22 +64,78 @@ pub async fn connect(cfg: &DatabaseConfig, service: &Migrator) -> Result<PgPool,
     Ok(pool)
 }
 
-/// Records `namespace` as the one whose state the schema holds, if none is
+/// Opens the service's pool for `namespace`: refuses a schema that holds
+/// another namespace's state (before migrating anything), records the
+/// namespace in a schema that holds none yet, then brings the schema up to
+/// date as [`connect`] does.
+pub async fn connect_as(
+    cfg: &DatabaseConfig,
+    service: &Migrator,
+    namespace: &str,
+) -> Result<PgPool, DbError> {
+    let options = options(cfg)?;
+    if cfg.create_database {
+        create_database_if_missing(&options).await?;
+    }
+    let pool = pool(cfg, options).await?;
+    claim_namespace(&pool, &cfg.schema, namespace).await?;
+    migrate(&pool, &cfg.schema, service).await?;
+    Ok(pool)
+}
+
+/// Records `namespace` as the one whose state `schema` holds, if none is
 /// yet, and refuses a schema that holds another namespace's state.
-pub async fn claim_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO namespace_claim (namespace) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(namespace)
-        .execute(pool)
+///
+/// The record is a table of its own, made here rather than by a migration,
+/// so that builds from before it (which refuse migrations they do not
+/// know) still start on the schema.
+async fn claim_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    // Instances starting at once: `IF NOT EXISTS` does not make creating
+    // the same schema or table twice at the same moment safe; this does.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("saga namespace claim of {schema}"))
+        .execute(&mut *tx)
         .await?;
+    for ddl in [
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".namespace_claim (\
+             only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row), \
+             namespace TEXT NOT NULL, \
+             claimed_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".namespace_claim (namespace) VALUES ($1) ON CONFLICT DO NOTHING"
+    )))
+    .bind(namespace)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     check_namespace(pool, schema, namespace).await
 }
 
-/// Refuses a schema that holds another namespace's state (one that holds
-/// none recorded is accepted: nothing has claimed it).
+/// Refuses a schema that holds another namespace's state (one with none
+/// recorded is accepted: nothing has claimed it).
 pub async fn check_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Result<(), DbError> {
-    let recorded: Option<String> = sqlx::query_scalar("SELECT namespace FROM namespace_claim")
-        .fetch_optional(pool)
+    let table = format!("\"{schema}\".namespace_claim");
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(&table)
+        .fetch_one(pool)
         .await?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let recorded: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT namespace FROM {table}"
+    )))
+    .fetch_optional(pool)
+    .await?;
     match recorded {
         Some(recorded) if recorded != namespace => Err(DbError::OtherNamespace {
             schema: schema.to_owned(),
@@ -92,10 +148,12 @@ pub async fn check_namespace(pool: &PgPool, schema: &str, namespace: &str) -> Re
 
 /// Opens the pool of a schema the service has made, as an operator's tool
 /// does: nothing is created or migrated (the service owns its schema), and
-/// a schema that this build's migrations do not describe exactly (never
-/// made, behind, ahead, or a migration that failed) is refused, so that a
-/// wrong schema name is not taken for a service that has seen nothing; so is
-/// a schema that holds another namespace's state than `namespace`.
+/// a schema that lacks this build's migrations (never made, behind, a
+/// migration that failed or that differs from this build's) is refused, so
+/// that a wrong schema name is not taken for a service that has seen
+/// nothing; so is a schema that holds another namespace's state than
+/// `namespace`. Migrations a newer build applied as well are accepted
+/// (logged), as the services accept them.
 pub async fn open_existing(
     cfg: &DatabaseConfig,
     service: &Migrator,
@@ -152,14 +210,21 @@ pub async fn open_existing(
                 Some(_) => {}
             }
         }
-        if let Some((version, ..)) = applied
+        // Migrations of a newer build are accepted, as the services accept
+        // them (see `migrate`): after a rollback, this is the services'
+        // version.
+        let newer: Vec<i64> = applied
             .iter()
-            .find(|(a, ..)| !known.iter().any(|(v, _)| v == a))
-        {
-            return Err(not_as_built(format!(
-                "it has migration {version}, which this build does not know: use the sagactl \
-                 of the services' version"
-            )));
+            .map(|(a, ..)| *a)
+            .filter(|a| !known.iter().any(|(v, _)| v == a))
+            .collect();
+        if !newer.is_empty() {
+            tracing::warn!(
+                schema = cfg.schema,
+                table,
+                ?newer,
+                "the schema has migrations this build does not know (applied by a newer build)"
+            );
         }
     }
     check_namespace(&pool, &cfg.schema, namespace).await?;

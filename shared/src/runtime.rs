@@ -150,8 +150,7 @@ impl Platform {
             "nats.max_age_hours",
         )?;
         cfg.nats.server_addrs()?;
-        let pool = db::connect(cfg.database, migrations).await?;
-        db::claim_namespace(&pool, &cfg.database.schema, cfg.namespace).await?;
+        let pool = db::connect_as(cfg.database, migrations, cfg.namespace).await?;
         let nats = crate::nats::connect(cfg.nats, cfg.service).await?;
         let js = jetstream::new(nats.clone());
         ensure_streams(&js, &ns, cfg.nats).await?;

@@ -367,10 +367,16 @@ async fn a_service_refuses_a_schema_that_holds_another_namespaces_state() -> any
         }
         Err(e) => format!("{e:#}"),
     };
+    let named = |ns: &str| format!("{ns:?}");
     assert!(
-        refused.contains(&sys.ns) && refused.contains(&other),
+        refused.contains(&named(&sys.ns)) && refused.contains(&named(&other)),
         "the refusal names both namespaces: {refused}"
     );
+    // So do the operator's tools that open a service's schema.
+    let status =
+        sagactl::replay::status(&sys.config.clone().with_namespace(&other), Some("payment")).await;
+    let refused = format!("{:#}", status.expect_err("another namespace's schema"));
+    assert!(refused.contains(&named(&sys.ns)), "{refused}");
     // The first system goes on as before.
     sys.one_confirmed_order("N2", "c2", WAIT).await?;
     for kind in StreamKind::ALL {
@@ -400,6 +406,10 @@ async fn a_service_starts_on_a_schema_a_newer_build_has_migrated() -> anyhow::Re
     let pool = saga_shared::db::connect(db, &payment_svc::MIGRATIONS).await;
     let pool = pool.map_err(|e| anyhow::anyhow!("refused: {e}"))?;
     pool.close().await;
+    // So do the operator's tools of this build, which the rollback left
+    // in place with the services.
+    let status = sagactl::replay::status(&sys.config, Some("payment")).await;
+    status.map_err(|e| anyhow::anyhow!("replay status refused: {e:#}"))?;
     sys.one_confirmed_order("R1", "c1", WAIT).await?;
     sys.stop().await
 }

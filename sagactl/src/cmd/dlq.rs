@@ -78,7 +78,8 @@ pub(super) async fn run(command: DlqCmd, nats_url: &str, namespace: &str) -> any
             let inboxes = if force {
                 None
             } else {
-                let cfg = crate::system::SystemConfig::from_env()?;
+                // The services' schemas of the namespace whose DLQ this is.
+                let cfg = crate::system::SystemConfig::from_env()?.with_namespace(namespace);
                 Some(
                     dlq::Inboxes::open(&cfg)
                         .await
