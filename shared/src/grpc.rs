@@ -3,6 +3,7 @@
 //! unexpected errors to an opaque `INTERNAL`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tracing::Span;
@@ -101,8 +102,13 @@ pub fn client_tls(cfg: &GrpcConfig) -> Result<Option<ClientTlsConfig>, ConfigErr
     Ok(Some(tls))
 }
 
+/// How often a client of another service pings its connection, and how
+/// long it waits for the answer before it drops the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An endpoint of `url` (named by the setting `field`), connected on first
-/// use, with `tls` for an `https://` URL.
+/// use, with `tls` for an `https://` URL, and HTTP/2 keepalive pings.
 ///
 /// # Errors
 /// A malformed URL, or an `https://` URL without a CA to check it with.
@@ -115,8 +121,16 @@ pub fn endpoint(
         field: field.into(),
         message,
     };
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| invalid(format!("{url:?}: {e}")))?
+        // A peer gone silent with its connection open (its node lost, a
+        // network dropping packets) is found by a ping unanswered within
+        // seconds, and the next call connects anew; without the ping the
+        // connection waits for the kernel to give up, about 15 minutes,
+        // every call failing by its timeout meanwhile.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     if !url.starts_with("https://") {
         return Ok(endpoint);
     }

@@ -497,3 +497,39 @@ async fn a_service_starts_without_access_to_the_postgres_database_when_its_own_e
     );
     Ok(())
 }
+
+/// A peer that goes silent without closing its connections (its node lost,
+/// a network that drops packets) while its replacement answers at the same
+/// address. A service's client of another (here a participant's repair
+/// loop asking order-svc how sagas ended; order-svc's checks of SKUs and
+/// slots are built the same way) used to wait on the dead connection until
+/// the kernel gave up on it, about 15 minutes, every call failing by its
+/// timeout meanwhile. HTTP/2 keepalive pings now find the dead connection
+/// within seconds, and the next call connects anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_another_service_leaves_a_connection_that_went_silent() -> anyhow::Result<()> {
+    use saga_shared::auth::{ServiceToken, WithToken};
+    let sys = TestSystem::start().await?;
+    let hole = saga_tests::blackhole::Blackhole::start().await?;
+    hole.point_at(sys.order.grpc);
+    let caller = WithToken(std::sync::Arc::new(ServiceToken::from_config(
+        "payment-svc",
+        &sys.config.payment.auth,
+    )?));
+    let outcomes = saga_shared::repair::Outcomes::new(&hole.url(), caller, None)?;
+    let ids = [uuid::Uuid::now_v7()];
+    let ask = || outcomes.of(&ids);
+    ask().await?;
+    let before = hole.connections();
+    assert_eq!(before, 1, "one connection through the proxy");
+
+    hole.cut();
+    eventually(
+        "order-svc to answer over a new connection",
+        Duration::from_secs(60),
+        || async { Ok(ask().await.is_ok()) },
+    )
+    .await?;
+    assert!(hole.connections() > before, "a new connection was made");
+    sys.stop().await
+}

@@ -23,6 +23,7 @@
 pub use saga_shared;
 pub use sagactl;
 
+pub mod blackhole;
 pub mod calls;
 pub mod clusters;
 pub mod http;
