@@ -271,11 +271,11 @@ pub async fn run(
     }
     let outbox = Outbox::new();
     let pool = service_pool(cfg, c).await?;
-    let bus = match c.service {
-        "order-svc" => cfg.order.bus.clone(),
-        "inventory-svc" => cfg.inventory.bus.clone(),
-        "payment-svc" => cfg.payment.bus.clone(),
-        _ => cfg.reservation.bus.clone(),
+    let (bus, streams) = match c.service {
+        "order-svc" => (cfg.order.bus.clone(), cfg.order.nats.clone()),
+        "inventory-svc" => (cfg.inventory.bus.clone(), cfg.inventory.nats.clone()),
+        "payment-svc" => (cfg.payment.bus.clone(), cfg.payment.nats.clone()),
+        _ => (cfg.reservation.bus.clone(), cfg.reservation.nats.clone()),
     };
     let ctx = BusContext {
         service: c.service,
@@ -284,6 +284,7 @@ pub async fn run(
         ns: ns.clone(),
         outbox: outbox.clone(),
         cfg: bus,
+        streams,
     };
     // Where each stream starts, all checked before anything is replayed.
     let mut starts = Vec::with_capacity(kinds.len());

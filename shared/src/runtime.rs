@@ -103,6 +103,8 @@ pub struct Platform {
     pub ns: Namespace,
     pub outbox: Outbox,
     pub bus: BusConfig,
+    /// The settings the namespace's streams are made with.
+    pub streams: NatsConfig,
     pub readiness: Readiness,
     /// Checks the callers of this service's gRPC API.
     pub auth: AuthLayer,
@@ -171,6 +173,7 @@ impl Platform {
             ns,
             outbox: Outbox::new(),
             bus: cfg.bus.clone(),
+            streams: cfg.nats.clone(),
             readiness,
             auth: AuthLayer::new(verifier, Limits::new(cfg.auth)),
             caller,
@@ -248,6 +251,7 @@ impl Platform {
             ns: self.ns.clone(),
             outbox: self.outbox.clone(),
             cfg: self.bus.clone(),
+            streams: self.streams.clone(),
         }
     }
 
@@ -372,6 +376,7 @@ impl App {
             ns,
             outbox,
             bus,
+            streams: _,
             readiness,
             auth,
             caller: _,

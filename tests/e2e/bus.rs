@@ -3,6 +3,8 @@
 //! bound, and a message in a consumer's hands is not redelivered behind its
 //! back.
 
+use std::time::Duration;
+
 use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use saga_shared::bus::{Namespace, StreamKind};
 use saga_shared::proto::order::v1::OrderState;
@@ -512,5 +514,24 @@ async fn a_batch_redone_one_event_at_a_time_counts_each_charge_once() -> anyhow:
     assert_eq!(sys.wallet("mia").await?.balance_cents, 900, "charged once");
     let captured = metric_sum(admin, "payment_captured_cents_total", &[]).await?;
     assert_eq!(captured, 100.0, "the charge counted once");
+    sys.stop().await
+}
+
+/// A stream deleted while the services run (by mistake, or lost with its
+/// server's storage) is made again by the services that read it, as a
+/// restart would, and sagas go on with new events. Its readers used to
+/// retry "consumer not available" for ever, and order-svc's relay could
+/// not publish to it, until someone restarted a service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_while_the_services_run_is_made_again_by_its_readers() -> anyhow::Result<()>
+{
+    let sys = TestSystem::start().await?;
+    sys.one_confirmed_order("LOST1", "lou", WAIT).await?;
+    let ns = sys.namespace();
+    sys.js.delete_stream(ns.stream(StreamKind::Orders)).await?;
+    sys.one_confirmed_order("LOST2", "lou", Duration::from_secs(60))
+        .await?;
+    let info = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
+    assert!(info.delivered.stream_sequence >= 1, "{info:?}");
     sys.stop().await
 }

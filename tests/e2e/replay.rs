@@ -700,7 +700,9 @@ async fn a_stream_reader_whose_consumer_the_server_dropped_reads_on() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_fails_on_a_later_stream_reports_the_streams_it_replayed()
 -> anyhow::Result<()> {
-    let sys = TestSystem::start().await?;
+    // Separate processes: order-svc, the one reader of the stream this
+    // test deletes, is stopped first, or it would make the stream again.
+    let mut sys = TestSystem::start_processes(|_| {}).await?;
     sys.seed_product("R", 100, 10).await?;
     sys.top_up("rory", 1_000).await?;
     let placed = sys.place(order_request("rory", &[("R", 1)], None)).await?;
@@ -709,6 +711,7 @@ async fn a_replay_that_fails_on_a_later_stream_reports_the_streams_it_replayed()
         OrderState::Confirmed
     );
     sys.quiesce(WAIT).await?;
+    sys.processes().kill(saga_tests::processes::Service::Order);
     // order-svc reads inventory's, reservation's and payment's streams, in
     // that order; the last is gone.
     let ns = sys.namespace();

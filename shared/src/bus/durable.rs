@@ -226,6 +226,16 @@ pub async fn ensure(
     Ok(updated)
 }
 
+/// Whether the stream does not exist (as opposed to a server that did not
+/// answer).
+pub(crate) fn is_stream_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 fn is_not_found(kind: &async_nats::jetstream::context::ConsumerInfoErrorKind) -> bool {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
     match kind {

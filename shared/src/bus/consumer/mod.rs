@@ -60,7 +60,7 @@ use uuid::Uuid;
 use super::checkpoint::Interest;
 use super::dlq::{self, Origin};
 use super::{EventMeta, EventType, Namespace, Outbox, SagaEvent, StreamKind};
-use crate::config::BusConfig;
+use crate::config::{BusConfig, NatsConfig};
 
 pub use handler::{Batch, Delivery, Handler, HandlerError, event_uuid, every_event};
 use hands::{Hands, Held};
@@ -75,6 +75,8 @@ pub struct BusContext {
     pub ns: Namespace,
     pub outbox: Outbox,
     pub cfg: BusConfig,
+    /// The settings a stream found missing is made again with.
+    pub streams: NatsConfig,
 }
 
 /// A durable consumer of one stream, driving a [`Handler`].
@@ -127,7 +129,26 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<jetstream::consumer::PullConsumer, super::durable::DurableError> {
         let wanted =
             super::durable::wanted(self.ctx.service, &self.ctx.ns, self.stream, &self.ctx.cfg);
-        super::durable::ensure(&self.ctx.js, &self.stream_name(), wanted).await
+        let stream = self.stream_name();
+        match super::durable::ensure(&self.ctx.js, &stream, wanted.clone()).await {
+            Err(super::durable::DurableError::Stream { source, .. })
+                if super::durable::is_stream_not_found(&source) =>
+            {
+                // Deleted, or lost with its server's storage: made again,
+                // as a restart would, so that new events flow (those it
+                // held are gone with it).
+                crate::bus::streams::ensure_streams(&self.ctx.js, &self.ctx.ns, &self.ctx.streams)
+                    .await
+                    .map_err(|e| super::durable::DurableError::Server {
+                        stream: stream.clone(),
+                        durable: self.durable().to_owned(),
+                        source: Box::new(e),
+                    })?;
+                tracing::warn!(service = self.ctx.service, %stream, "the stream was missing; made it again");
+                super::durable::ensure(&self.ctx.js, &stream, wanted).await
+            }
+            other => other,
+        }
     }
 
     /// Consumes until `shutdown`, then finishes the messages being handled
