@@ -674,6 +674,14 @@ async fn seed(clients: &Clients, mix: &Mix) -> anyhow::Result<Vec<String>> {
     Ok(slots)
 }
 
+/// A map's entries, each as `entry` writes it, separated by commas.
+fn listed<K, V>(map: &BTreeMap<K, V>, entry: impl Fn(&K, &V) -> String) -> String {
+    map.iter()
+        .map(|(k, v)| entry(k, v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The figures as text.
 pub fn render(f: &Figures) -> String {
     let o = &f.options;
@@ -702,22 +710,12 @@ pub fn render(f: &Figures) -> String {
             .map_or_else(|| "as configured".to_owned(), |m| m.to_string()),
         o.instances,
     );
-    let cancelled: Vec<String> = f
-        .cancelled
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    let errors: Vec<String> = f
-        .place_errors
-        .iter()
-        .map(|(c, n)| format!("{c} {n}"))
-        .collect();
     out.push_str(&format!(
         "placed {}  confirmed {}  cancelled [{}]  place errors [{}]  unfinished {}  shed {}\n",
         f.placed,
         f.confirmed,
-        cancelled.join(", "),
-        errors.join(", "),
+        listed(&f.cancelled, |r, n| format!("{r} {n}")),
+        listed(&f.place_errors, |c, n| format!("{c} {n}")),
         f.unfinished,
         f.shed
     ));
@@ -754,14 +752,9 @@ pub fn render(f: &Figures) -> String {
         out.push_str("CPU ms / confirmed order: n/a (no order confirmed)\n");
     } else {
         let total: f64 = f.cpu_ms_per_confirmed.values().sum();
-        let parts: Vec<String> = f
-            .cpu_ms_per_confirmed
-            .iter()
-            .map(|(who, ms)| format!("{who} {ms:.2}"))
-            .collect();
         out.push_str(&format!(
             "CPU ms / confirmed order: {}  (total {total:.2})\n",
-            parts.join(", ")
+            listed(&f.cpu_ms_per_confirmed, |who, ms| format!("{who} {ms:.2}"))
         ));
     }
     let b = &f.baselines;
