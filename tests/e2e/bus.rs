@@ -9,7 +9,7 @@ use async_nats::jetstream::consumer::{self, AckPolicy, pull};
 use saga_shared::bus::{Namespace, StreamKind};
 use saga_shared::proto::order::v1::OrderState;
 use saga_shared::service::Service;
-use saga_tests::{TestSystem, eventually, order_request, state};
+use saga_tests::{TestSystem, eventually, metric_sum, order_request, state};
 use sagactl::dlq;
 
 use crate::WAIT;
@@ -467,7 +467,6 @@ async fn a_graceful_stop_publishes_a_backlog_larger_than_one_relay_batch() -> an
 async fn a_batch_redone_one_event_at_a_time_counts_each_charge_once() -> anyhow::Result<()> {
     use saga_shared::bus::SagaEvent;
     use saga_shared::proto::events::v1 as ev;
-    use saga_tests::metric_sum;
     use saga_tests::processes::{Ended, Service as Process};
 
     let mut sys = TestSystem::start_processes(|_| {}).await?;
@@ -533,5 +532,65 @@ async fn a_stream_deleted_while_the_services_run_is_made_again_by_its_readers() 
         .await?;
     let info = consumer_info(&sys, &ns, StreamKind::Orders, "payment-svc").await?;
     assert!(info.delivered.stream_sequence >= 1, "{info:?}");
+    sys.stop().await
+}
+
+/// A durable lost while its service runs (deleted by hand, or an R1
+/// consumer on a failed node) is made again from the stream's start, and
+/// the events it had applied come again as first deliveries. They are now
+/// recognised from the inbox before anything is prepared. They used to be
+/// prepared again (payment asked the card gateway again for every old
+/// charge), then refused by the apply transaction's inbox insert, each
+/// batch of them redone one event at a time, while live sagas queued
+/// behind the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_made_again_knows_what_it_applied_before_preparing_it() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    sys.seed_product("AGAIN", 100, 100).await?;
+    sys.top_up("ada", 100_000).await?;
+    let mut placed = Vec::new();
+    for _ in 0..24 {
+        placed.push(
+            sys.place(order_request("ada", &[("AGAIN", 1)], None))
+                .await?,
+        );
+    }
+    for order in &placed {
+        let done = sys.wait_terminal(&order.order_id, WAIT).await?;
+        assert_eq!(state(&done), OrderState::Confirmed);
+    }
+    sys.quiesce(WAIT).await?;
+    let admin = sys.payment.admin;
+    let payment = [("service", "payment-svc")];
+    let redone = || metric_sum(admin, "saga_batches_redone_total", &payment);
+    let duplicates = || {
+        metric_sum(
+            admin,
+            "saga_events_handled_total",
+            &[("service", "payment-svc"), ("outcome", "duplicate")],
+        )
+    };
+    let (redone_before, duplicates_before) = (redone().await?, duplicates().await?);
+
+    let ns = sys.namespace();
+    let orders = sys.js.get_stream(ns.stream(StreamKind::Orders)).await?;
+    orders.delete_consumer("payment-svc").await?;
+    eventually(
+        "the old charges delivered again and settled",
+        WAIT,
+        || async { Ok(duplicates().await? - duplicates_before >= 24.0) },
+    )
+    .await?;
+    assert_eq!(
+        redone().await?,
+        redone_before,
+        "no batch of old events failed and was redone one at a time"
+    );
+    assert_eq!(
+        sys.wallet("ada").await?.balance_cents,
+        100_000 - 24 * 100,
+        "each order charged once"
+    );
+    sys.one_confirmed_order("AGAIN2", "ada", WAIT).await?;
     sys.stop().await
 }

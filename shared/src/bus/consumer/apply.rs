@@ -130,14 +130,18 @@ impl<H: Handler> Consumer<H> {
     /// Which of the redelivered events the inbox has already: they are
     /// acked without any work. A first delivery is not looked up (the
     /// lookup would cost a round trip and a transaction for every event to
-    /// spare the rare duplicate its `prepare`): the apply transaction's own
+    /// spare the rare duplicate its `prepare`), unless its durable was made
+    /// again after the event was stored (`recheck_through`): then it may
+    /// well have been applied. Otherwise the apply transaction's own
     /// inbox insert decides, and `prepare` is safe to run for an event that
     /// was applied (it already is when this lookup fails, or when another
     /// instance applies the event meanwhile).
     async fn already_processed(&self, live: &[(Held, Delivery)]) -> sqlx::Result<HashSet<Uuid>> {
         let ids: Vec<Uuid> = live
             .iter()
-            .filter(|(_, d)| d.delivered > 1)
+            .filter(|(_, d)| {
+                d.delivered > 1 || d.stream_seq <= self.recheck_through.load(Ordering::Relaxed)
+            })
             .map(|(_, d)| d.meta.event_id)
             .collect();
         if ids.is_empty() {

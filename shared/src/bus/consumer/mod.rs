@@ -85,6 +85,11 @@ pub struct Consumer<H: Handler> {
     stream: StreamKind,
     handler: Arc<H>,
     hands: Arc<Hands>,
+    /// The stream's last sequence when its durable was found to have
+    /// delivered nothing yet (made anew, or made again after it was lost):
+    /// first deliveries up to it may have been applied before, so they
+    /// are looked up in the inbox like redeliveries.
+    recheck_through: Arc<AtomicU64>,
 }
 
 impl<H: Handler> Clone for Consumer<H> {
@@ -94,6 +99,7 @@ impl<H: Handler> Clone for Consumer<H> {
             stream: self.stream,
             handler: self.handler.clone(),
             hands: self.hands.clone(),
+            recheck_through: self.recheck_through.clone(),
         }
     }
 }
@@ -111,6 +117,7 @@ impl<H: Handler> Consumer<H> {
             stream,
             handler,
             hands: Arc::default(),
+            recheck_through: Arc::default(),
         }
     }
 
@@ -130,6 +137,34 @@ impl<H: Handler> Consumer<H> {
         let wanted =
             super::durable::wanted(self.ctx.service, &self.ctx.ns, self.stream, &self.ctx.cfg);
         let stream = self.stream_name();
+        let consumer = self.ensure_durable_on(&stream, wanted).await?;
+        if consumer.cached_info().delivered.stream_sequence == 0 {
+            // Nothing delivered yet: a new durable, or one made again after
+            // it was lost, which reads the stream from its start.
+            match self.ctx.js.get_stream(&stream).await {
+                Ok(mut s) => match s.info().await {
+                    Ok(info) => {
+                        self.recheck_through
+                            .fetch_max(info.state.last_sequence, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(service = self.ctx.service, %stream, error = %e, "stream info")
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(service = self.ctx.service, %stream, error = %e, "stream info")
+                }
+            }
+        }
+        Ok(consumer)
+    }
+
+    async fn ensure_durable_on(
+        &self,
+        stream: &str,
+        wanted: async_nats::jetstream::consumer::pull::Config,
+    ) -> Result<jetstream::consumer::PullConsumer, super::durable::DurableError> {
+        let stream = stream.to_owned();
         match super::durable::ensure(&self.ctx.js, &stream, wanted.clone()).await {
             Err(super::durable::DurableError::Stream { source, .. })
                 if super::durable::is_stream_not_found(&source) =>
@@ -264,7 +299,7 @@ impl<H: Handler> Consumer<H> {
     ) {
         let mut failures = 0u32;
         'connect: while !stop.is_cancelled() {
-            let consumer = match self.ensure_durable().await {
+            let mut consumer = match self.ensure_durable().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(service = self.ctx.service, stream = %self.stream_name(), error = %e, "consumer not available; retrying");
@@ -293,6 +328,7 @@ impl<H: Handler> Consumer<H> {
                     .expires(super::durable::PULL_EXPIRES)
                     .messages()
                     .await;
+                let mut got = 0usize;
                 let mut batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
@@ -309,6 +345,7 @@ impl<H: Handler> Consumer<H> {
                     match next {
                         Some(Ok(msg)) => {
                             failures = 0;
+                            got += 1;
                             let Ok(slot) = room.clone().try_acquire_owned() else {
                                 // More than asked for: let the server resend it.
                                 tracing::debug!("message beyond the pull's size; handed back");
@@ -329,6 +366,13 @@ impl<H: Handler> Consumer<H> {
                         }
                         None => break,
                     }
+                }
+                // An empty pull is also all that a durable deleted meanwhile
+                // gives, with no error when its stream was made again at
+                // once: make sure it is still there.
+                if got == 0 && consumer.info().await.is_err() {
+                    tracing::warn!(service = self.ctx.service, stream = %self.stream_name(), "the consumer is gone; reconnecting it");
+                    continue 'connect;
                 }
             }
         }
