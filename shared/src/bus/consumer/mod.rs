@@ -141,22 +141,21 @@ impl<H: Handler> Consumer<H> {
         if consumer.cached_info().delivered.stream_sequence == 0 {
             // Nothing delivered yet: a new durable, or one made again after
             // it was lost, which reads the stream from its start.
-            match self.ctx.js.get_stream(&stream).await {
-                Ok(mut s) => match s.info().await {
-                    Ok(info) => {
-                        self.recheck_through
-                            .fetch_max(info.state.last_sequence, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::debug!(service = self.ctx.service, %stream, error = %e, "stream info")
-                    }
-                },
+            match self.last_sequence(&stream).await {
+                Ok(last) => {
+                    self.recheck_through.fetch_max(last, Ordering::Relaxed);
+                }
                 Err(e) => {
-                    tracing::debug!(service = self.ctx.service, %stream, error = %e, "stream info")
+                    tracing::warn!(service = self.ctx.service, %stream, error = %e, "the stream's last sequence unknown; first deliveries are not looked up in the inbox");
                 }
             }
         }
         Ok(consumer)
+    }
+
+    async fn last_sequence(&self, stream: &str) -> Result<u64, crate::BoxError> {
+        let mut s = self.ctx.js.get_stream(stream).await?;
+        Ok(s.info().await?.state.last_sequence)
     }
 
     async fn ensure_durable_on(
