@@ -7,7 +7,7 @@ use std::time::Duration;
 use saga_shared::proto::order::v1::{self as ord, OrderState};
 use saga_tests::processes::Service;
 use saga_tests::servers::PostgresServer;
-use saga_tests::{TestSystem, eventually, http_get, order_request, state};
+use saga_tests::{TestSystem, eventually, http_get, metric_sum, order_request, state};
 use sagactl::dlq;
 
 use crate::WAIT;
@@ -531,5 +531,64 @@ async fn a_client_of_another_service_leaves_a_connection_that_went_silent() -> a
     )
     .await?;
     assert!(hole.connections() > before, "a new connection was made");
+    sys.stop().await
+}
+
+/// A batch that fails because the database cannot be reached is handed
+/// back whole, to be tried again after the backoff. It used to be redone
+/// one event at a time, each event waiting out the pool's acquire timeout
+/// again (16 events: 16 more waits, the messages held all along, a warning
+/// each), though nothing in the batch was at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_for_want_of_its_database_is_not_redone_one_event_at_a_time()
+-> anyhow::Result<()> {
+    use saga_shared::bus::SagaEvent;
+    use saga_shared::proto::events::v1 as ev;
+    let mut own = PostgresServer::start().await?;
+    let db = own.url("payment_outage");
+    let sys = TestSystem::start_processes(|cfg| {
+        cfg.payment.database.url = db.clone();
+        cfg.payment.database.acquire_timeout_ms = 500;
+    })
+    .await?;
+    sys.top_up("bo", 100_000).await?;
+    let admin = sys.payment.admin;
+    let payment = [("service", "payment-svc")];
+    own.stop()?;
+    for _ in 0..16 {
+        let order = uuid::Uuid::now_v7();
+        let charge = SagaEvent::OrderReserved(ev::OrderReserved {
+            order_id: order.to_string(),
+            customer_id: "bo".into(),
+            amount_cents: 100,
+        });
+        sys.publish_event(order, charge).await?;
+    }
+    eventually(
+        "the charges to fail for want of the database",
+        WAIT,
+        || async {
+            let retried = metric_sum(
+                admin,
+                "saga_events_handled_total",
+                &[("service", "payment-svc"), ("outcome", "retried")],
+            )
+            .await?;
+            Ok(retried >= 16.0)
+        },
+    )
+    .await?;
+    let redone = metric_sum(admin, "saga_batches_redone_total", &payment).await?;
+    assert_eq!(redone, 0.0, "no batch redone one event at a time");
+
+    own.start_again().await?;
+    eventually(
+        "every charge applied once the database is back",
+        WAIT,
+        || async { Ok(sys.wallet("bo").await?.balance_cents == 100_000 - 16 * 100) },
+    )
+    .await?;
+    sys.quiesce(WAIT).await?;
+    assert_eq!(sys.wallet("bo").await?.balance_cents, 100_000 - 16 * 100);
     sys.stop().await
 }

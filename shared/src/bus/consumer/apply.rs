@@ -90,6 +90,15 @@ impl<H: Handler> Consumer<H> {
                     }
                     return;
                 }
+                Err(e) if e.is_database_unavailable() => {
+                    // Each event alone would wait for the database again:
+                    // the batch goes back whole, to be tried after the
+                    // backoff.
+                    for (held, d, _) in ready {
+                        self.failed(held, &d, &e).await;
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(service = self.ctx.service, error = %e, "batch failed; one event at a time");
                     metrics::counter!(

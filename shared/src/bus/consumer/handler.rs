@@ -50,6 +50,19 @@ impl HandlerError {
     }
 }
 
+impl HandlerError {
+    /// Whether the database could not be reached: nothing the work did is
+    /// at fault, and doing it again at once would only wait again.
+    pub fn is_database_unavailable(&self) -> bool {
+        match self {
+            Self::Transient(e) => e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(crate::db::is_unavailable),
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for HandlerError {
     /// An outage or a conflict is transient; any other database error
     /// (a constraint, a missing table) is unexpected.

@@ -17,7 +17,8 @@
 //!    gateway: idempotent steps that must not hold a database transaction);
 //! 5. inserts the inbox row and runs [`Handler::apply`] in one transaction,
 //!    with `batch_size` events per transaction when so configured (a failed
-//!    batch is redone one event at a time), then [`Handler::committed`];
+//!    batch is redone one event at a time, unless it failed for want of the
+//!    database: then it is handed back whole), then [`Handler::committed`];
 //! 6. acks after the commit. What happens on failure depends on its kind
 //!    ([`HandlerError`]): a dependency that is down is retried for as long
 //!    as it takes, with capped backoff and a growing age in the logs and in
