@@ -105,8 +105,23 @@ async fn a_message_at_its_delivery_bound_is_kept_until_its_dead_letter_is_stored
     let ns = sys.namespace();
     sys.seed_product("POISON", 100, 10).await?;
     sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
-    // The DLQ is gone (deleted by mistake, or its server unreachable).
+    // The DLQ is gone and its subjects refuse writes: a full stream of
+    // another name holds them (as a DLQ that its server cannot store to).
     sys.js.delete_stream(ns.dlq_stream()).await?;
+    let blocker = format!("{}_BLOCKER", ns.dlq_stream());
+    sys.js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: blocker.clone(),
+            subjects: vec![ns.dlq_subjects()],
+            max_messages: 1,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    sys.js
+        .publish(ns.dlq_subject("filler", "filler"), "full".into())
+        .await?
+        .await?;
 
     sys.place(order_request("pat", &[("POISON", 1)], None))
         .await?;
@@ -120,6 +135,7 @@ async fn a_message_at_its_delivery_bound_is_kept_until_its_dead_letter_is_stored
     .await?;
     assert!(dlq::list(&sys.js, &ns).await.is_err(), "no DLQ yet");
 
+    sys.js.delete_stream(&blocker).await?;
     let nats = sys.config.inventory.nats.clone();
     saga_shared::bus::streams::ensure_streams(&sys.js, &ns, &nats).await?;
     eventually("the dead letter to be stored", WAIT, || async {
@@ -592,5 +608,42 @@ async fn a_durable_made_again_knows_what_it_applied_before_preparing_it() -> any
         "each order charged once"
     );
     sys.one_confirmed_order("AGAIN2", "ada", WAIT).await?;
+    sys.stop().await
+}
+
+/// A DLQ deleted while the services run is made again by the first service
+/// that has a dead letter to store, as a restart would. The letter used to
+/// wait for someone to restart a service, its message redelivered every
+/// 5 s and an error logged each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_deleted_while_the_services_run_is_made_again_for_the_next_letter()
+-> anyhow::Result<()> {
+    let sys = TestSystem::start_with(|cfg| {
+        cfg.inventory.bus.max_deliver = 2;
+        cfg.inventory.bus.nak_base_delay_ms = 50;
+    })
+    .await?;
+    let ns = sys.namespace();
+    sys.seed_product("POISON", 100, 10).await?;
+    sqlx::query(BLOCK_SKU).execute(&sys.db).await?;
+    sys.js.delete_stream(ns.dlq_stream()).await?;
+    sys.place(order_request("pia", &[("POISON", 1)], None))
+        .await?;
+    eventually(
+        "the dead letter to be stored",
+        Duration::from_secs(60),
+        || async {
+            Ok(dlq::list(&sys.js, &ns)
+                .await
+                .is_ok_and(|letters| letters.len() == 1))
+        },
+    )
+    .await?;
+    let letter = &dlq::list(&sys.js, &ns).await?[0];
+    assert_eq!(letter.consumer, "inventory-svc");
+    assert!(letter.error.contains("bus_block"), "{}", letter.error);
+    sqlx::query("ALTER TABLE inventory.holds DROP CONSTRAINT bus_block")
+        .execute(&sys.db)
+        .await?;
     sys.stop().await
 }

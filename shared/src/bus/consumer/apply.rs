@@ -281,6 +281,14 @@ impl<H: Handler> Consumer<H> {
                 tracing::error!(service = self.ctx.service, error = %e, "could not write to the DLQ; the message will be delivered again");
                 metrics::counter!("saga_dlq_write_errors_total", "service" => self.ctx.service)
                     .increment(1);
+                // If the DLQ was lost, it is made again (as a restart
+                // would) for the next delivery's letter.
+                let ctx = &self.ctx;
+                if let Err(e) =
+                    crate::bus::streams::ensure_streams(&ctx.js, &ctx.ns, &ctx.streams).await
+                {
+                    tracing::warn!(service = ctx.service, error = %e, "could not make the streams again");
+                }
                 self.settle(held, AckKind::Nak(Some(Duration::from_secs(5))))
                     .await;
             }
